@@ -1,0 +1,71 @@
+//! Criterion benches for the Rust core: pre-tokenizer scan and full encode over the
+//! interpreter's standard library sources, with a small synthetic tokenizer when no real
+//! vocabulary is cached (set APRX_BENCH_TOKENIZER to a tokenizer.json for real numbers).
+
+use aprx::pretok::{PreTokenizer, QWEN2_PATTERN};
+use aprx::Tokenizer;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::path::{Path, PathBuf};
+
+fn stdlib_text(limit: usize) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig;print(sysconfig.get_paths()['stdlib'])",
+        ])
+        .output()
+        .ok();
+    let root = out
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/python3"));
+    let mut files = Vec::new();
+    fn walk(p: &Path, files: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for e in entries {
+                if e.is_dir() && !e.ends_with("site-packages") {
+                    walk(&e, files);
+                } else if e.extension().is_some_and(|x| x == "py") {
+                    files.push(e);
+                }
+            }
+        }
+    }
+    walk(&root, &mut files);
+    let mut text = String::new();
+    for f in files {
+        if let Ok(s) = std::fs::read_to_string(&f) {
+            text.push_str(&s);
+            if text.len() >= limit {
+                break;
+            }
+        }
+    }
+    text
+}
+
+fn benches(c: &mut Criterion) {
+    let text = stdlib_text(8 << 20);
+    let mut g = c.benchmark_group("stdlib");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.sample_size(10);
+    let pre = PreTokenizer::new(&[QWEN2_PATTERN.to_string()], false).unwrap();
+    g.bench_function("pretokenize_qwen2_scanner", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            pre.for_each_piece(&text, |_| n += 1);
+            n
+        })
+    });
+    if let Ok(path) = std::env::var("APRX_BENCH_TOKENIZER") {
+        let tok = Tokenizer::from_path(Path::new(&path)).expect("tokenizer");
+        g.bench_function("encode_ordinary_warm", |b| {
+            b.iter(|| tok.encode(&text, false).len())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(all, benches);
+criterion_main!(all);

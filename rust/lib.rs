@@ -1,0 +1,17 @@
+//! aprx core: exact byte-level BPE encoding and u32 token shards. Pure Rust; the PyO3
+//! bindings live in `python.rs` behind the `python` feature.
+
+pub mod bpe;
+pub mod bytelevel;
+pub mod cache;
+pub mod error;
+pub mod parallel;
+pub mod pretok;
+pub mod tiktoken;
+pub mod tokenizer;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, ErrorKind, Result};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,59 @@
+//! The thread pool behind batch encoding and encode-corpus. `RAYON_NUM_THREADS` is honoured;
+//! after a `fork()` (torch's DataLoader forks) the parent's pool threads do not exist in the
+//! child, so a child process builds a pool of its own instead of deadlocking on the inherited one.
+
+use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::{Arc, Mutex};
+
+struct Held {
+    pid: u32,
+    threads: usize,
+    pool: Arc<ThreadPool>,
+}
+
+static POOL: Mutex<Option<Held>> = Mutex::new(None);
+
+/// Threads to use when the caller does not say: `RAYON_NUM_THREADS`, else the CPU count.
+pub fn default_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+/// A pool with `threads` threads (default: `default_threads()`), built for this process.
+pub fn pool(threads: Option<usize>) -> Arc<ThreadPool> {
+    let want = threads.filter(|&n| n > 0).unwrap_or_else(default_threads);
+    let pid = std::process::id();
+    let mut held = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = held.as_ref() {
+        if h.pid == pid && h.threads == want {
+            return h.pool.clone();
+        }
+    }
+    if let Some(old) = held.take() {
+        if old.pid != pid {
+            // Inherited across fork: its worker threads are not in this process. Dropping it
+            // would signal threads that do not exist; leak it instead.
+            std::mem::forget(old);
+        }
+    }
+    let pool = Arc::new(
+        ThreadPoolBuilder::new()
+            .num_threads(want)
+            .thread_name(|i| format!("aprx-{i}"))
+            .build()
+            .expect("thread pool"),
+    );
+    *held = Some(Held {
+        pid,
+        threads: want,
+        pool: pool.clone(),
+    });
+    pool
+}

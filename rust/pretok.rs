@@ -1,0 +1,525 @@
+//! Pre-tokenization: splitting normalized text into pieces before BPE.
+//!
+//! The patterns real byte-level vocabularies use (GPT-2, cl100k/Llama-3, Qwen2) get a
+//! hand-written scanner that reproduces the regex's leftmost-first semantics exactly, including
+//! the `\s+(?!\S)` lookahead; any other pattern goes through `fancy-regex`.
+
+use crate::error::{codes, Error, Result};
+use std::sync::OnceLock;
+
+/// The GPT-2 pattern (HF `ByteLevel` with `use_regex: true`).
+pub const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// cl100k_base and Llama-3 (`\p{N}{1,3}`).
+pub const CL100K_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2 (`\p{N}`: one digit per piece).
+pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Character classes the known patterns distinguish.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Class {
+    /// `\p{L}`
+    Letter = 0,
+    /// `\p{N}`
+    Number = 1,
+    /// `\r` or `\n`
+    Newline = 2,
+    /// `\s` other than `\r`, `\n`
+    Space = 3,
+    /// everything else: `[^\s\p{L}\p{N}]`
+    Other = 4,
+}
+
+fn classify_slow(c: char) -> Class {
+    use unicode_general_category::{get_general_category, GeneralCategory as G};
+    if c == '\r' || c == '\n' {
+        return Class::Newline;
+    }
+    if is_white_space(c) {
+        return Class::Space;
+    }
+    match get_general_category(c) {
+        G::UppercaseLetter
+        | G::LowercaseLetter
+        | G::TitlecaseLetter
+        | G::ModifierLetter
+        | G::OtherLetter => Class::Letter,
+        G::DecimalNumber | G::LetterNumber | G::OtherNumber => Class::Number,
+        _ => Class::Other,
+    }
+}
+
+/// Unicode `White_Space`, which is what `\s` means in the regex engines tokenizers use.
+fn is_white_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t'..='\r'
+            | ' '
+            | '\u{85}'
+            | '\u{A0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200A}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202F}'
+            | '\u{205F}'
+            | '\u{3000}'
+    )
+}
+
+/// Class of every BMP code point, built once (64 KiB); astral chars are looked up directly.
+fn bmp_classes() -> &'static [u8] {
+    static T: OnceLock<Box<[u8]>> = OnceLock::new();
+    T.get_or_init(|| {
+        (0u32..0x10000)
+            .map(|cp| char::from_u32(cp).map_or(Class::Other, classify_slow) as u8)
+            .collect()
+    })
+}
+
+const ASCII_CLASS: [Class; 128] = {
+    let mut t = [Class::Other; 128];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_alphabetic() {
+            Class::Letter
+        } else if b.is_ascii_digit() {
+            Class::Number
+        } else if b == b'\r' || b == b'\n' {
+            Class::Newline
+        } else if b == b' ' || (b >= 9 && b <= 13) {
+            Class::Space
+        } else {
+            Class::Other
+        };
+        i += 1;
+    }
+    t
+};
+
+#[inline(always)]
+fn from_class(v: u8) -> Class {
+    match v {
+        0 => Class::Letter,
+        1 => Class::Number,
+        2 => Class::Newline,
+        3 => Class::Space,
+        _ => Class::Other,
+    }
+}
+
+/// The class and UTF-8 length of the char starting at `i` (which must be a char boundary).
+#[inline(always)]
+fn class_at(s: &[u8], i: usize) -> (Class, usize) {
+    let b = s[i];
+    if b < 0x80 {
+        return (ASCII_CLASS[b as usize], 1);
+    }
+    let (cp, len) = decode_utf8(s, i);
+    if cp < 0x10000 {
+        (from_class(bmp_classes()[cp as usize]), len)
+    } else {
+        (char::from_u32(cp).map_or(Class::Other, classify_slow), len)
+    }
+}
+
+#[inline(always)]
+fn decode_utf8(s: &[u8], i: usize) -> (u32, usize) {
+    let b0 = s[i] as u32;
+    if b0 < 0xE0 {
+        (((b0 & 0x1F) << 6) | (s[i + 1] as u32 & 0x3F), 2)
+    } else if b0 < 0xF0 {
+        (
+            ((b0 & 0x0F) << 12) | ((s[i + 1] as u32 & 0x3F) << 6) | (s[i + 2] as u32 & 0x3F),
+            3,
+        )
+    } else {
+        (
+            ((b0 & 0x07) << 18)
+                | ((s[i + 1] as u32 & 0x3F) << 12)
+                | ((s[i + 2] as u32 & 0x3F) << 6)
+                | (s[i + 3] as u32 & 0x3F),
+            4,
+        )
+    }
+}
+
+/// Which hand-written scanner applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scanner {
+    Gpt2,
+    /// cl100k family; the field is the maximum digits per number piece (1 for Qwen2, 3 for
+    /// cl100k / Llama-3).
+    Cl100k(usize),
+}
+
+/// One Split step: a known pattern (scanner) or a general regex.
+#[derive(Debug)]
+enum Splitter {
+    Scan(Scanner),
+    Regex(Box<fancy_regex::Regex>),
+}
+
+/// A pre-tokenizer: a sequence of `Isolated` splits by regex.
+#[derive(Debug)]
+pub struct PreTokenizer {
+    splitters: Vec<Splitter>,
+    patterns: Vec<String>,
+}
+
+impl PreTokenizer {
+    /// Builds from the regex patterns, in order. Known patterns get the fast scanner unless
+    /// `force_regex` is set (used by tests to cross-check the scanner).
+    pub fn new(patterns: &[String], force_regex: bool) -> Result<Self> {
+        let mut splitters = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let known = match p.as_str() {
+                GPT2_PATTERN => Some(Scanner::Gpt2),
+                CL100K_PATTERN => Some(Scanner::Cl100k(3)),
+                QWEN2_PATTERN => Some(Scanner::Cl100k(1)),
+                _ => None,
+            };
+            splitters.push(match known {
+                Some(s) if !force_regex => Splitter::Scan(s),
+                _ => Splitter::Regex(Box::new(fancy_regex::Regex::new(p).map_err(|e| {
+                    Error::tokenizer(
+                        codes::REGEX,
+                        format!("pre-tokenizer regex {p:?} does not compile: {e}"),
+                    )
+                })?)),
+            });
+        }
+        Ok(PreTokenizer {
+            splitters,
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether every split uses a hand-written scanner.
+    pub fn is_fast(&self) -> bool {
+        self.splitters
+            .iter()
+            .all(|s| matches!(s, Splitter::Scan(_)))
+    }
+
+    /// Calls `f` on every piece of `text`, in order. Pieces are never empty and cover the text.
+    #[inline]
+    pub fn for_each_piece<'t, F: FnMut(&'t str)>(&self, text: &'t str, mut f: F) {
+        match self.splitters.as_slice() {
+            [] => {
+                if !text.is_empty() {
+                    f(text)
+                }
+            }
+            [only] => split_one(only, text, &mut f),
+            [first, rest @ ..] => {
+                let mut cur = Vec::new();
+                split_one(first, text, &mut |p| cur.push(p));
+                for s in rest {
+                    let mut next = Vec::with_capacity(cur.len());
+                    for p in cur {
+                        split_one(s, p, &mut |q| next.push(q));
+                    }
+                    cur = next;
+                }
+                cur.into_iter().for_each(f);
+            }
+        }
+    }
+
+    /// The pieces as a vector (for tests and the Python `pre_tokenize`).
+    pub fn pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        let mut v = Vec::new();
+        self.for_each_piece(text, |p| v.push(p));
+        v
+    }
+}
+
+#[inline]
+fn split_one<'t, F: FnMut(&'t str)>(s: &Splitter, text: &'t str, f: &mut F) {
+    match s {
+        Splitter::Scan(sc) => {
+            let bytes = text.as_bytes();
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let end = match sc {
+                    Scanner::Gpt2 => next_gpt2(bytes, pos),
+                    Scanner::Cl100k(d) => next_cl100k(bytes, pos, *d),
+                };
+                debug_assert!(end > pos && text.is_char_boundary(end));
+                // SAFETY: the scanners only stop on char boundaries of valid UTF-8.
+                f(unsafe { text.get_unchecked(pos..end) });
+                pos = end;
+            }
+        }
+        Splitter::Regex(re) => {
+            let mut last = 0;
+            let mut start = 0;
+            while start <= text.len() {
+                let m = match re.find_from_pos(text, start) {
+                    Ok(Some(m)) => m,
+                    // Catastrophic backtracking or no further match: the rest is a gap.
+                    _ => break,
+                };
+                if m.start() > last {
+                    f(&text[last..m.start()]);
+                }
+                if m.end() > m.start() {
+                    f(&text[m.start()..m.end()]);
+                    last = m.end();
+                    start = m.end();
+                } else {
+                    // An empty match: step over one char.
+                    last = m.start();
+                    start = m.end() + text[m.end()..].chars().next().map_or(1, |c| c.len_utf8());
+                }
+            }
+            if last < text.len() {
+                f(&text[last..]);
+            }
+        }
+    }
+}
+
+/// Length of a case-insensitive contraction suffix at `i` (after the apostrophe): `s`, `t`,
+/// `re`, `ve`, `m`, `ll`, `d`, where `s` also matches U+017F (long s), as Unicode case
+/// folding says.
+#[inline]
+fn contraction_ci(s: &[u8], i: usize) -> usize {
+    let n = s.len();
+    if i >= n {
+        return 0;
+    }
+    let lower = |b: u8| b | 0x20;
+    let c = s[i];
+    match lower(c) {
+        b's' | b't' | b'm' | b'd' if c.is_ascii_alphabetic() => 1,
+        b'r' | b'v' if i + 1 < n && lower(s[i + 1]) == b'e' && s[i + 1].is_ascii_alphabetic() => 2,
+        b'l' if i + 1 < n && lower(s[i + 1]) == b'l' && s[i + 1].is_ascii_alphabetic() => 2,
+        _ if c == 0xC5 && i + 1 < n && s[i + 1] == 0xBF => 2,
+        _ => 0,
+    }
+}
+
+/// Case-sensitive contractions (GPT-2).
+#[inline]
+fn contraction_cs(s: &[u8], i: usize) -> usize {
+    let n = s.len();
+    if i >= n {
+        return 0;
+    }
+    match s[i] {
+        b's' | b't' | b'm' | b'd' => 1,
+        b'r' | b'v' if i + 1 < n && s[i + 1] == b'e' => 2,
+        b'l' if i + 1 < n && s[i + 1] == b'l' => 2,
+        _ => 0,
+    }
+}
+
+/// End of the run of chars of class `want` starting at `i`.
+#[inline(always)]
+fn run_end(s: &[u8], mut i: usize, want: Class) -> usize {
+    let n = s.len();
+    while i < n {
+        let b = s[i];
+        if b < 0x80 {
+            if ASCII_CLASS[b as usize] != want {
+                break;
+            }
+            i += 1;
+        } else {
+            let (c, l) = class_at(s, i);
+            if c != want {
+                break;
+            }
+            i += l;
+        }
+    }
+    i
+}
+
+#[inline(always)]
+fn newlines_end(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && (s[i] == b'\r' || s[i] == b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// Whitespace pieces, shared by both scanners. `newline_rule` enables `\s*[\r\n]+`.
+/// Returns the end of the piece starting at `pos`, a whitespace char of length `l`.
+#[inline(always)]
+fn whitespace_piece(s: &[u8], pos: usize, l: usize, newline_rule: bool) -> usize {
+    let n = s.len();
+    let mut i = pos + l;
+    let mut last_start = pos;
+    let mut after_newline = if s[pos] == b'\r' || s[pos] == b'\n' {
+        pos + 1
+    } else {
+        0
+    };
+    while i < n {
+        let b = s[i];
+        let (c, cl) = if b < 0x80 {
+            (ASCII_CLASS[b as usize], 1)
+        } else {
+            class_at(s, i)
+        };
+        match c {
+            Class::Newline => after_newline = i + 1,
+            Class::Space => {}
+            _ => break,
+        }
+        last_start = i;
+        i += cl;
+    }
+    if newline_rule && after_newline > 0 {
+        // `\s*[\r\n]+`: up to and including the last CR/LF of the run.
+        return after_newline;
+    }
+    if i == n || last_start == pos {
+        // Ends the input (`\s+(?!\S)` takes it all), or one char before a non-space (`\s+`).
+        i
+    } else {
+        // `\s+(?!\S)`: leave the last whitespace char to the next piece.
+        last_start
+    }
+}
+
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,D}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+#[inline]
+fn next_cl100k(s: &[u8], pos: usize, max_digits: usize) -> usize {
+    let b = s[pos];
+    if b == b'\'' {
+        let k = contraction_ci(s, pos + 1);
+        if k > 0 {
+            return pos + 1 + k;
+        }
+    }
+    let (c, l) = class_at(s, pos);
+    match c {
+        Class::Letter => run_end(s, pos + l, Class::Letter),
+        Class::Number => {
+            let mut i = pos + l;
+            let mut k = 1;
+            while k < max_digits && i < s.len() {
+                let (c2, l2) = class_at(s, i);
+                if c2 != Class::Number {
+                    break;
+                }
+                i += l2;
+                k += 1;
+            }
+            i
+        }
+        _ => {
+            let next = pos + l;
+            if c != Class::Newline && next < s.len() {
+                let (c2, l2) = class_at(s, next);
+                if c2 == Class::Letter {
+                    return run_end(s, next + l2, Class::Letter);
+                }
+                if b == b' ' && c2 == Class::Other {
+                    return newlines_end(s, run_end(s, next + l2, Class::Other));
+                }
+            }
+            if c == Class::Other {
+                return newlines_end(s, run_end(s, next, Class::Other));
+            }
+            whitespace_piece(s, pos, l, true)
+        }
+    }
+}
+
+/// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+#[inline]
+fn next_gpt2(s: &[u8], pos: usize) -> usize {
+    let b = s[pos];
+    if b == b'\'' {
+        let k = contraction_cs(s, pos + 1);
+        if k > 0 {
+            return pos + 1 + k;
+        }
+    }
+    let (c, l) = class_at(s, pos);
+    match c {
+        Class::Letter | Class::Number | Class::Other => run_end(s, pos + l, c),
+        _ => {
+            let next = pos + 1;
+            if b == b' ' && next < s.len() {
+                let (c2, l2) = class_at(s, next);
+                if c2 == Class::Letter || c2 == Class::Number || c2 == Class::Other {
+                    return run_end(s, next + l2, c2);
+                }
+            }
+            whitespace_piece(s, pos, l, false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(pattern: &str, text: &str) -> (Vec<String>, Vec<String>) {
+        let fast = PreTokenizer::new(&[pattern.to_string()], false).unwrap();
+        let slow = PreTokenizer::new(&[pattern.to_string()], true).unwrap();
+        assert!(fast.is_fast());
+        let a = fast.pieces(text).into_iter().map(String::from).collect();
+        let b = slow.pieces(text).into_iter().map(String::from).collect();
+        (a, b)
+    }
+
+    const SAMPLES: &[&str] = &[
+        "",
+        "hello world",
+        "  leading and trailing  ",
+        "x = 1234567 + 89\n\n\tdef f(a, b):\n        return a'S + b'll\r\n",
+        "it's 'Re 'ſ 've'VE don't",
+        "\u{3000}中文\u{3000}テスト ١٢٣ 🙂🙂 \u{200D}",
+        "  \n  \n   x\r\n\r\n  ",
+        "a\u{301}e\u{301} नमस्ते \u{5D0}\u{5D1} ",
+        "((foo)) ...bar\n\n\n",
+        "   ",
+        "\n",
+        " \u{A0}x \u{85}y",
+        "Ⅻ ½ x²",
+    ];
+
+    #[test]
+    fn scanners_agree_with_the_regex() {
+        for p in [GPT2_PATTERN, CL100K_PATTERN, QWEN2_PATTERN] {
+            for t in SAMPLES {
+                let (a, b) = both(p, t);
+                assert_eq!(a, b, "pattern {p:?} text {t:?}");
+                assert_eq!(a.concat(), *t);
+            }
+        }
+    }
+
+    #[test]
+    fn known_splits() {
+        let (a, _) = both(QWEN2_PATTERN, "def f(x):\n    return 123");
+        assert_eq!(
+            a,
+            ["def", " f", "(x", "):\n", "   ", " return", " ", "1", "2", "3"]
+        );
+        let (a, _) = both(CL100K_PATTERN, "x 12345");
+        assert_eq!(a, ["x", " ", "123", "45"]);
+    }
+
+    #[test]
+    fn general_regex_fallback_keeps_gaps() {
+        let p = PreTokenizer::new(&["[0-9]+".to_string()], false).unwrap();
+        assert!(!p.is_fast());
+        assert_eq!(p.pieces("ab12cd3"), ["ab", "12", "cd", "3"]);
+        let seq = PreTokenizer::new(&[r"\s+".to_string(), "[0-9]".to_string()], false).unwrap();
+        assert_eq!(seq.pieces("a1 b"), ["a", "1", " ", "b"]);
+    }
+}

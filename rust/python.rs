@@ -1,0 +1,347 @@
+//! PyO3 bindings: thin wrappers over the core. Arguments become owned/borrowed Rust values,
+//! heavy work runs with the GIL released, ids leave as numpy uint32 arrays without copies,
+//! and core errors become the exception family of `aprx.errors`.
+
+use crate::error::{Error, ErrorKind};
+use crate::tokenizer::{Normalizer, Tokenizer};
+use crate::{parallel, tiktoken};
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Converts a core error into the matching `aprx.errors` exception.
+pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let class = match e.kind {
+        ErrorKind::Tokenizer => "TokenizerError",
+        ErrorKind::Encode => "EncodeError",
+        ErrorKind::Corpus => "CorpusError",
+        ErrorKind::Io => "AprxIOError",
+        ErrorKind::Interrupted => return PyKeyboardInterrupt::new_err(e.message),
+    };
+    match py
+        .import("aprx.errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| c.call1((e.message.clone(), e.code)))
+    {
+        Ok(inst) => PyErr::from_value(inst),
+        Err(err) => err,
+    }
+}
+
+fn text_of<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    s.to_str().map_err(|_| {
+        to_py(
+            s.py(),
+            Error::new(
+                ErrorKind::Encode,
+                crate::error::codes::BAD_TEXT,
+                "text is not valid Unicode (it holds a lone surrogate, e.g. from \
+                 surrogateescape decoding); encode it to UTF-8 with errors='replace' first",
+            ),
+        )
+    })
+}
+
+/// Ids to decode: a numpy uint32 array (no copy) or any sequence of ints.
+#[derive(FromPyObject)]
+enum IdsArg<'py> {
+    Array(PyReadonlyArray1<'py, u32>),
+    Seq(Vec<i64>),
+}
+
+/// Texts per GIL-released chunk of a batch: Ctrl-C is checked between chunks.
+const CHUNK_BYTES: usize = 32 << 20;
+
+/// Splits `texts` into consecutive ranges of about CHUNK_BYTES of text.
+fn chunks(texts: &[&str]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, t) in texts.iter().enumerate() {
+        bytes += t.len() + 16;
+        if bytes >= CHUNK_BYTES {
+            out.push(start..i + 1);
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    if start < texts.len() || texts.is_empty() {
+        out.push(start..texts.len());
+    }
+    out
+}
+
+/// A byte-level BPE tokenizer, exact against HF `tokenizers`. Immutable and thread-safe.
+#[pyclass(frozen, name = "Tokenizer", module = "aprx._aprx")]
+pub struct PyTokenizer {
+    inner: Arc<Tokenizer>,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    /// Loads a `tokenizer.json` or an imported tokenizer directory.
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let t = py
+            .detach(|| Tokenizer::from_path(&path))
+            .map_err(|e| to_py(py, e))?;
+        Ok(PyTokenizer { inner: Arc::new(t) })
+    }
+
+    /// Parses the text of a `tokenizer.json`.
+    #[staticmethod]
+    #[pyo3(signature = (json, source = "<string>"))]
+    fn from_str(py: Python<'_>, json: &str, source: &str) -> PyResult<Self> {
+        let t = py
+            .detach(|| Tokenizer::from_json_str(json, source))
+            .map_err(|e| to_py(py, e))?;
+        Ok(PyTokenizer { inner: Arc::new(t) })
+    }
+
+    /// Token ids of `text`; added tokens in the text are recognised, as HF `encode` does
+    /// (without adding BOS/EOS).
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        self.encode_impl(py, text, true)
+    }
+
+    /// Token ids of `text`, treating added-token strings such as `<|endoftext|>` as text.
+    fn encode_ordinary<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        self.encode_impl(py, text, false)
+    }
+
+    /// Encodes many texts in parallel (GIL released); one uint32 array per text.
+    #[pyo3(signature = (texts, ordinary = false, num_threads = None))]
+    fn encode_batch<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<Bound<'py, PyString>>,
+        ordinary: bool,
+        num_threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+        let pool = parallel::pool(num_threads);
+        let out = PyList::empty(py);
+        for range in chunks(&strs) {
+            let part = &strs[range];
+            let tok = &self.inner;
+            let ids: Vec<Vec<u32>> = py.detach(|| {
+                pool.install(|| {
+                    part.par_iter()
+                        .with_min_len(4)
+                        .map(|t| tok.encode(t, !ordinary))
+                        .collect()
+                })
+            });
+            for v in ids {
+                out.append(v.into_pyarray(py))?;
+            }
+            py.check_signals()?;
+        }
+        Ok(out)
+    }
+
+    /// Encodes many texts in parallel into one flat uint32 array plus uint64 offsets
+    /// (`ids[offsets[i]:offsets[i+1]]` is text i): no per-text Python objects at all.
+    #[pyo3(signature = (texts, ordinary = true, num_threads = None))]
+    fn encode_batch_flat<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<Bound<'py, PyString>>,
+        ordinary: bool,
+        num_threads: Option<usize>,
+    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
+        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+        let pool = parallel::pool(num_threads);
+        let mut flat: Vec<u32> = Vec::new();
+        let mut offsets: Vec<u64> = vec![0];
+        for range in chunks(&strs) {
+            let part = &strs[range];
+            let tok = &self.inner;
+            let ids: Vec<Vec<u32>> = py.detach(|| {
+                pool.install(|| {
+                    part.par_iter()
+                        .with_min_len(4)
+                        .map(|t| tok.encode(t, !ordinary))
+                        .collect()
+                })
+            });
+            for v in ids {
+                flat.extend_from_slice(&v);
+                offsets.push(flat.len() as u64);
+            }
+            py.check_signals()?;
+        }
+        Ok((flat.into_pyarray(py), offsets.into_pyarray(py)))
+    }
+
+    /// Text of `ids` (invalid UTF-8 becomes U+FFFD, as in HF's ByteLevel decoder).
+    #[pyo3(signature = (ids, skip_special_tokens = false))]
+    fn decode(
+        &self,
+        py: Python<'_>,
+        ids: IdsArg<'_>,
+        skip_special_tokens: bool,
+    ) -> PyResult<String> {
+        let v = ids_vec(py, ids)?;
+        self.inner
+            .decode(&v, skip_special_tokens)
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Raw bytes of `ids`.
+    #[pyo3(signature = (ids, skip_special_tokens = false))]
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: IdsArg<'py>,
+        skip_special_tokens: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let v = ids_vec(py, ids)?;
+        let b = self
+            .inner
+            .decode_bytes(&v, skip_special_tokens)
+            .map_err(|e| to_py(py, e))?;
+        Ok(PyBytes::new(py, &b))
+    }
+
+    /// The pre-tokenizer's pieces of `text` (after normalization, without added tokens).
+    fn pre_tokenize(&self, text: &Bound<'_, PyString>) -> PyResult<Vec<String>> {
+        Ok(self.inner.pre_tokenize(text_of(text)?))
+    }
+
+    /// Number of ids (1 + the largest id, added tokens included): the embedding rows needed.
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    /// sha256 of the tokenizer's content; equal for a tokenizer.json and its imported copy.
+    #[getter]
+    fn fingerprint(&self) -> String {
+        self.inner.info().fingerprint.clone()
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id).map(String::from)
+    }
+
+    /// Facts about the tokenizer: model type, counts, normalizer, patterns, added tokens.
+    #[getter]
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let i = self.inner.info();
+        let d = PyDict::new(py);
+        d.set_item("model_type", &i.model_type)?;
+        d.set_item("bpe_vocab_size", i.bpe_vocab_size)?;
+        d.set_item("merges_count", i.merges_count)?;
+        d.set_item("vocab_size", i.vocab_size)?;
+        d.set_item(
+            "normalizer",
+            match i.normalizer {
+                Normalizer::Nfc => Some("NFC"),
+                Normalizer::None => None,
+            },
+        )?;
+        d.set_item("patterns", &i.patterns)?;
+        d.set_item("ignore_merges", i.ignore_merges)?;
+        d.set_item("fast_pretokenizer", i.fast_pretokenizer)?;
+        d.set_item("fingerprint", &i.fingerprint)?;
+        let added = PyList::empty(py);
+        for t in &i.added_tokens {
+            let a = PyDict::new(py);
+            a.set_item("id", t.id)?;
+            a.set_item("content", &t.content)?;
+            a.set_item("special", t.special)?;
+            a.set_item("normalized", t.normalized)?;
+            added.append(a)?;
+        }
+        d.set_item("added_tokens", added)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        let i = self.inner.info();
+        format!(
+            "Tokenizer(vocab_size={}, merges={}, added_tokens={}, normalizer={:?})",
+            i.vocab_size,
+            i.merges_count,
+            i.added_tokens.len(),
+            i.normalizer
+        )
+    }
+}
+
+impl PyTokenizer {
+    fn encode_impl<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyString>,
+        allow_added: bool,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let s = text_of(text)?;
+        let ids = if s.len() > 4096 {
+            py.detach(|| self.inner.encode(s, allow_added))
+        } else {
+            self.inner.encode(s, allow_added)
+        };
+        Ok(ids.into_pyarray(py))
+    }
+}
+
+fn ids_vec(py: Python<'_>, ids: IdsArg<'_>) -> PyResult<Vec<u32>> {
+    match ids {
+        IdsArg::Array(a) => Ok(a.as_slice()?.to_vec()),
+        IdsArg::Seq(v) => v
+            .into_iter()
+            .map(|x| {
+                u32::try_from(x).map_err(|_| {
+                    to_py(
+                        py,
+                        Error::new(
+                            ErrorKind::Encode,
+                            crate::error::codes::UNKNOWN_ID,
+                            format!("token id {x} is out of range"),
+                        ),
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Recovers the merge list of a tiktoken rank file: `tokens[rank]` are the token bytes.
+/// Returns `([(left_rank, right_rank, rank), ...], [unreachable ranks])`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn recover_merges(py: Python<'_>, tokens: Vec<Vec<u8>>) -> (Vec<(u32, u32, u32)>, Vec<u32>) {
+    py.detach(|| tiktoken::recover_merges(&tokens))
+}
+
+/// Threads a parallel call uses by default (`RAYON_NUM_THREADS`, else the CPU count).
+#[pyfunction]
+fn default_num_threads() -> usize {
+    parallel::default_threads()
+}
+
+#[pymodule]
+fn _aprx(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<PyTokenizer>()?;
+    m.add_function(wrap_pyfunction!(recover_merges, m)?)?;
+    m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,928 @@
+//! A byte-level BPE tokenizer loaded from an HF `tokenizer.json` or an imported aprx tokenizer
+//! directory (`vocab.json` + `merges.txt` + `manifest.json`), reproducing HF `tokenizers`
+//! exactly: added-token splitting, NFC, the Split pre-tokenizer, ByteLevel, BPE by merge rank.
+
+use crate::bpe::{Bpe, MergeTable, NO_ID};
+use crate::bytelevel;
+use crate::cache::{self, FxBuild, Ids, MAX_CACHED_PIECE};
+use crate::error::{codes, Error, ErrorKind, Result};
+use crate::pretok::{PreTokenizer, GPT2_PATTERN};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A token HF calls "added": matched in raw text before pre-tokenization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedToken {
+    pub id: u32,
+    pub content: String,
+    pub special: bool,
+    pub normalized: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalizer {
+    None,
+    Nfc,
+}
+
+/// Facts about a loaded tokenizer, reported by `Tokenizer::info`.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub model_type: String,
+    pub bpe_vocab_size: usize,
+    pub merges_count: usize,
+    pub added_tokens: Vec<AddedToken>,
+    /// 1 + the largest id: the number of embedding rows a model needs.
+    pub vocab_size: usize,
+    pub normalizer: Normalizer,
+    pub patterns: Vec<String>,
+    pub ignore_merges: bool,
+    pub fast_pretokenizer: bool,
+    /// sha256 of the tokenizer's content (vocab, merges, added tokens, normalizer,
+    /// pre-tokenizer): equal for a tokenizer.json and its imported directory.
+    pub fingerprint: String,
+}
+
+struct AddedMatcher {
+    ac: AhoCorasick,
+    ids: Vec<u32>,
+}
+
+/// An immutable tokenizer, safe to share across threads.
+pub struct Tokenizer {
+    uid: u64,
+    bpe: Bpe,
+    unk: Option<u32>,
+    ignore_merges: bool,
+    normalizer: Normalizer,
+    pretok: PreTokenizer,
+    add_prefix_space: bool,
+    /// id -> token string (byte-level alphabet for BPE tokens, content for added tokens).
+    id_to_str: Vec<Option<String>>,
+    /// id -> bytes produced by decoding.
+    id_to_bytes: Vec<Option<Box<[u8]>>>,
+    str_to_id: HashMap<String, u32>,
+    /// raw bytes -> id, for `ignore_merges`.
+    bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild>,
+    raw_added: Option<AddedMatcher>,
+    norm_added: Option<AddedMatcher>,
+    info: Info,
+}
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+fn field_err(source: &str, what: impl std::fmt::Display) -> Error {
+    Error::tokenizer(codes::FIELD, format!("{source}: {what}"))
+}
+
+fn unsupported(source: &str, what: impl std::fmt::Display) -> Error {
+    Error::tokenizer(codes::UNSUPPORTED, format!("{source}: unsupported {what}"))
+}
+
+fn type_name(v: &Value) -> &str {
+    v.get("type").and_then(Value::as_str).unwrap_or("<no type>")
+}
+
+fn is_null_or_absent(v: Option<&Value>) -> bool {
+    v.is_none_or(Value::is_null)
+}
+
+/// Parses JSON text, reporting line and column on failure.
+pub fn parse_json(text: &str, source: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::tokenizer(
+            codes::JSON,
+            format!(
+                "{source}: malformed JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", &e))
+}
+
+/// Split the pre-tokenizer object into (regex patterns, add_prefix_space).
+fn parse_pretokenizer(v: Option<&Value>, source: &str) -> Result<(Vec<String>, bool)> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Err(unsupported(
+            source,
+            "pre_tokenizer null: a byte-level BPE needs a ByteLevel pre-tokenizer",
+        ));
+    };
+    let steps: Vec<&Value> = match type_name(v) {
+        "Sequence" => v
+            .get("pretokenizers")
+            .and_then(Value::as_array)
+            .ok_or_else(|| field_err(source, "pre_tokenizer.pretokenizers must be a list"))?
+            .iter()
+            .collect(),
+        _ => vec![v],
+    };
+    let mut patterns = Vec::new();
+    let mut saw_bytelevel = false;
+    let mut add_prefix_space = false;
+    for (i, step) in steps.iter().enumerate() {
+        match type_name(step) {
+            "Split" => {
+                if saw_bytelevel {
+                    return Err(unsupported(
+                        source,
+                        "Split after ByteLevel in pre_tokenizer",
+                    ));
+                }
+                let behavior = step.get("behavior").and_then(Value::as_str).unwrap_or("");
+                if behavior != "Isolated" {
+                    return Err(unsupported(
+                        source,
+                        format!("Split behavior {behavior:?} (only \"Isolated\")"),
+                    ));
+                }
+                if step.get("invert").and_then(Value::as_bool).unwrap_or(false) {
+                    return Err(unsupported(source, "Split with invert: true"));
+                }
+                let pat = step.get("pattern").ok_or_else(|| {
+                    field_err(
+                        source,
+                        format!("pre_tokenizer step {i}: Split has no pattern"),
+                    )
+                })?;
+                if let Some(r) = pat.get("Regex").and_then(Value::as_str) {
+                    patterns.push(r.to_string());
+                } else if let Some(s) = pat.get("String").and_then(Value::as_str) {
+                    patterns.push(fancy_regex::escape(s).into_owned());
+                } else {
+                    return Err(field_err(
+                        source,
+                        "Split pattern must be {\"Regex\": ...} or {\"String\": ...}",
+                    ));
+                }
+            }
+            "ByteLevel" => {
+                if saw_bytelevel {
+                    return Err(unsupported(source, "two ByteLevel pre-tokenizers"));
+                }
+                saw_bytelevel = true;
+                let use_regex = step
+                    .get("use_regex")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                let aps = step
+                    .get("add_prefix_space")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if use_regex {
+                    if !patterns.is_empty() {
+                        return Err(unsupported(source, "Split followed by ByteLevel use_regex"));
+                    }
+                    patterns.push(GPT2_PATTERN.to_string());
+                    add_prefix_space = aps;
+                } else if aps {
+                    return Err(unsupported(
+                        source,
+                        "ByteLevel add_prefix_space after a Split (per-piece prefix spaces)",
+                    ));
+                }
+            }
+            other => {
+                return Err(unsupported(
+                    source,
+                    format!("pre-tokenizer component {other:?} (supported: Split, ByteLevel)"),
+                ))
+            }
+        }
+    }
+    if !saw_bytelevel {
+        return Err(unsupported(
+            source,
+            "pre_tokenizer without ByteLevel: aprx encodes byte-level BPE vocabularies only",
+        ));
+    }
+    Ok((patterns, add_prefix_space))
+}
+
+fn parse_normalizer(v: Option<&Value>, source: &str) -> Result<Normalizer> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Normalizer::None);
+    };
+    match type_name(v) {
+        "NFC" => Ok(Normalizer::Nfc),
+        "Sequence" => {
+            let list = v
+                .get("normalizers")
+                .and_then(Value::as_array)
+                .ok_or_else(|| field_err(source, "normalizer.normalizers must be a list"))?;
+            let mut out = Normalizer::None;
+            for n in list {
+                match parse_normalizer(Some(n), source)? {
+                    Normalizer::Nfc => out = Normalizer::Nfc,
+                    Normalizer::None => {}
+                }
+            }
+            Ok(out)
+        }
+        other => Err(unsupported(
+            source,
+            format!("normalizer {other:?} (supported: NFC or none)"),
+        )),
+    }
+}
+
+fn check_decoder(v: Option<&Value>, source: &str) -> Result<()> {
+    match v.filter(|v| !v.is_null()) {
+        None => Ok(()),
+        Some(d) => match type_name(d) {
+            "ByteLevel" => Ok(()),
+            other => Err(unsupported(
+                source,
+                format!("decoder {other:?} (supported: ByteLevel)"),
+            )),
+        },
+    }
+}
+
+fn parse_added(v: Option<&Value>, source: &str) -> Result<Vec<AddedToken>> {
+    let Some(list) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| field_err(source, "added_tokens must be a list"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let id = t
+            .get("id")
+            .and_then(Value::as_u64)
+            .filter(|&x| x < NO_ID as u64)
+            .ok_or_else(|| field_err(source, format!("added_tokens[{i}].id missing or invalid")))?;
+        let content = t
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| field_err(source, format!("added_tokens[{i}].content missing")))?;
+        for flag in ["single_word", "lstrip", "rstrip"] {
+            if t.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+                return Err(unsupported(
+                    source,
+                    format!("added token {content:?} with {flag}: true"),
+                ));
+            }
+        }
+        out.push(AddedToken {
+            id: id as u32,
+            content: content.to_string(),
+            special: t.get("special").and_then(Value::as_bool).unwrap_or(false),
+            normalized: t
+                .get("normalized")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+fn matcher(tokens: &[&AddedToken]) -> Option<AddedMatcher> {
+    if tokens.is_empty() {
+        return None;
+    }
+    let ac = AhoCorasickBuilder::new()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(tokens.iter().map(|t| t.content.as_str()))
+        .expect("added-token automaton");
+    Some(AddedMatcher {
+        ac,
+        ids: tokens.iter().map(|t| t.id).collect(),
+    })
+}
+
+impl Tokenizer {
+    /// Loads a `tokenizer.json` file or an imported tokenizer directory.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
+        let text = read_text(path)?;
+        Self::from_json_str(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a `tokenizer.json`.
+    pub fn from_json_str(text: &str, source: &str) -> Result<Self> {
+        let v = parse_json(text, source)?;
+        Self::from_value(&v, source)
+    }
+
+    /// Loads an imported directory: `vocab.json`, `merges.txt` and `manifest.json` (which
+    /// carries the normalizer, pre-tokenizer, decoder and added tokens).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let vocab_path = dir.join("vocab.json");
+        let merges_path = dir.join("merges.txt");
+        let manifest_path = dir.join("manifest.json");
+        let vocab = parse_json(&read_text(&vocab_path)?, &vocab_path.display().to_string())?;
+        let msrc = manifest_path.display().to_string();
+        let manifest = parse_json(&read_text(&manifest_path)?, &msrc)?;
+        let merges_text = read_text(&merges_path)?;
+        let merges: Vec<Value> = merges_text
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.is_empty())
+            .map(|l| Value::String(l.to_string()))
+            .collect();
+        let hf = manifest
+            .get("hf")
+            .and_then(Value::as_object)
+            .ok_or_else(|| field_err(&msrc, "missing \"hf\" section"))?;
+        let include = manifest
+            .get("include_added_tokens")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut model = Map::new();
+        model.insert("type".into(), "BPE".into());
+        model.insert("vocab".into(), vocab);
+        model.insert("merges".into(), Value::Array(merges));
+        for k in [
+            "ignore_merges",
+            "unk_token",
+            "fuse_unk",
+            "byte_fallback",
+            "dropout",
+        ] {
+            if let Some(x) = hf.get(k) {
+                model.insert(k.into(), x.clone());
+            }
+        }
+        let mut root = Map::new();
+        for k in ["normalizer", "pre_tokenizer", "decoder"] {
+            root.insert(k.into(), hf.get(k).cloned().unwrap_or(Value::Null));
+        }
+        let added = if include {
+            manifest.get("added_tokens").cloned().unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        root.insert("added_tokens".into(), added);
+        root.insert("model".into(), Value::Object(model));
+        Self::from_value(&Value::Object(root), &dir.display().to_string())
+    }
+
+    /// Builds from a parsed `tokenizer.json` value.
+    pub fn from_value(v: &Value, source: &str) -> Result<Self> {
+        let root = v
+            .as_object()
+            .ok_or_else(|| field_err(source, "top level must be a JSON object"))?;
+        let model = root
+            .get("model")
+            .and_then(Value::as_object)
+            .ok_or_else(|| field_err(source, "missing \"model\" object"))?;
+        let mtype = match model.get("type").and_then(Value::as_str) {
+            Some(t) => t.to_string(),
+            None if model.contains_key("merges") => "BPE".to_string(),
+            None => "<no type>".to_string(),
+        };
+        if mtype != "BPE" {
+            return Err(Error::tokenizer(
+                codes::MODEL_TYPE,
+                format!("{source}: model type is {mtype}; aprx needs a byte-level BPE model"),
+            ));
+        }
+        if !is_null_or_absent(model.get("dropout")) {
+            return Err(unsupported(source, "BPE dropout (training-time only)"));
+        }
+        for k in ["continuing_subword_prefix", "end_of_word_suffix"] {
+            if model
+                .get(k)
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+            {
+                return Err(unsupported(source, format!("BPE {k}")));
+            }
+        }
+        if model
+            .get("byte_fallback")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            return Err(unsupported(source, "BPE byte_fallback"));
+        }
+        let ignore_merges = model
+            .get("ignore_merges")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let normalizer = parse_normalizer(root.get("normalizer"), source)?;
+        let (patterns, add_prefix_space) = parse_pretokenizer(root.get("pre_tokenizer"), source)?;
+        check_decoder(root.get("decoder"), source)?;
+        let added = parse_added(root.get("added_tokens"), source)?;
+
+        // Vocabulary.
+        let vocab = model
+            .get("vocab")
+            .and_then(Value::as_object)
+            .ok_or_else(|| field_err(source, "model.vocab must be an object of token -> id"))?;
+        let mut id_to_str: Vec<Option<String>> = Vec::new();
+        let mut str_to_id: HashMap<String, u32> = HashMap::with_capacity(vocab.len());
+        for (tok, id) in vocab {
+            let id = id
+                .as_u64()
+                .filter(|&x| x < NO_ID as u64)
+                .ok_or_else(|| field_err(source, format!("vocab[{tok:?}] is not a valid id")))?
+                as usize;
+            if id >= id_to_str.len() {
+                id_to_str.resize(id + 1, None);
+            }
+            if let Some(prev) = &id_to_str[id] {
+                return Err(Error::tokenizer(
+                    codes::DUPLICATE_ID,
+                    format!("{source}: id {id} is used by both {prev:?} and {tok:?}"),
+                ));
+            }
+            id_to_str[id] = Some(tok.clone());
+            str_to_id.insert(tok.clone(), id as u32);
+        }
+        let bpe_vocab_size = vocab.len();
+        let unk = match model.get("unk_token").and_then(Value::as_str) {
+            Some(u) => Some(*str_to_id.get(u).ok_or_else(|| {
+                field_err(source, format!("unk_token {u:?} is not in the vocab"))
+            })?),
+            None => None,
+        };
+        if unk.is_some()
+            && model
+                .get("fuse_unk")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        {
+            return Err(unsupported(source, "fuse_unk with an unk_token"));
+        }
+
+        // Merges, in rank order.
+        let merges_v = model
+            .get("merges")
+            .and_then(Value::as_array)
+            .ok_or_else(|| field_err(source, "model.merges must be a list"))?;
+        let mut merges = Vec::with_capacity(merges_v.len());
+        for (i, m) in merges_v.iter().enumerate() {
+            let (a, b): (&str, &str) = match m {
+                Value::String(s) => {
+                    let mut it = s.split(' ');
+                    match (it.next(), it.next(), it.next()) {
+                        (Some(a), Some(b), None) => (a, b),
+                        _ => {
+                            return Err(field_err(
+                                source,
+                                format!("merges[{i}] {s:?} is not two tokens separated by a space"),
+                            ))
+                        }
+                    }
+                }
+                Value::Array(p) if p.len() == 2 && p.iter().all(Value::is_string) => {
+                    (p[0].as_str().unwrap(), p[1].as_str().unwrap())
+                }
+                _ => {
+                    return Err(field_err(
+                        source,
+                        format!("merges[{i}] must be \"a b\" or [\"a\", \"b\"]"),
+                    ))
+                }
+            };
+            let look = |t: &str| {
+                str_to_id.get(t).copied().ok_or_else(|| {
+                    Error::tokenizer(
+                        codes::MERGE_UNKNOWN,
+                        format!("{source}: merges[{i}] ({a:?}, {b:?}) uses {t:?}, which is not in the vocab"),
+                    )
+                })
+            };
+            let (ia, ib) = (look(a)?, look(b)?);
+            let im = look(&format!("{a}{b}"))?;
+            merges.push((ia, ib, im));
+        }
+
+        // Added tokens: an id may coincide with a vocab entry only if the content is the same.
+        for t in &added {
+            let id = t.id as usize;
+            if id >= id_to_str.len() {
+                id_to_str.resize(id + 1, None);
+            }
+            match &id_to_str[id] {
+                Some(prev) if *prev != t.content => {
+                    return Err(Error::tokenizer(
+                        codes::DUPLICATE_ID,
+                        format!(
+                            "{source}: added token {:?} has id {id}, already used by {prev:?}",
+                            t.content
+                        ),
+                    ))
+                }
+                _ => id_to_str[id] = Some(t.content.clone()),
+            }
+            if let Some(&other) = str_to_id.get(&t.content) {
+                if other != t.id {
+                    return Err(Error::tokenizer(
+                        codes::DUPLICATE_ID,
+                        format!(
+                            "{source}: added token {:?} has id {}, but the vocab gives it {other}",
+                            t.content, t.id
+                        ),
+                    ));
+                }
+            }
+            str_to_id.insert(t.content.clone(), t.id);
+        }
+
+        // Byte tables.
+        let mut byte_ids = [NO_ID; 256];
+        for b in 0..=255u8 {
+            let s = bytelevel::byte_to_char(b).to_string();
+            if let Some(&id) = str_to_id.get(&s) {
+                if (id as usize) < id_to_str.len() && vocab.contains_key(&s) {
+                    byte_ids[b as usize] = id;
+                }
+            }
+        }
+        let id_to_bytes: Vec<Option<Box<[u8]>>> = id_to_str
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|s| {
+                    bytelevel::decode_str(s)
+                        .unwrap_or_else(|| s.as_bytes().to_vec())
+                        .into_boxed_slice()
+                })
+            })
+            .collect();
+        let mut bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild> = HashMap::default();
+        if ignore_merges {
+            for (tok, id) in vocab {
+                if let Some(b) = bytelevel::decode_str(tok) {
+                    bytes_to_id.insert(b.into_boxed_slice(), id.as_u64().unwrap() as u32);
+                }
+            }
+        }
+
+        let pretok = PreTokenizer::new(&patterns, false)?;
+        let raw: Vec<&AddedToken> = added.iter().filter(|t| !t.normalized).collect();
+        let norm: Vec<&AddedToken> = added.iter().filter(|t| t.normalized).collect();
+        let info = Info {
+            model_type: mtype,
+            bpe_vocab_size,
+            merges_count: merges.len(),
+            vocab_size: id_to_str.len(),
+            normalizer,
+            fast_pretokenizer: pretok.is_fast(),
+            patterns,
+            ignore_merges,
+            fingerprint: fingerprint(
+                &id_to_str,
+                &merges,
+                &added,
+                normalizer,
+                pretok.patterns(),
+                ignore_merges,
+                add_prefix_space,
+            ),
+            added_tokens: added.clone(),
+        };
+        Ok(Tokenizer {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            bpe: Bpe {
+                byte_ids,
+                merges: MergeTable::new(&merges),
+            },
+            unk,
+            ignore_merges,
+            normalizer,
+            pretok,
+            add_prefix_space,
+            id_to_str,
+            id_to_bytes,
+            str_to_id,
+            bytes_to_id,
+            raw_added: matcher(&raw),
+            norm_added: matcher(&norm),
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &Info {
+        &self.info
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.id_to_str.len()
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.str_to_id.get(token).copied()
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.id_to_str.get(id as usize)?.as_deref()
+    }
+
+    /// The id of the added token `content`, if there is one.
+    pub fn added_token_id(&self, content: &str) -> Option<u32> {
+        self.info
+            .added_tokens
+            .iter()
+            .find(|t| t.content == content)
+            .map(|t| t.id)
+    }
+
+    /// Encodes `text`, appending ids to `out`. With `allow_added`, added tokens in the text
+    /// become their ids (as HF `encode`); without, they are plain text.
+    pub fn encode_into(&self, text: &str, allow_added: bool, out: &mut Vec<u32>) {
+        match (&self.raw_added, allow_added) {
+            (Some(m), true) => {
+                let mut last = 0;
+                for hit in m.ac.find_iter(text) {
+                    self.encode_segment(&text[last..hit.start()], true, out);
+                    out.push(m.ids[hit.pattern().as_usize()]);
+                    last = hit.end();
+                }
+                self.encode_segment(&text[last..], true, out);
+            }
+            _ => self.encode_segment(text, allow_added, out),
+        }
+    }
+
+    pub fn encode(&self, text: &str, allow_added: bool) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_into(text, allow_added, &mut out);
+        out
+    }
+
+    fn encode_segment(&self, seg: &str, allow_added: bool, out: &mut Vec<u32>) {
+        if seg.is_empty() {
+            return;
+        }
+        let norm = self.normalize(seg);
+        match (&self.norm_added, allow_added) {
+            (Some(m), true) => {
+                let mut last = 0;
+                for hit in m.ac.find_iter(norm.as_ref()) {
+                    self.encode_plain(&norm[last..hit.start()], out);
+                    out.push(m.ids[hit.pattern().as_usize()]);
+                    last = hit.end();
+                }
+                self.encode_plain(&norm[last..], out);
+            }
+            _ => self.encode_plain(&norm, out),
+        }
+    }
+
+    /// Applies the normalizer (NFC skipped for ASCII and quick-check-clean text).
+    pub fn normalize<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+        match self.normalizer {
+            Normalizer::None => Cow::Borrowed(s),
+            Normalizer::Nfc => {
+                if s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes {
+                    Cow::Borrowed(s)
+                } else {
+                    Cow::Owned(s.nfc().collect())
+                }
+            }
+        }
+    }
+
+    /// Pre-tokenizes and applies BPE to normalized text without added tokens.
+    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
+        if text.is_empty() {
+            return;
+        }
+        let prefixed;
+        let text = if self.add_prefix_space && !text.starts_with(' ') {
+            prefixed = format!(" {text}");
+            prefixed.as_str()
+        } else {
+            text
+        };
+        cache::with_cache(self.uid, |c| {
+            let mut scratch = Vec::new();
+            self.pretok.for_each_piece(text, |piece| {
+                let bytes = piece.as_bytes();
+                if bytes.len() == 1 {
+                    let id = self.bpe.byte_ids[bytes[0] as usize];
+                    if id != NO_ID {
+                        out.push(id);
+                    } else if let Some(u) = self.unk {
+                        out.push(u);
+                    }
+                    return;
+                }
+                if bytes.len() <= MAX_CACHED_PIECE {
+                    if let Some(ids) = c.map.get(bytes) {
+                        ids.extend_into(out);
+                        return;
+                    }
+                    scratch.clear();
+                    self.encode_piece(bytes, &mut scratch);
+                    out.extend_from_slice(&scratch);
+                    c.map.insert(bytes.into(), Ids::from_slice(&scratch));
+                } else {
+                    self.encode_piece(bytes, out);
+                }
+            });
+        })
+    }
+
+    #[inline]
+    fn encode_piece(&self, bytes: &[u8], out: &mut Vec<u32>) {
+        if self.ignore_merges {
+            if let Some(&id) = self.bytes_to_id.get(bytes) {
+                out.push(id);
+                return;
+            }
+        }
+        self.bpe.encode_piece(bytes, self.unk, out);
+    }
+
+    /// The pre-tokenizer's pieces of `text` after normalization (no added-token handling).
+    pub fn pre_tokenize(&self, text: &str) -> Vec<String> {
+        let norm = self.normalize(text);
+        self.pretok
+            .pieces(&norm)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Decodes ids to bytes (invalid UTF-8 is the caller's to handle).
+    pub fn decode_bytes(&self, ids: &[u32], skip_special: bool) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            match self.id_to_bytes.get(id as usize).and_then(|b| b.as_deref()) {
+                Some(b) => {
+                    if skip_special && self.is_special(id) {
+                        continue;
+                    }
+                    out.extend_from_slice(b)
+                }
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Encode,
+                        codes::UNKNOWN_ID,
+                        format!(
+                            "token id {id} is not in the vocabulary (size {})",
+                            self.vocab_size()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes ids to text; invalid UTF-8 becomes U+FFFD, as HF's ByteLevel decoder does.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        let b = self.decode_bytes(ids, skip_special)?;
+        Ok(match String::from_utf8(b) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    fn is_special(&self, id: u32) -> bool {
+        self.info
+            .added_tokens
+            .iter()
+            .any(|t| t.id == id && t.special)
+    }
+}
+
+/// sha256 over the canonical content of a tokenizer.
+fn fingerprint(
+    id_to_str: &[Option<String>],
+    merges: &[(u32, u32, u32)],
+    added: &[AddedToken],
+    normalizer: Normalizer,
+    patterns: &[String],
+    ignore_merges: bool,
+    add_prefix_space: bool,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(b"aprx-tokenizer-v1\0");
+    h.update(format!("{normalizer:?}\0{ignore_merges}\0{add_prefix_space}\0").as_bytes());
+    for p in patterns {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    for (id, s) in id_to_str.iter().enumerate() {
+        if let Some(s) = s {
+            h.update((id as u64).to_le_bytes());
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+    for &(a, b, m) in merges {
+        h.update(a.to_le_bytes());
+        h.update(b.to_le_bytes());
+        h.update(m.to_le_bytes());
+    }
+    for t in added {
+        h.update(t.id.to_le_bytes());
+        h.update([t.special as u8, t.normalized as u8]);
+        h.update((t.content.len() as u64).to_le_bytes());
+        h.update(t.content.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretok::QWEN2_PATTERN;
+    use serde_json::json;
+
+    /// A small byte-level tokenizer.json: all 256 bytes, a few merges, one added token.
+    pub fn small_json() -> Value {
+        let mut vocab = Map::new();
+        for b in 0..=255u8 {
+            vocab.insert(bytelevel::byte_to_char(b).to_string(), json!(b as u32));
+        }
+        let merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "Ġ")];
+        let mut next = 256;
+        for (a, b) in merges {
+            vocab.insert(format!("{a}{b}"), json!(next));
+            next += 1;
+        }
+        json!({
+            "normalizer": {"type": "NFC"},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+            ]},
+            "decoder": {"type": "ByteLevel"},
+            "added_tokens": [{"id": next, "content": "<|endoftext|>", "special": true, "normalized": false}],
+            "model": {"type": "BPE", "vocab": vocab,
+                      "merges": merges.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>()}
+        })
+    }
+
+    #[test]
+    fn encodes_merges_and_added_tokens() {
+        let t = Tokenizer::from_value(&small_json(), "small").unwrap();
+        assert_eq!(t.vocab_size(), 262);
+        let the = t.token_to_id("Ġthe").unwrap();
+        let ids = t.encode(" the<|endoftext|>in", true);
+        assert_eq!(ids, [the, 261, t.token_to_id("in").unwrap()]);
+        let ordinary = t.encode(" the<|endoftext|>", false);
+        assert_eq!(ordinary[0], the);
+        assert!(!ordinary.contains(&261));
+        assert_eq!(t.decode(&ordinary, false).unwrap(), " the<|endoftext|>");
+        assert_eq!(t.decode(&ids, true).unwrap(), " thein");
+        // NFC: e + combining acute == é
+        assert_eq!(t.encode("e\u{301}", false), t.encode("\u{e9}", false));
+    }
+
+    #[test]
+    fn rejects_bad_files_with_codes() {
+        let mut v = small_json();
+        v["model"]["type"] = json!("WordPiece");
+        let e = Tokenizer::from_value(&v, "x.json").err().unwrap();
+        assert_eq!(e.code, codes::MODEL_TYPE);
+        assert!(e.message.contains("WordPiece"));
+
+        let mut v = small_json();
+        v["model"]["merges"] = json!([["Ġ", "zz"]]);
+        assert_eq!(
+            Tokenizer::from_value(&v, "x").err().unwrap().code,
+            codes::MERGE_UNKNOWN
+        );
+
+        let mut v = small_json();
+        v["model"]["vocab"]["dup"] = json!(5);
+        assert_eq!(
+            Tokenizer::from_value(&v, "x").err().unwrap().code,
+            codes::DUPLICATE_ID
+        );
+
+        let mut v = small_json();
+        v["normalizer"] = json!({"type": "Lowercase"});
+        let e = Tokenizer::from_value(&v, "x").err().unwrap();
+        assert_eq!(e.code, codes::UNSUPPORTED);
+        assert!(e.message.contains("Lowercase"));
+
+        let e = Tokenizer::from_json_str("{\"model\": ", "bad.json")
+            .err()
+            .unwrap();
+        assert_eq!(e.code, codes::JSON);
+        assert!(e.message.contains("line 1"));
+    }
+
+    #[test]
+    fn fingerprint_is_content_based() {
+        let a = Tokenizer::from_value(&small_json(), "a").unwrap();
+        let b = Tokenizer::from_value(&small_json(), "b").unwrap();
+        assert_eq!(a.info().fingerprint, b.info().fingerprint);
+        let mut v = small_json();
+        v["model"]["merges"] = json!([["Ġ", "t"]]);
+        let c = Tokenizer::from_value(&v, "c").unwrap();
+        assert_ne!(a.info().fingerprint, c.info().fingerprint);
+    }
+}
