@@ -4,9 +4,11 @@
 pub mod bpe;
 pub mod bytelevel;
 pub mod cache;
+pub mod corpus;
 pub mod error;
 pub mod parallel;
 pub mod pretok;
+pub mod shards;
 pub mod tiktoken;
 pub mod tokenizer;
 

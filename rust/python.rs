@@ -331,6 +331,107 @@ fn recover_merges(py: Python<'_>, tokens: Vec<Vec<u8>>) -> (Vec<(u32, u32, u32)>
     py.detach(|| tiktoken::recover_merges(&tokens))
 }
 
+/// Runs encode-corpus (see `aprx.corpus.encode_corpus`); returns the manifest as JSON text.
+/// The pipeline runs on its own threads; this thread waits with the GIL released and checks
+/// for Ctrl-C, which stops the run cleanly (completed shards stay for `resume`).
+#[pyfunction]
+#[pyo3(signature = (tokenizer, inputs, output, *, tokenizer_path, shard_tokens, content_field,
+    eos_policy, eos_id, normalization, num_workers, resume, overwrite, on_error, progress,
+    text_extensions, num_tasks = 1, task_index = 0))]
+#[allow(clippy::too_many_arguments)]
+fn encode_corpus(
+    py: Python<'_>,
+    tokenizer: &PyTokenizer,
+    inputs: Vec<PathBuf>,
+    output: PathBuf,
+    tokenizer_path: String,
+    shard_tokens: u64,
+    content_field: String,
+    eos_policy: &str,
+    eos_id: Option<u32>,
+    normalization: Option<&str>,
+    num_workers: Option<usize>,
+    resume: bool,
+    overwrite: bool,
+    on_error: &str,
+    progress: bool,
+    text_extensions: Vec<String>,
+    num_tasks: u32,
+    task_index: u32,
+) -> PyResult<String> {
+    use crate::shards::{EosPolicy, OnError, Options};
+    let bad = |what: String| to_py(py, Error::corpus(crate::error::codes::INPUT, what));
+    let opts = Options {
+        inputs,
+        output,
+        tokenizer_path,
+        shard_tokens,
+        content_field,
+        eos_policy: match eos_policy {
+            "between" => EosPolicy::Between,
+            "after" => EosPolicy::After,
+            "none" => EosPolicy::None,
+            o => {
+                return Err(bad(format!(
+                    "eos_policy must be between, after or none, not {o:?}"
+                )))
+            }
+        },
+        eos_id,
+        normalization: match normalization {
+            None => None,
+            Some("nfc") => Some(Normalizer::Nfc),
+            Some("none") => Some(Normalizer::None),
+            Some(o) => return Err(bad(format!("normalization must be nfc or none, not {o:?}"))),
+        },
+        num_workers,
+        resume,
+        overwrite,
+        on_error: match on_error {
+            "fail" => OnError::Fail,
+            "skip" => OnError::Skip,
+            o => return Err(bad(format!("on_error must be fail or skip, not {o:?}"))),
+        },
+        progress,
+        text_extensions,
+        num_tasks,
+        task_index,
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let tok = tokenizer.inner.clone();
+    let result = std::thread::scope(|s| -> PyResult<_> {
+        let handle = s.spawn(|| crate::shards::encode_corpus(&tok, &opts, &cancel));
+        loop {
+            let done = py.detach(|| {
+                for _ in 0..20 {
+                    if handle.is_finished() {
+                        return true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                handle.is_finished()
+            });
+            if done {
+                break;
+            }
+            if let Err(e) = py.check_signals() {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = py.detach(|| handle.join());
+                return Err(e);
+            }
+        }
+        Ok(handle.join().expect("encode-corpus thread"))
+    })?;
+    let manifest = result.map_err(|e| to_py(py, e))?;
+    Ok(serde_json::to_string(&manifest).expect("serialisable"))
+}
+
+/// Raw bytes -> the byte-level (GPT-2 alphabet) token string.
+#[pyfunction]
+fn byte_level_str(data: &[u8]) -> String {
+    crate::bytelevel::encode_str(data)
+}
+
 /// Threads a parallel call uses by default (`RAYON_NUM_THREADS`, else the CPU count).
 #[pyfunction]
 fn default_num_threads() -> usize {
@@ -340,8 +441,20 @@ fn default_num_threads() -> usize {
 #[pymodule]
 fn _aprx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    let patterns = PyDict::new(m.py());
+    patterns.set_item("gpt2", crate::pretok::GPT2_PATTERN)?;
+    patterns.set_item("cl100k", crate::pretok::CL100K_PATTERN)?;
+    patterns.set_item("llama3", crate::pretok::CL100K_PATTERN)?;
+    patterns.set_item("qwen2", crate::pretok::QWEN2_PATTERN)?;
+    m.add("PATTERNS", patterns)?;
     m.add_class::<PyTokenizer>()?;
     m.add_function(wrap_pyfunction!(recover_merges, m)?)?;
     m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(byte_level_str, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_corpus, m)?)?;
+    m.add(
+        "DEFAULT_TEXT_EXTENSIONS",
+        crate::corpus::DEFAULT_TEXT_EXTENSIONS.to_vec(),
+    )?;
     Ok(())
 }

@@ -677,17 +677,18 @@ impl Tokenizer {
 
     /// Applies the normalizer (NFC skipped for ASCII and quick-check-clean text).
     pub fn normalize<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
-        match self.normalizer {
-            Normalizer::None => Cow::Borrowed(s),
-            Normalizer::Nfc => {
-                if s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes {
-                    Cow::Borrowed(s)
-                } else {
-                    Cow::Owned(s.nfc().collect())
-                }
-            }
-        }
+        normalize_with(self.normalizer, s)
+    }
+
+    /// The normalizer from the tokenizer file.
+    pub fn normalizer(&self) -> Normalizer {
+        self.normalizer
+    }
+
+    /// Ordinary encoding (added tokens are text) with a given normalizer instead of the
+    /// tokenizer's own: encode-corpus's `--normalization`.
+    pub fn encode_ordinary_with(&self, text: &str, normalizer: Normalizer, out: &mut Vec<u32>) {
+        self.encode_plain(&normalize_with(normalizer, text), out)
     }
 
     /// Pre-tokenizes and applies BPE to normalized text without added tokens.
@@ -792,6 +793,21 @@ impl Tokenizer {
             .added_tokens
             .iter()
             .any(|t| t.id == id && t.special)
+    }
+}
+
+/// Applies `normalizer` (NFC skipped for ASCII and quick-check-clean text).
+pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
+    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+    match normalizer {
+        Normalizer::None => Cow::Borrowed(s),
+        Normalizer::Nfc => {
+            if s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes {
+                Cow::Borrowed(s)
+            } else {
+                Cow::Owned(s.nfc().collect())
+            }
+        }
     }
 }
 

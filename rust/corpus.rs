@@ -1,0 +1,503 @@
+//! Corpus readers: input discovery (files and directories, in a stable sorted order) and a
+//! streaming reader that yields records (JSONL lines or whole text files) in batches, hashing
+//! every input file as it goes. JSON parsing happens later, in parallel, in `parse_record`.
+
+use crate::error::{codes, Error, Result};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Jsonl,
+    JsonlGz,
+    JsonlZst,
+    /// One document per file.
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub kind: InputKind,
+    pub size: u64,
+}
+
+/// Extensions of text files picked up when walking a directory (explicit file arguments are
+/// always taken): source code and prose.
+pub const DEFAULT_TEXT_EXTENSIONS: &[&str] = &[
+    "py", "pyi", "txt", "md", "rst", "c", "h", "cc", "cpp", "hpp", "rs", "go", "java", "js", "ts",
+    "jsx", "tsx", "rb", "php", "sh", "cs", "kt", "swift", "scala", "lua", "sql", "toml", "yaml",
+    "yml", "html", "css",
+];
+
+fn kind_of(path: &Path) -> Option<InputKind> {
+    let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
+        Some(InputKind::Jsonl)
+    } else if name.ends_with(".jsonl.gz") || name.ends_with(".ndjson.gz") {
+        Some(InputKind::JsonlGz)
+    } else if name.ends_with(".jsonl.zst") || name.ends_with(".ndjson.zst") {
+        Some(InputKind::JsonlZst)
+    } else if name.ends_with(".parquet") {
+        None
+    } else {
+        Some(InputKind::Text)
+    }
+}
+
+/// Expands paths into input files: directories recursively, entries sorted by name, hidden
+/// entries skipped; in directories, text files only with one of `text_extensions`.
+pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<InputFile>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| {
+            Error::corpus(
+                codes::INPUT,
+                format!("{}: cannot open input: {e}", p.display()),
+            )
+        })?;
+        if meta.is_dir() {
+            walk(p, text_extensions, &mut out)?;
+        } else {
+            let kind = kind_of(p).ok_or_else(|| parquet_error(p))?;
+            out.push(InputFile {
+                path: p.clone(),
+                kind,
+                size: meta.len(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn parquet_error(p: &Path) -> Error {
+    Error::corpus(
+        codes::INPUT,
+        format!(
+            "{}: Parquet input is not supported yet; export the text column to JSONL",
+            p.display()
+        ),
+    )
+}
+
+fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list directory", &e))?;
+    let mut entries: Vec<PathBuf> = rd
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io(dir, "list directory", &e))?;
+    entries.sort();
+    for e in entries {
+        let name = e.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().is_none_or(|n| n.starts_with('.')) {
+            continue;
+        }
+        let meta = std::fs::metadata(&e).map_err(|err| Error::io(&e, "stat", &err))?;
+        if meta.is_dir() {
+            walk(&e, exts, out)?;
+            continue;
+        }
+        match kind_of(&e) {
+            None => return Err(parquet_error(&e)),
+            Some(InputKind::Text) => {
+                let ext = e
+                    .extension()
+                    .map(|x| x.to_string_lossy().to_ascii_lowercase())
+                    .unwrap_or_default();
+                if !exts.iter().any(|x| *x == ext) {
+                    continue;
+                }
+                out.push(InputFile {
+                    path: e,
+                    kind: InputKind::Text,
+                    size: meta.len(),
+                });
+            }
+            Some(kind) => out.push(InputFile {
+                path: e,
+                kind,
+                size: meta.len(),
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// A reader that hashes every byte it passes on and counts them.
+pub struct HashingReader<R> {
+    inner: R,
+    pub hasher: Sha256,
+    pub bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// One unit of input: a JSONL line or a whole text file.
+pub struct Record {
+    pub file: u32,
+    /// 1-based line number (1 for a text file).
+    pub line: u64,
+    pub data: Vec<u8>,
+}
+
+/// What the reader produces, in input order.
+pub enum Item {
+    Record(Record),
+    /// A blank JSONL line (counted, not a document).
+    Blank {
+        file: u32,
+    },
+    /// The end of an input file, with its sha256 and record count.
+    FileEnd {
+        file: u32,
+        sha256: String,
+        records: u64,
+    },
+}
+
+/// Calls `emit` for every item of `files[start_file..]`, skipping the first `skip_records`
+/// records of `start_file` (resume). Stops early when `emit` returns false.
+pub fn read_items(
+    files: &[InputFile],
+    start_file: usize,
+    skip_records: u64,
+    mut emit: impl FnMut(Item) -> bool,
+) -> Result<()> {
+    for (fi, f) in files.iter().enumerate().skip(start_file) {
+        let skip = if fi == start_file { skip_records } else { 0 };
+        let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
+        let mut hr = HashingReader {
+            inner: file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let fi32 = fi as u32;
+        let records = match f.kind {
+            InputKind::Text => {
+                let mut data = Vec::with_capacity(f.size as usize);
+                hr.read_to_end(&mut data)
+                    .map_err(|e| Error::io(&f.path, "read", &e))?;
+                if skip == 0
+                    && !emit(Item::Record(Record {
+                        file: fi32,
+                        line: 1,
+                        data,
+                    }))
+                {
+                    return Ok(());
+                }
+                1
+            }
+            InputKind::Jsonl => {
+                let mut r = BufReader::with_capacity(1 << 20, &mut hr);
+                match read_lines(&mut r, &f.path, fi32, skip, &mut emit)? {
+                    Some(n) => n,
+                    None => return Ok(()),
+                }
+            }
+            InputKind::JsonlGz => {
+                let mut r =
+                    BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(&mut hr));
+                match read_lines(&mut r, &f.path, fi32, skip, &mut emit)? {
+                    Some(n) => n,
+                    None => return Ok(()),
+                }
+            }
+            InputKind::JsonlZst => {
+                let dec = zstd::stream::read::Decoder::new(&mut hr)
+                    .map_err(|e| compression_error(&f.path, &e))?;
+                let mut r = BufReader::with_capacity(1 << 20, dec);
+                match read_lines(&mut r, &f.path, fi32, skip, &mut emit)? {
+                    Some(n) => n,
+                    None => return Ok(()),
+                }
+            }
+        };
+        // Hash what the decoder did not need (trailing bytes) so the digest covers the file.
+        std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
+        let sha256 = hex(&hr.hasher.finalize());
+        if !emit(Item::FileEnd {
+            file: fi32,
+            sha256,
+            records,
+        }) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn compression_error(path: &Path, e: &std::io::Error) -> Error {
+    Error::corpus(
+        codes::CORPUS_COMPRESSION,
+        format!(
+            "{}: corrupt or truncated compressed input: {e}",
+            path.display()
+        ),
+    )
+}
+
+/// Returns the number of records (lines) read, or None if `emit` asked to stop.
+fn read_lines(
+    r: &mut impl BufRead,
+    path: &Path,
+    file: u32,
+    skip: u64,
+    emit: &mut impl FnMut(Item) -> bool,
+) -> Result<Option<u64>> {
+    let mut line_no = 0u64;
+    loop {
+        let mut buf = Vec::new();
+        let n = r.read_until(b'\n', &mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData
+                || e.kind() == std::io::ErrorKind::UnexpectedEof
+                || e.kind() == std::io::ErrorKind::Other
+            {
+                compression_error(path, &e)
+            } else {
+                Error::io(path, "read", &e)
+            }
+        })?;
+        if n == 0 {
+            return Ok(Some(line_no));
+        }
+        line_no += 1;
+        if line_no <= skip {
+            continue;
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        let item = if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            Item::Blank { file }
+        } else {
+            Item::Record(Record {
+                file,
+                line: line_no,
+                data: buf,
+            })
+        };
+        if !emit(item) {
+            return Ok(None);
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a record is not a document: a stable code and a reason.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    pub code: &'static str,
+    pub reason: String,
+    /// Line within a text-file record where the problem is.
+    pub line: Option<u64>,
+}
+
+/// Extracts the document text of a record: the whole data for text files, the `field` of the
+/// JSON object for JSONL.
+pub fn parse_record<'a>(
+    data: &'a [u8],
+    kind: InputKind,
+    field: &str,
+) -> std::result::Result<std::borrow::Cow<'a, str>, Reject> {
+    let text = std::str::from_utf8(data).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = data[..at].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        Reject {
+            code: codes::CORPUS_UTF8,
+            reason: format!("invalid UTF-8 at byte {at}"),
+            line: (kind == InputKind::Text).then_some(line),
+        }
+    })?;
+    if kind == InputKind::Text {
+        return Ok(std::borrow::Cow::Borrowed(text));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let found = FieldSeed { field }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| Reject {
+            code: codes::CORPUS_JSON,
+            reason: format!("invalid JSON: {e}"),
+            line: None,
+        })?;
+    match found {
+        Field::Text(s) => Ok(s),
+        Field::Missing => Err(Reject {
+            code: codes::CORPUS_FIELD_MISSING,
+            reason: format!("no {field:?} field"),
+            line: None,
+        }),
+        Field::WrongType(t) => Err(Reject {
+            code: codes::CORPUS_FIELD_TYPE,
+            reason: format!("field {field:?} is {t}, not a string"),
+            line: None,
+        }),
+        Field::NotObject(t) => Err(Reject {
+            code: codes::CORPUS_JSON,
+            reason: format!("the line is a JSON {t}, not an object"),
+            line: None,
+        }),
+    }
+}
+
+enum Field<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Missing,
+    WrongType(&'static str),
+    NotObject(&'static str),
+}
+
+/// Deserializes a JSON object, keeping only `field` (other values are skipped unparsed).
+struct FieldSeed<'f> {
+    field: &'f str,
+}
+
+impl<'de, 'f> DeserializeSeed<'de> for FieldSeed<'f> {
+    type Value = Field<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Field<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// The value of the wanted field: a string (borrowed when it has no escapes) or its type.
+struct ValueSeed;
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Field<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Field<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! wrong_type {
+    ($($m:ident: $t:ty => $name:expr),*) => {
+        $(fn $m<E: de::Error>(self, _: $t) -> std::result::Result<Field<'de>, E> {
+            Ok(Field::WrongType($name))
+        })*
+    };
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Field<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Text(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Text(std::borrow::Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::Text(std::borrow::Cow::Owned(v)))
+    }
+    wrong_type!(visit_bool: bool => "a boolean", visit_i64: i64 => "a number",
+                visit_u64: u64 => "a number", visit_f64: f64 => "a number");
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::WrongType("null"))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(
+        self,
+        mut a: A,
+    ) -> std::result::Result<Field<'de>, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::WrongType("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Field<'de>, A::Error> {
+        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::WrongType("an object"))
+    }
+}
+
+impl<'de, 'f> Visitor<'de> for FieldSeed<'f> {
+    type Value = Field<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Field<'de>, A::Error> {
+        let mut found = Field::Missing;
+        while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.field && matches!(found, Field::Missing) {
+                found = a.next_value_seed(ValueSeed)?;
+            } else {
+                a.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(
+        self,
+        mut a: A,
+    ) -> std::result::Result<Field<'de>, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::NotObject("array"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::NotObject("string"))
+    }
+    wrong_type!(visit_bool: bool => "boolean", visit_i64: i64 => "number",
+                visit_u64: u64 => "number", visit_f64: f64 => "number");
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Field<'de>, E> {
+        Ok(Field::NotObject("null"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(data: &str) -> std::result::Result<String, &'static str> {
+        parse_record(data.as_bytes(), InputKind::Jsonl, "content")
+            .map(|c| c.into_owned())
+            .map_err(|r| r.code)
+    }
+
+    #[test]
+    fn extracts_the_field() {
+        assert_eq!(
+            text(r#"{"a": [1, {"b": 2}], "content": "x\ny"}"#).unwrap(),
+            "x\ny"
+        );
+        assert_eq!(text(r#"{"content": "plain"}"#).unwrap(), "plain");
+        assert_eq!(text(r#"{"other": 1}"#), Err(codes::CORPUS_FIELD_MISSING));
+        assert_eq!(text(r#"{"content": 5}"#), Err(codes::CORPUS_FIELD_TYPE));
+        assert_eq!(text(r#"{"content": null}"#), Err(codes::CORPUS_FIELD_TYPE));
+        assert_eq!(text(r#"{"content": "x""#), Err(codes::CORPUS_JSON));
+        assert_eq!(
+            text(r#"{"content": "x"} trailing"#),
+            Err(codes::CORPUS_JSON)
+        );
+        assert_eq!(text("[1, 2]"), Err(codes::CORPUS_JSON));
+        let bad = b"{\"content\": \"\xff\"}";
+        assert_eq!(
+            parse_record(bad, InputKind::Jsonl, "content")
+                .unwrap_err()
+                .code,
+            codes::CORPUS_UTF8
+        );
+    }
+}

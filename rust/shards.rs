@@ -1,0 +1,693 @@
+//! encode-corpus: a streaming pipeline from corpus files to u32 token shards.
+//!
+//! reader thread (files -> batches of records, hashing inputs) -> parallel parse + encode of
+//! each batch (order kept) -> one writer (shards, document index, progress, manifest).
+//! Shards are written under temporary names and renamed when complete; `progress.json`
+//! records, after every completed shard, where in the input the next shard starts, so a run
+//! killed at any point resumes to output byte-identical to an uninterrupted run.
+
+use crate::corpus::{self, hex, InputFile, Item, Reject};
+use crate::error::{codes, Error, Result};
+use crate::parallel;
+use crate::tokenizer::{Normalizer, Tokenizer};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+pub const SHARDS_SCHEMA: &str = "aprx.shards/1";
+const PROGRESS: &str = "progress.json";
+const MANIFEST: &str = "manifest.json";
+/// Text per parallel batch; bounds memory together with the channel depth.
+const BATCH_BYTES: usize = 8 << 20;
+const BATCH_RECORDS: usize = 8192;
+const CHANNEL_DEPTH: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EosPolicy {
+    /// EOS between consecutive documents (not after the last).
+    Between,
+    /// EOS after every document.
+    After,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub inputs: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub tokenizer_path: String,
+    pub shard_tokens: u64,
+    pub content_field: String,
+    pub eos_policy: EosPolicy,
+    pub eos_id: Option<u32>,
+    /// None: the tokenizer's own normalizer.
+    pub normalization: Option<Normalizer>,
+    pub num_workers: Option<usize>,
+    pub resume: bool,
+    pub overwrite: bool,
+    pub on_error: OnError,
+    pub progress: bool,
+    pub text_extensions: Vec<String>,
+    /// Encode only every input file i with i % num_tasks == task_index (scale-out).
+    pub num_tasks: u32,
+    pub task_index: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct ShardInfo {
+    file: String,
+    index: String,
+    tokens: u64,
+    documents: u64,
+    sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Skipped {
+    file: String,
+    line: u64,
+    code: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+struct InputDone {
+    path: String,
+    size: u64,
+    sha256: String,
+    records: u64,
+    documents: u64,
+    empty_documents: u64,
+    skipped: u64,
+    blank_lines: u64,
+}
+
+/// Everything needed to continue a run after its last completed shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    config: Value,
+    shards: Vec<ShardInfo>,
+    /// Input file and records consumed in it at the start of the next shard.
+    next_file: usize,
+    next_record: u64,
+    inputs: Vec<InputDone>,
+    /// Counts so far for the input file at `next_file`.
+    current: InputDone,
+    skipped: Vec<Skipped>,
+    documents: u64,
+    tokens: u64,
+    max_token_id: Option<u32>,
+    elapsed_s: f64,
+}
+
+/// The shard being written.
+struct OpenShard {
+    n: usize,
+    bin: BufWriter<File>,
+    hasher: Sha256,
+    tokens: u64,
+    ends: Vec<u64>,
+}
+
+struct Writer<'a> {
+    dir: &'a Path,
+    opts: &'a Options,
+    eos: Option<u32>,
+    state: Progress,
+    open: Option<OpenShard>,
+    /// Position (file, records consumed) of the record being processed.
+    pos_file: usize,
+    pos_record: u64,
+    started: Instant,
+    prior_elapsed: f64,
+    last_report: Instant,
+    bytes_done: u64,
+    bytes_total: u64,
+    tokens_this_run: u64,
+}
+
+fn shard_name(n: usize) -> (String, String) {
+    (format!("shard-{n:05}.bin"), format!("shard-{n:05}.idx"))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", &e))?;
+    f.write_all(data)
+        .map_err(|e| Error::io(&tmp, "write", &e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, "sync", &e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", &e))
+}
+
+impl<'a> Writer<'a> {
+    fn add_doc(&mut self, ids: &[u32]) -> Result<()> {
+        if self.state.documents > 0 {
+            if self.opts.eos_policy == EosPolicy::Between {
+                let eos = self.eos.expect("checked");
+                self.push_tokens(&[eos])?;
+                let shard = self.open.as_mut().expect("open shard");
+                *shard.ends.last_mut().expect("previous doc") += 1;
+            }
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|s| s.tokens >= self.opts.shard_tokens)
+            {
+                self.close_shard()?;
+                self.save_progress()?;
+            }
+        }
+        self.push_tokens(ids)?;
+        if self.opts.eos_policy == EosPolicy::After {
+            let eos = self.eos.expect("checked");
+            self.push_tokens(&[eos])?;
+        }
+        let shard = self.open.as_mut().expect("open shard");
+        shard.ends.push(shard.tokens);
+        self.state.documents += 1;
+        if let Some(&m) = ids.iter().max() {
+            self.state.max_token_id = Some(self.state.max_token_id.map_or(m, |x| x.max(m)));
+        }
+        if let Some(e) = self.eos.filter(|_| self.opts.eos_policy != EosPolicy::None) {
+            self.state.max_token_id = Some(self.state.max_token_id.map_or(e, |x| x.max(e)));
+        }
+        Ok(())
+    }
+
+    fn push_tokens(&mut self, ids: &[u32]) -> Result<()> {
+        if self.open.is_none() {
+            let n = self.state.shards.len();
+            let path = self.dir.join(format!("{}.tmp", shard_name(n).0));
+            let f = File::create(&path).map_err(|e| Error::io(&path, "create", &e))?;
+            self.open = Some(OpenShard {
+                n,
+                bin: BufWriter::with_capacity(4 << 20, f),
+                hasher: Sha256::new(),
+                tokens: 0,
+                ends: Vec::new(),
+            });
+        }
+        let shard = self.open.as_mut().expect("open shard");
+        // SAFETY: u32 has no padding; the shard format is little-endian u32.
+        let bytes: &[u8] = if cfg!(target_endian = "little") {
+            unsafe { std::slice::from_raw_parts(ids.as_ptr() as *const u8, ids.len() * 4) }
+        } else {
+            unreachable!("big-endian hosts are not supported")
+        };
+        shard.hasher.update(bytes);
+        let path = self.dir.join(format!("{}.tmp", shard_name(shard.n).0));
+        shard
+            .bin
+            .write_all(bytes)
+            .map_err(|e| Error::io(&path, "write", &e))?;
+        shard.tokens += ids.len() as u64;
+        self.state.tokens += ids.len() as u64;
+        self.tokens_this_run += ids.len() as u64;
+        Ok(())
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        let Some(shard) = self.open.take() else {
+            return Ok(());
+        };
+        let (bin, idx) = shard_name(shard.n);
+        let bin_tmp = self.dir.join(format!("{bin}.tmp"));
+        let idx_tmp = self.dir.join(format!("{idx}.tmp"));
+        let f = shard
+            .bin
+            .into_inner()
+            .map_err(|e| Error::io(&bin_tmp, "write", e.error()))?;
+        f.sync_all().map_err(|e| Error::io(&bin_tmp, "sync", &e))?;
+        let mut idx_bytes = Vec::with_capacity(shard.ends.len() * 8);
+        for e in &shard.ends {
+            idx_bytes.extend_from_slice(&e.to_le_bytes());
+        }
+        let mut fi = File::create(&idx_tmp).map_err(|e| Error::io(&idx_tmp, "create", &e))?;
+        fi.write_all(&idx_bytes)
+            .and_then(|_| fi.sync_all())
+            .map_err(|e| Error::io(&idx_tmp, "write", &e))?;
+        std::fs::rename(&bin_tmp, self.dir.join(&bin))
+            .map_err(|e| Error::io(&bin_tmp, "rename", &e))?;
+        std::fs::rename(&idx_tmp, self.dir.join(&idx))
+            .map_err(|e| Error::io(&idx_tmp, "rename", &e))?;
+        self.state.shards.push(ShardInfo {
+            file: bin,
+            index: idx,
+            tokens: shard.tokens,
+            documents: shard.ends.len() as u64,
+            sha256: hex(&shard.hasher.finalize()),
+        });
+        Ok(())
+    }
+
+    /// Records that everything before the current record is in completed shards.
+    fn save_progress(&mut self) -> Result<()> {
+        self.state.next_file = self.pos_file;
+        self.state.next_record = self.pos_record;
+        self.state.elapsed_s = self.prior_elapsed + self.started.elapsed().as_secs_f64();
+        let data = serde_json::to_vec_pretty(&self.state).expect("serialisable");
+        write_atomic(&self.dir.join(PROGRESS), &data)
+    }
+
+    fn report(&mut self, force: bool) {
+        if !self.opts.progress || (!force && self.last_report.elapsed().as_millis() < 500) {
+            return;
+        }
+        self.last_report = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mbs = self.bytes_done as f64 / secs / 1e6;
+        let frac = if self.bytes_total > 0 {
+            (self.bytes_done as f64 / self.bytes_total as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let eta = if frac > 0.0 {
+            secs * (1.0 - frac) / frac
+        } else {
+            0.0
+        };
+        eprint!(
+            "\raprx encode-corpus: {:>5.1}%  {} docs  {} tokens  {:.1} MB/s  {:.2} M tokens/s  ETA {:.0}s   ",
+            frac * 100.0,
+            self.state.documents,
+            self.state.tokens,
+            mbs,
+            self.tokens_this_run as f64 / secs / 1e6,
+            eta
+        );
+        if force {
+            eprintln!();
+        }
+    }
+}
+
+fn config_of(opts: &Options, tok: &Tokenizer, files: &[InputFile], eos: Option<u32>) -> Value {
+    json!({
+        "tokenizer_sha256": tok.info().fingerprint,
+        "inputs": files.iter().map(|f| json!({"path": f.path.display().to_string(), "size": f.size})).collect::<Vec<_>>(),
+        "shard_tokens": opts.shard_tokens,
+        "content_field": opts.content_field,
+        "eos_policy": opts.eos_policy,
+        "eos_id": eos,
+        "normalization": norm_name(opts.normalization.unwrap_or(tok.normalizer())),
+        "on_error": opts.on_error,
+        "num_tasks": opts.num_tasks,
+        "task_index": opts.task_index,
+    })
+}
+
+fn norm_name(n: Normalizer) -> &'static str {
+    match n {
+        Normalizer::Nfc => "nfc",
+        Normalizer::None => "none",
+    }
+}
+
+/// Files of ours in an output directory.
+fn our_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    if !dir.exists() {
+        return Ok(v);
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list directory", &e))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("shard-")
+            || name == MANIFEST
+            || name == PROGRESS
+            || name.starts_with("manifest.json")
+            || name.starts_with("progress.json")
+        {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", &e))
+}
+
+/// Runs encode-corpus; returns the manifest. `cancel` stops the run between batches
+/// (completed shards and progress stay, so `resume` continues).
+pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Result<Value> {
+    let started = Instant::now();
+    let dir = opts.output.as_path();
+    if opts.shard_tokens == 0 {
+        return Err(Error::corpus(codes::INPUT, "shard_tokens must be positive"));
+    }
+    if opts.num_tasks == 0 || opts.task_index >= opts.num_tasks {
+        return Err(Error::corpus(
+            codes::INPUT,
+            format!(
+                "task index {} is not below the number of tasks {}",
+                opts.task_index, opts.num_tasks
+            ),
+        ));
+    }
+    let eos = match opts.eos_policy {
+        EosPolicy::None => opts.eos_id,
+        _ => Some(opts.eos_id.ok_or_else(|| {
+            Error::corpus(
+                codes::NO_EOS,
+                "the tokenizer has no end-of-text token; pass --eos-token or --eos-policy none",
+            )
+        })?),
+    };
+    if let Some(e) = eos {
+        if tok.id_to_token(e).is_none() {
+            return Err(Error::corpus(
+                codes::NO_EOS,
+                format!(
+                    "EOS id {e} is not in the tokenizer (size {})",
+                    tok.vocab_size()
+                ),
+            ));
+        }
+    }
+    let all_files = corpus::discover(&opts.inputs, &opts.text_extensions)?;
+    let files: Vec<InputFile> = all_files
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u32 % opts.num_tasks == opts.task_index)
+        .map(|(_, f)| f)
+        .collect();
+    let config = config_of(opts, tok, &files, eos);
+
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", &e))?;
+    let existing = our_files(dir)?;
+    let mut state: Option<Progress> = None;
+    if !existing.is_empty() {
+        if opts.overwrite {
+            for p in &existing {
+                remove(p)?;
+            }
+        } else if opts.resume {
+            let manifest_path = dir.join(MANIFEST);
+            if manifest_path.exists() {
+                let m: Value = serde_json::from_slice(
+                    &std::fs::read(&manifest_path)
+                        .map_err(|e| Error::io(&manifest_path, "read", &e))?,
+                )
+                .map_err(|e| {
+                    Error::corpus(
+                        codes::RESUME_MISMATCH,
+                        format!("{}: {e}", manifest_path.display()),
+                    )
+                })?;
+                if m.get("config") == Some(&config) {
+                    return Ok(m); // already complete
+                }
+                return Err(Error::corpus(
+                    codes::RESUME_MISMATCH,
+                    format!(
+                        "{}: holds a finished run with other settings or inputs; use --overwrite",
+                        dir.display()
+                    ),
+                ));
+            }
+            let pp = dir.join(PROGRESS);
+            if pp.exists() {
+                let p: Progress = serde_json::from_slice(
+                    &std::fs::read(&pp).map_err(|e| Error::io(&pp, "read", &e))?,
+                )
+                .map_err(|e| {
+                    Error::corpus(codes::RESUME_MISMATCH, format!("{}: {e}", pp.display()))
+                })?;
+                if p.config != config {
+                    let key = config
+                        .as_object()
+                        .and_then(|c| c.iter().find(|(k, v)| p.config.get(*k) != Some(v)))
+                        .map_or("?".to_string(), |(k, _)| k.clone());
+                    return Err(Error::corpus(
+                        codes::RESUME_MISMATCH,
+                        format!(
+                            "{}: cannot resume: {key:?} differs from the interrupted run",
+                            dir.display()
+                        ),
+                    ));
+                }
+                state = Some(p);
+            }
+            // Remove partial shards and any completed after the last progress record.
+            let keep = state.as_ref().map_or(0, |p| p.shards.len());
+            for p in &existing {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let stale = name.ends_with(".tmp")
+                    || name.starts_with("shard-")
+                        && name
+                            .get(6..11)
+                            .and_then(|d| d.parse::<usize>().ok())
+                            .is_none_or(|n| n >= keep);
+                if stale {
+                    remove(p)?;
+                }
+            }
+            if let Some(p) = &state {
+                for s in &p.shards {
+                    let path = dir.join(&s.file);
+                    let len = std::fs::metadata(&path)
+                        .map(|m| m.len())
+                        .unwrap_or(u64::MAX);
+                    if len != s.tokens * 4 {
+                        return Err(Error::corpus(
+                            codes::SHARD_MISMATCH,
+                            format!("{}: completed shard is damaged ({len} bytes, expected {}); use --overwrite", path.display(), s.tokens * 4),
+                        ));
+                    }
+                }
+            }
+        } else {
+            return Err(Error::corpus(
+                codes::OUTPUT_EXISTS,
+                format!(
+                    "{}: holds another run's shards ({}); pass --resume to continue it or --overwrite to replace it",
+                    dir.display(),
+                    existing[0].file_name().unwrap().to_string_lossy()
+                ),
+            ));
+        }
+    }
+    let resumed = state.is_some();
+    let state = state.unwrap_or(Progress {
+        config: config.clone(),
+        shards: Vec::new(),
+        next_file: 0,
+        next_record: 0,
+        inputs: Vec::new(),
+        current: InputDone::default(),
+        skipped: Vec::new(),
+        documents: 0,
+        tokens: 0,
+        max_token_id: None,
+        elapsed_s: 0.0,
+    });
+    let (start_file, skip) = (state.next_file, state.next_record);
+    let bytes_total: u64 = files.iter().skip(start_file).map(|f| f.size).sum();
+    let mut w = Writer {
+        dir,
+        opts,
+        eos,
+        prior_elapsed: state.elapsed_s,
+        state,
+        open: None,
+        pos_file: start_file,
+        pos_record: skip,
+        started,
+        last_report: Instant::now(),
+        bytes_done: 0,
+        bytes_total,
+        tokens_this_run: 0,
+    };
+    w.state.inputs.truncate(start_file);
+
+    let pool = parallel::pool(opts.num_workers);
+    let normalizer = opts.normalization.unwrap_or(tok.normalizer());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(CHANNEL_DEPTH);
+    let stop = AtomicBool::new(false);
+    let result: Result<()> = std::thread::scope(|scope| {
+        let files_ref = &files;
+        let stop_ref = &stop;
+        let reader = scope.spawn(move || {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            let r = corpus::read_items(files_ref, start_file, skip, |item| {
+                if let Item::Record(r) = &item {
+                    bytes += r.data.len();
+                }
+                let flush = matches!(item, Item::FileEnd { .. });
+                batch.push(item);
+                if bytes >= BATCH_BYTES || batch.len() >= BATCH_RECORDS || flush {
+                    bytes = 0;
+                    if tx.send(std::mem::take(&mut batch)).is_err() {
+                        return false;
+                    }
+                }
+                !stop_ref.load(Ordering::Relaxed)
+            });
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            r
+        });
+        let run = (|| -> Result<()> {
+            for batch in rx.iter() {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::interrupted());
+                }
+                let encoded: Vec<Option<std::result::Result<Vec<u32>, Reject>>> =
+                    pool.install(|| {
+                        batch
+                            .par_iter()
+                            .with_min_len(8)
+                            .map(|item| match item {
+                                Item::Record(r) => Some(
+                                    corpus::parse_record(
+                                        &r.data,
+                                        files[r.file as usize].kind,
+                                        &opts.content_field,
+                                    )
+                                    .map(|text| {
+                                        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+                                        tok.encode_ordinary_with(&text, normalizer, &mut out);
+                                        out
+                                    }),
+                                ),
+                                _ => None,
+                            })
+                            .collect()
+                    });
+                for (item, enc) in batch.iter().zip(encoded) {
+                    match item {
+                        Item::Record(r) => {
+                            w.pos_file = r.file as usize;
+                            w.pos_record = r.line - 1;
+                            w.state.current.records = r.line;
+                            w.bytes_done += r.data.len() as u64;
+                            match enc.expect("encoded record") {
+                                Ok(ids) if ids.is_empty() => w.state.current.empty_documents += 1,
+                                Ok(ids) => {
+                                    w.add_doc(&ids)?;
+                                    w.state.current.documents += 1;
+                                }
+                                Err(rej) => {
+                                    let f = &files[r.file as usize];
+                                    let line = rej.line.unwrap_or(r.line);
+                                    if opts.on_error == OnError::Fail {
+                                        return Err(Error::corpus(
+                                            rej.code,
+                                            format!("{}:{line}: {}", f.path.display(), rej.reason),
+                                        ));
+                                    }
+                                    w.state.current.skipped += 1;
+                                    w.state.skipped.push(Skipped {
+                                        file: f.path.display().to_string(),
+                                        line,
+                                        code: rej.code.to_string(),
+                                        reason: rej.reason,
+                                    });
+                                }
+                            }
+                        }
+                        Item::Blank { .. } => {
+                            w.state.current.blank_lines += 1;
+                            w.state.current.records += 1;
+                        }
+                        Item::FileEnd {
+                            file,
+                            sha256,
+                            records,
+                        } => {
+                            let f = &files[*file as usize];
+                            w.state.current.path = f.path.display().to_string();
+                            w.state.current.size = f.size;
+                            w.state.current.sha256 = sha256.clone();
+                            w.state.current.records = *records;
+                            w.state.inputs.push(std::mem::take(&mut w.state.current));
+                            w.pos_file = *file as usize + 1;
+                            w.pos_record = 0;
+                        }
+                    }
+                }
+                w.report(false);
+            }
+            Ok(())
+        })();
+        if run.is_err() {
+            stop.store(true, Ordering::Relaxed);
+            drop(rx);
+        }
+        let read = reader.join().expect("reader thread");
+        run.and(read)
+    });
+    if let Err(e) = result {
+        // Leave no half-written shard; completed shards and progress stay for --resume.
+        if let Some(s) = w.open.take() {
+            let (bin, _) = shard_name(s.n);
+            drop(s.bin);
+            let _ = std::fs::remove_file(dir.join(format!("{bin}.tmp")));
+        }
+        if opts.progress {
+            eprintln!();
+        }
+        return Err(e);
+    }
+    w.close_shard()?;
+    w.pos_file = files.len();
+    w.pos_record = 0;
+    w.save_progress()?;
+    w.report(true);
+    let elapsed = w.prior_elapsed + started.elapsed().as_secs_f64();
+    let st = &w.state;
+    let manifest = json!({
+        "schema": SHARDS_SCHEMA,
+        "dtype": "uint32",
+        "byte_order": "little",
+        "tokenizer": {
+            "path": opts.tokenizer_path,
+            "sha256": tok.info().fingerprint,
+            "vocab_size": tok.vocab_size(),
+        },
+        "eos_policy": opts.eos_policy,
+        "eos_id": eos,
+        "normalization": norm_name(normalizer),
+        "content_field": opts.content_field,
+        "shard_tokens": opts.shard_tokens,
+        "shards": st.shards,
+        "total_tokens": st.tokens,
+        "total_documents": st.documents,
+        "empty_documents": st.inputs.iter().map(|i| i.empty_documents).sum::<u64>(),
+        "blank_lines": st.inputs.iter().map(|i| i.blank_lines).sum::<u64>(),
+        "max_token_id": st.max_token_id,
+        "inputs": st.inputs,
+        "skipped_count": st.skipped.len(),
+        "skipped": st.skipped,
+        "task": {"num_tasks": opts.num_tasks, "task_index": opts.task_index},
+        "config": config,
+        "run": {
+            "elapsed_s": elapsed,
+            "tokens_per_s": if elapsed > 0.0 { st.tokens as f64 / elapsed } else { 0.0 },
+            "num_workers": pool.current_num_threads(),
+            "resumed": resumed,
+        },
+    });
+    let data = serde_json::to_vec_pretty(&manifest).expect("serialisable");
+    write_atomic(&dir.join(MANIFEST), &data)?;
+    let _ = std::fs::remove_file(dir.join(PROGRESS));
+    Ok(manifest)
+}
