@@ -20,6 +20,12 @@ from aprx.errors import (
 
 __all__ = [
     "AprxError",
+    "ShardDataset",
+    "encode_corpus",
+    "import_hf",
+    "import_tiktoken",
+    "preflight",
+    "train",
     "AprxIOError",
     "CorpusError",
     "EncodeError",
@@ -31,13 +37,22 @@ __all__ = [
 ]
 
 # Public names that live in modules with heavier imports; resolved on first use.
-_LAZY = {}
+_LAZY = {
+    "encode_corpus": "aprx.corpus",
+    "import_hf": "aprx.importer",
+    "import_tiktoken": "aprx.importer",
+    "ShardDataset": "aprx.shards",
+}
+# Submodules reachable as attributes (``aprx.train.train(...)``, ``aprx.preflight.preflight``)
+# without importing torch at ``import aprx`` time.
+_SUBMODULES = ("preflight", "train", "model", "checkpoint")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
-        module = importlib.import_module(_LAZY[name])
-        return getattr(module, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"aprx.{name}")
     raise AttributeError(f"module 'aprx' has no attribute {name!r}")
