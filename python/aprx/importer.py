@@ -56,13 +56,54 @@ def _merge_pair(m: Any) -> tuple[str, str]:
     return (m[0], m[1]) if isinstance(m, list) else tuple(m.split(" "))  # type: ignore[return-value]
 
 
+def _merges_txt_problem(a: str, b: str) -> Optional[str]:
+    """Why the merge ``a b`` cannot be a line of merges.txt (None if it can): the loader splits
+    lines on "\n", each line on " ", and skips lines that start with "#version"."""
+    if " " in a or " " in b:
+        return "contains a space"
+    if any(c in a or c in b for c in "\n\r"):
+        return "contains a line break"
+    if a.startswith("#version"):
+        return "starts with '#version' (read as the merges.txt header)"
+    return None
+
+
+def _check_round_trip(
+    src: Path, source_tok: Tokenizer, written: Tokenizer, include_added_tokens: bool
+) -> None:
+    """The written directory must load as the same tokenizer as the source."""
+    want, got = source_tok.info, written.info
+    keys = ("bpe_vocab_size", "merges_count", "normalizer", "patterns", "ignore_merges")
+    diff = [k for k in keys if want[k] != got[k]]
+    if include_added_tokens and not diff and written.fingerprint != source_tok.fingerprint:
+        diff = ["fingerprint"]
+    if diff:
+        raise TokenizerError(
+            f"{src}: the imported directory does not reproduce the tokenizer "
+            f"({', '.join(f'{k}: {want.get(k)!r} != {got.get(k)!r}' for k in diff)})",
+            "APRX-T106",
+        )
+
+
+def _is_tokenizer_dir(path: Path) -> bool:
+    """True for a directory written by ``import_hf``: its manifest has our schema id (a
+    ``vocab.json`` + ``manifest.json`` of anything else is not ours to replace)."""
+    if not (path / "vocab.json").is_file():
+        return False
+    try:
+        with open(path / "manifest.json", encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("schema") == TOKENIZER_SCHEMA
+
+
 def _prepare_output(output: Path, overwrite: bool) -> None:
     if output.exists():
         if not output.is_dir():
             raise AprxIOError(f"{output}: exists and is not a directory", "APRX-C290")
         entries = list(output.iterdir())
-        is_ours = (output / "manifest.json").exists() and (output / "vocab.json").exists()
-        if entries and not (is_ours or overwrite):
+        if entries and not (_is_tokenizer_dir(output) or overwrite):
             raise AprxIOError(
                 f"{output}: directory is not empty and is not an aprx tokenizer directory "
                 "(pass overwrite=True / --overwrite to replace it)",
@@ -85,7 +126,9 @@ def import_hf(
     src = Path(input)
     out = Path(output)
     if not src.is_file():
-        raise AprxIOError(f"{src}: no such file", "APRX-C290")
+        what = "is a directory, not a tokenizer.json" if src.is_dir() else "no such file"
+        raise AprxIOError(f"{src}: {what}", "APRX-C290")
+    _prepare_output(out, overwrite)  # refuse a foreign directory before the slow part
     # Full validation (JSON, model type, vocab, merges, components) happens here, in Rust.
     source_tok = Tokenizer.from_file(src)
     with open(src, encoding="utf-8") as f:
@@ -94,21 +137,21 @@ def import_hf(
     vocab: dict[str, int] = model["vocab"]
     merges = [_merge_pair(m) for m in model["merges"]]
     for i, (a, b) in enumerate(merges):
-        if " " in a or " " in b:
+        why = _merges_txt_problem(a, b)
+        if why:
             raise TokenizerError(
-                f"{src}: merges[{i}] ({a!r}, {b!r}) contains a space and cannot be written "
-                "to merges.txt",
+                f"{src}: merges[{i}] ({a!r}, {b!r}) {why} and cannot be written to merges.txt",
                 "APRX-T106",
             )
     added = doc.get("added_tokens") or []
     _prepare_output(out, overwrite)
+    # Parent directories this call creates go again if it fails: nothing is left behind.
+    created = [p for p in out.absolute().parents if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with open(tmp / "vocab.json", "w", encoding="utf-8") as f:
-            json.dump(
-                dict(sorted(vocab.items(), key=lambda kv: kv[1])), f, ensure_ascii=False
-            )
+            json.dump(dict(sorted(vocab.items(), key=lambda kv: kv[1])), f, ensure_ascii=False)
         with open(tmp / "merges.txt", "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n")
             f.writelines(f"{a} {b}\n" for a, b in merges)
@@ -117,7 +160,7 @@ def import_hf(
         hf.update({k: model.get(k) for k in _HF_KEYS_MODEL if k in model})
         manifest: dict[str, Any] = {
             "schema": TOKENIZER_SCHEMA,
-            "source": str(_source or src.resolve()),
+            "source": str((_source or src).resolve()),
             "source_sha256": _sha256_file(_source or src),
             "model_type": "BPE",
             "bpe_vocab_size": len(vocab),
@@ -136,18 +179,25 @@ def import_hf(
         _write_json(tmp / "manifest.json", manifest)
         # Load what was written: the directory must stand on its own.
         written = Tokenizer.from_file(tmp)
+        _check_round_trip(src, source_tok, written, include_added_tokens)
         manifest["effective_vocab_size"] = written.vocab_size
         manifest["tokenizer_sha256"] = written.fingerprint
         _write_json(tmp / "manifest.json", manifest)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
         raise
     return manifest
 
@@ -158,7 +208,8 @@ def _write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
-# Added tokens of the presets: (first id, names) — Qwen2.5 and Llama-3 as they ship.
+# Added tokens of the presets, in id order from the first id after the ranks — Qwen2.5 and
+# Llama-3 as they ship. In Qwen2.5 only <tool_call> and </tool_call> are not special.
 _QWEN2_ADDED = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -166,6 +217,7 @@ _QWEN2_ADDED = [
     "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
     "<|repo_name|>", "<|file_sep|>",
 ]  # fmt: skip
+_QWEN2_NOT_SPECIAL = frozenset({"<tool_call>", "</tool_call>"})
 
 
 def _llama3_added() -> list[str]:
@@ -181,7 +233,7 @@ def _llama3_added() -> list[str]:
 #: Presets for ``import_tiktoken``: pattern, normalizer, ignore_merges, added tokens.
 TIKTOKEN_PRESETS: dict[str, dict[str, Any]] = {
     "qwen2": {"pattern": PATTERNS["qwen2"], "nfc": True, "ignore_merges": False,
-              "added": _QWEN2_ADDED},
+              "added": _QWEN2_ADDED, "not_special": _QWEN2_NOT_SPECIAL},
     "llama3": {"pattern": PATTERNS["llama3"], "nfc": False, "ignore_merges": True,
                "added": _llama3_added()},
     "cl100k": {"pattern": PATTERNS["cl100k"], "nfc": False, "ignore_merges": False,
@@ -199,6 +251,7 @@ def read_rank_file(path: PathLike) -> list[bytes]:
     except OSError as e:
         raise AprxIOError(f"{p}: cannot read: {e}", "APRX-C290") from e
     tokens: list[bytes] = []
+    seen: dict[bytes, int] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -214,6 +267,13 @@ def read_rank_file(path: PathLike) -> list[bytes]:
             raise TokenizerError(
                 f"{p}:{n}: rank {rank} out of order (expected {len(tokens)})", "APRX-T108"
             )
+        if tok in seen:
+            raise TokenizerError(
+                f"{p}:{n}: token {parts[0].decode('ascii', 'replace')} (rank {rank}) repeats "
+                f"rank {seen[tok]}",
+                "APRX-T108",
+            )
+        seen[tok] = rank
         tokens.append(tok)
     if not tokens:
         raise TokenizerError(f"{p}: empty rank file", "APRX-T108")
@@ -226,8 +286,10 @@ def tiktoken_to_tokenizer_json(
     nfc: bool,
     ignore_merges: bool,
     added: list[str],
+    not_special: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Builds an HF tokenizer.json (as a dict) from ranked byte tokens."""
+    """Builds an HF tokenizer.json (as a dict) from ranked byte tokens; the ``added`` tokens
+    get the ids after the ranks and are special unless named in ``not_special``."""
     from aprx._aprx import byte_level_str
 
     strs = [byte_level_str(t) for t in tokens]
@@ -243,16 +305,27 @@ def tiktoken_to_tokenizer_json(
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": len(tokens) + i, "content": c, "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": True}
+            {
+                "id": len(tokens) + i,
+                "content": c,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": c not in not_special,
+            }
             for i, c in enumerate(added)
         ],  # fmt: skip
         "normalizer": {"type": "NFC"} if nfc else None,
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
-                 "invert": False},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
                 byte_level,
             ],
         },  # fmt: skip
@@ -290,7 +363,12 @@ def import_tiktoken(
     src = Path(input)
     tokens = read_rank_file(src)
     doc = tiktoken_to_tokenizer_json(
-        tokens, preset["pattern"], preset["nfc"], preset["ignore_merges"], preset["added"]
+        tokens,
+        preset["pattern"],
+        preset["nfc"],
+        preset["ignore_merges"],
+        preset["added"],
+        preset.get("not_special", frozenset()),
     )
     with tempfile.TemporaryDirectory() as d:
         tj = Path(d) / "tokenizer.json"

@@ -1,0 +1,67 @@
+//! Profiling driver for perf / callgrind: encodes the standard library (or the files given)
+//! with a fresh tokenizer, one thread, and prints time per stage.
+//!
+//! cargo run --profile profiling --example profile_encode -- TOKENIZER [FILES...]
+
+use aprx::Tokenizer;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) {
+    if p.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(p).unwrap().flatten().map(|e| e.path()).collect();
+        v.sort();
+        for e in v {
+            if !e.ends_with("site-packages") {
+                collect(&e, out);
+            }
+        }
+    } else if p.extension().is_some_and(|x| x == "py") {
+        out.push(p.to_path_buf());
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let tok_path = args.get(1).expect("usage: profile_encode TOKENIZER [FILES...]");
+    let mut files = Vec::new();
+    if args.len() > 2 {
+        for a in &args[2..] {
+            collect(Path::new(a), &mut files);
+        }
+    } else {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sysconfig;print(sysconfig.get_paths()['stdlib'])"])
+            .output()
+            .expect("python3");
+        collect(Path::new(String::from_utf8_lossy(&out.stdout).trim()), &mut files);
+    }
+    let docs: Vec<String> = files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect();
+    let bytes: usize = docs.iter().map(|d| d.len()).sum();
+    let t = Instant::now();
+    let tok = Tokenizer::from_path(Path::new(tok_path)).expect("tokenizer");
+    eprintln!("load {:.3}s", t.elapsed().as_secs_f64());
+    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    for rep in 0..reps {
+        let t = Instant::now();
+        let mut n = 0;
+        let mut out = Vec::new();
+        for d in &docs {
+            out.clear();
+            tok.encode_into(d, false, &mut out);
+            n += out.len();
+        }
+        let s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "rep {rep}: {} docs {:.1} MB {n} tokens {:.3}s {:.1} MB/s {:.2} M tokens/s",
+            docs.len(),
+            bytes as f64 / 1e6,
+            s,
+            bytes as f64 / s / 1e6,
+            n as f64 / s / 1e6
+        );
+    }
+}
