@@ -9,7 +9,11 @@ use std::time::Instant;
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>) {
     if p.is_dir() {
-        let mut v: Vec<_> = std::fs::read_dir(p).unwrap().flatten().map(|e| e.path()).collect();
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         v.sort();
         for e in v {
             if !e.ends_with("site-packages") {
@@ -23,7 +27,9 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let tok_path = args.get(1).expect("usage: profile_encode TOKENIZER [FILES...]");
+    let tok_path = args
+        .get(1)
+        .expect("usage: profile_encode TOKENIZER [FILES...]");
     let mut files = Vec::new();
     if args.len() > 2 {
         for a in &args[2..] {
@@ -31,10 +37,16 @@ fn main() {
         }
     } else {
         let out = std::process::Command::new("python3")
-            .args(["-c", "import sysconfig;print(sysconfig.get_paths()['stdlib'])"])
+            .args([
+                "-c",
+                "import sysconfig;print(sysconfig.get_paths()['stdlib'])",
+            ])
             .output()
             .expect("python3");
-        collect(Path::new(String::from_utf8_lossy(&out.stdout).trim()), &mut files);
+        collect(
+            Path::new(String::from_utf8_lossy(&out.stdout).trim()),
+            &mut files,
+        );
     }
     let docs: Vec<String> = files
         .iter()
@@ -44,7 +56,28 @@ fn main() {
     let t = Instant::now();
     let tok = Tokenizer::from_path(Path::new(tok_path)).expect("tokenizer");
     eprintln!("load {:.3}s", t.elapsed().as_secs_f64());
-    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    if std::env::var("MODE").as_deref() == Ok("scan") {
+        let pre =
+            aprx::pretok::PreTokenizer::new(&[aprx::pretok::QWEN2_PATTERN.to_string()], false)
+                .unwrap();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut n = 0usize;
+            for d in &docs {
+                pre.for_each_piece(d, |_| n += 1);
+            }
+            let s = t.elapsed().as_secs_f64();
+            eprintln!(
+                "scan only: {n} pieces {:.3}s {:.1} MB/s",
+                s,
+                bytes as f64 / s / 1e6
+            );
+        }
+    }
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     for rep in 0..reps {
         let t = Instant::now();
         let mut n = 0;

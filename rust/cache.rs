@@ -1,5 +1,8 @@
 //! A per-thread piece -> ids cache. No locks: each thread owns its cache, tagged with the
-//! tokenizer it belongs to; most pieces of real text hit it in one probe.
+//! tokenizer it belongs to. Pieces of up to 16 bytes (nearly all of them in code) live in a
+//! flat open-addressing table keyed by the piece packed into two u64 words, so a hit is one
+//! probe and two integer compares; one or two ids are stored inline. Longer pieces use a
+//! hash map.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,7 +44,7 @@ impl Hasher for FxHasher {
 
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 
-/// Cached ids of one piece: up to two inline (most pieces), more on the heap.
+/// Cached ids of one long piece.
 #[derive(Clone)]
 pub enum Ids {
     One(u32),
@@ -71,35 +74,269 @@ impl Ids {
     }
 }
 
-/// Pieces longer than this are not cached (they are rare and would bloat the cache).
+/// Longest piece kept in the short table.
+pub const SHORT: usize = 16;
+/// Pieces longer than this are not cached (rare; they would bloat the cache).
 pub const MAX_CACHED_PIECE: usize = 64;
-/// The cache is cleared when it holds this many pieces, bounding memory per thread.
-pub const MAX_ENTRIES: usize = 1 << 20;
+const MIN_SLOTS: usize = 1 << 14;
+/// Largest short table (32 bytes a slot: 16 MiB); past half full at this size it is cleared,
+/// bounding memory per thread.
+const MAX_SLOTS: usize = 1 << 19;
+const MAX_LONG: usize = 1 << 16;
+
+/// One short-table slot. `len == 0` is empty. `n` ids: inline in `a`, `b` when `n <= 2`,
+/// else `a` is an offset into `spill`.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    k0: u64,
+    k1: u64,
+    len: u32,
+    n: u32,
+    a: u32,
+    b: u32,
+}
 
 pub struct PieceCache {
     owner: u64,
-    pub map: HashMap<Box<[u8]>, Ids, FxBuild>,
+    slots: Vec<Slot>,
+    mask: usize,
+    used: usize,
+    spill: Vec<u32>,
+    long: HashMap<Box<[u8]>, Ids, FxBuild>,
+}
+
+/// A short piece packed for the table.
+#[derive(Clone, Copy)]
+pub struct ShortKey {
+    k0: u64,
+    k1: u64,
+    len: u32,
+}
+
+#[inline(always)]
+fn low_bytes(w: u64, n: usize) -> u64 {
+    if n >= 8 {
+        w
+    } else if n == 0 {
+        0
+    } else {
+        w & (u64::MAX >> (64 - 8 * n))
+    }
+}
+
+impl ShortKey {
+    /// Packs `text[start..start + len]` (`1 <= len <= SHORT`).
+    #[inline(always)]
+    pub fn new(text: &[u8], start: usize, len: usize) -> Self {
+        debug_assert!((1..=SHORT).contains(&len));
+        let (w0, w1) = if start + 16 <= text.len() {
+            (
+                u64::from_le_bytes(text[start..start + 8].try_into().unwrap()),
+                u64::from_le_bytes(text[start + 8..start + 16].try_into().unwrap()),
+            )
+        } else {
+            let mut buf = [0u8; 16];
+            buf[..len].copy_from_slice(&text[start..start + len]);
+            (
+                u64::from_le_bytes(buf[..8].try_into().unwrap()),
+                u64::from_le_bytes(buf[8..].try_into().unwrap()),
+            )
+        };
+        ShortKey {
+            k0: low_bytes(w0, len),
+            k1: if len > 8 { low_bytes(w1, len - 8) } else { 0 },
+            len: len as u32,
+        }
+    }
+
+    #[inline(always)]
+    fn hash(&self) -> u64 {
+        (self.k0 ^ self.k1.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.len as u64)
+            .wrapping_mul(K)
+    }
+}
+
+impl PieceCache {
+    fn new(owner: u64) -> Self {
+        PieceCache {
+            owner,
+            slots: vec![Slot::default(); MIN_SLOTS],
+            mask: MIN_SLOTS - 1,
+            used: 0,
+            spill: Vec::new(),
+            long: HashMap::default(),
+        }
+    }
+
+    #[inline(always)]
+    fn index(&self, h: u64) -> usize {
+        (h >> 32) as usize & self.mask
+    }
+
+    /// Appends the cached ids of `key` to `out`; false on a miss.
+    #[inline(always)]
+    pub fn get_short(&self, key: &ShortKey, out: &mut Vec<u32>) -> bool {
+        let mut i = self.index(key.hash());
+        loop {
+            let s = &self.slots[i];
+            if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
+                match s.n {
+                    1 => out.push(s.a),
+                    2 => {
+                        out.push(s.a);
+                        out.push(s.b)
+                    }
+                    n => out.extend_from_slice(&self.spill[s.a as usize..(s.a + n) as usize]),
+                }
+                return true;
+            }
+            if s.len == 0 {
+                return false;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    pub fn insert_short(&mut self, key: &ShortKey, ids: &[u32]) {
+        if ids.is_empty() {
+            return;
+        }
+        if (self.used + 1) * 2 > self.slots.len() {
+            if self.slots.len() < MAX_SLOTS {
+                self.grow();
+            } else {
+                self.clear();
+            }
+        }
+        let (a, b) = match *ids {
+            [a] => (a, 0),
+            [a, b] => (a, b),
+            _ => {
+                let off = self.spill.len() as u32;
+                self.spill.extend_from_slice(ids);
+                (off, 0)
+            }
+        };
+        let slot = Slot {
+            k0: key.k0,
+            k1: key.k1,
+            len: key.len,
+            n: ids.len() as u32,
+            a,
+            b,
+        };
+        self.place(key.hash(), slot);
+    }
+
+    fn place(&mut self, h: u64, slot: Slot) {
+        let mut i = self.index(h);
+        loop {
+            let s = &mut self.slots[i];
+            if s.len == 0 {
+                *s = slot;
+                self.used += 1;
+                return;
+            }
+            if s.len == slot.len && s.k0 == slot.k0 && s.k1 == slot.k1 {
+                return;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let bigger = vec![Slot::default(); self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, bigger);
+        self.mask = self.slots.len() - 1;
+        self.used = 0;
+        for s in old.into_iter().filter(|s| s.len != 0) {
+            let key = ShortKey {
+                k0: s.k0,
+                k1: s.k1,
+                len: s.len,
+            };
+            self.place(key.hash(), s);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = Slot::default());
+        self.used = 0;
+        self.spill.clear();
+        self.long.clear();
+    }
+
+    #[inline]
+    pub fn get_long(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        match self.long.get(piece) {
+            Some(ids) => {
+                ids.extend_into(out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn insert_long(&mut self, piece: &[u8], ids: &[u32]) {
+        if self.long.len() >= MAX_LONG {
+            self.long.clear();
+        }
+        self.long.insert(piece.into(), Ids::from_slice(ids));
+    }
 }
 
 thread_local! {
-    static CACHE: RefCell<PieceCache> = RefCell::new(PieceCache {
-        owner: 0,
-        map: HashMap::default(),
-    });
+    static CACHE: RefCell<Option<PieceCache>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's cache for tokenizer `owner` (cleared if it held another's).
+/// Runs `f` with this thread's cache for tokenizer `owner` (reset if it held another's).
 #[inline]
 pub fn with_cache<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if c.owner != owner {
-            c.owner = owner;
-            c.map = HashMap::default();
+        if c.as_ref().is_none_or(|p| p.owner != owner) {
+            *c = Some(PieceCache::new(owner));
         }
-        if c.map.len() >= MAX_ENTRIES {
-            c.map.clear();
-        }
-        f(&mut c)
+        f(c.as_mut().expect("cache"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_keys_distinguish_pieces_and_round_trip() {
+        let text = b"abcdefghijklmnopqrstuvwxyz";
+        let mut c = PieceCache::new(1);
+        let mut out = Vec::new();
+        for len in 1..=SHORT {
+            for start in 0..text.len() - len + 1 {
+                let k = ShortKey::new(text, start, len);
+                assert!(!c.get_short(&k, &mut out));
+                let ids: Vec<u32> = (0..(len as u32 % 4 + 1))
+                    .map(|x| x + start as u32)
+                    .collect();
+                c.insert_short(&k, &ids);
+                out.clear();
+                assert!(c.get_short(&k, &mut out));
+                assert_eq!(out, ids);
+                out.clear();
+            }
+        }
+        // A key near the end of the buffer equals the same bytes elsewhere.
+        let a = ShortKey::new(b"xxhello", 2, 5);
+        let b = ShortKey::new(b"hello world, long enough", 0, 5);
+        assert!(a.k0 == b.k0 && a.k1 == b.k1 && a.len == b.len);
+        // Growing and clearing keep the table consistent.
+        for i in 0..100_000u32 {
+            let s = format!("{i:>12}");
+            let k = ShortKey::new(s.as_bytes(), 0, 12);
+            c.insert_short(&k, &[i]);
+        }
+        let k = ShortKey::new(b"       99999", 0, 12);
+        out.clear();
+        assert!(c.get_short(&k, &mut out));
+        assert_eq!(out, [99999]);
+    }
 }

@@ -148,7 +148,7 @@ fn decode_utf8(s: &[u8], i: usize) -> (u32, usize) {
 
 /// Which hand-written scanner applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Scanner {
+pub enum Scanner {
     Gpt2,
     /// cl100k family; the field is the maximum digits per number piece (1 for Qwen2, 3 for
     /// cl100k / Llama-3).
@@ -199,6 +199,15 @@ impl PreTokenizer {
 
     pub fn patterns(&self) -> &[String] {
         &self.patterns
+    }
+
+    /// The scanner, when the pre-tokenizer is exactly one known pattern (the encoder's fast
+    /// path drives it directly).
+    pub fn single_scanner(&self) -> Option<Scanner> {
+        match self.splitters.as_slice() {
+            [Splitter::Scan(s)] => Some(*s),
+            _ => None,
+        }
     }
 
     /// Whether every split uses a hand-written scanner.
@@ -393,8 +402,8 @@ fn whitespace_piece(s: &[u8], pos: usize, l: usize, newline_rule: bool) -> usize
 }
 
 /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,D}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-#[inline]
-fn next_cl100k(s: &[u8], pos: usize, max_digits: usize) -> usize {
+#[inline(always)]
+pub fn next_cl100k(s: &[u8], pos: usize, max_digits: usize) -> usize {
     let b = s[pos];
     if b == b'\'' {
         let k = contraction_ci(s, pos + 1);
@@ -438,8 +447,8 @@ fn next_cl100k(s: &[u8], pos: usize, max_digits: usize) -> usize {
 }
 
 /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
-#[inline]
-fn next_gpt2(s: &[u8], pos: usize) -> usize {
+#[inline(always)]
+pub fn next_gpt2(s: &[u8], pos: usize) -> usize {
     let b = s[pos];
     if b == b'\'' {
         let k = contraction_cs(s, pos + 1);

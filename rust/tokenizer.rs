@@ -4,9 +4,9 @@
 
 use crate::bpe::{Bpe, MergeTable, NO_ID};
 use crate::bytelevel;
-use crate::cache::{self, FxBuild, Ids, MAX_CACHED_PIECE};
+use crate::cache::{self, FxBuild, PieceCache, ShortKey, MAX_CACHED_PIECE, SHORT};
 use crate::error::{codes, Error, ErrorKind, Result};
-use crate::pretok::{PreTokenizer, GPT2_PATTERN};
+use crate::pretok::{self, PreTokenizer, Scanner, GPT2_PATTERN};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -58,7 +58,6 @@ pub struct Tokenizer {
     uid: u64,
     bpe: Bpe,
     unk: Option<u32>,
-    ignore_merges: bool,
     normalizer: Normalizer,
     pretok: PreTokenizer,
     add_prefix_space: bool,
@@ -67,7 +66,7 @@ pub struct Tokenizer {
     /// id -> bytes produced by decoding.
     id_to_bytes: Vec<Option<Box<[u8]>>>,
     str_to_id: HashMap<String, u32>,
-    /// raw bytes -> id, for `ignore_merges`.
+    /// raw bytes -> id of whole pieces that are one token (see `from_value`).
     bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild>,
     raw_added: Option<AddedMatcher>,
     norm_added: Option<AddedMatcher>,
@@ -289,13 +288,19 @@ fn parse_added(v: Option<&Value>, source: &str) -> Result<Vec<AddedToken>> {
     Ok(out)
 }
 
-fn matcher(tokens: &[&AddedToken]) -> Option<AddedMatcher> {
+/// The automaton for `tokens`, whose contents are first normalized by `normalizer`: HF
+/// matches `normalized` added tokens in normalized text by their normalized content.
+fn matcher(tokens: &[&AddedToken], normalizer: Normalizer) -> Option<AddedMatcher> {
     if tokens.is_empty() {
         return None;
     }
     let ac = AhoCorasickBuilder::new()
         .match_kind(MatchKind::LeftmostLongest)
-        .build(tokens.iter().map(|t| t.content.as_str()))
+        .build(
+            tokens
+                .iter()
+                .map(|t| normalize_with(normalizer, &t.content).into_owned()),
+        )
         .expect("added-token automaton");
     Some(AddedMatcher {
         ac,
@@ -555,13 +560,40 @@ impl Tokenizer {
                 })
             })
             .collect();
-        let mut bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild> = HashMap::default();
-        if ignore_merges {
-            for (tok, id) in vocab {
-                if let Some(b) = bytelevel::decode_str(tok) {
-                    bytes_to_id.insert(b.into_boxed_slice(), id.as_u64().unwrap() as u32);
-                }
-            }
+        let bpe = Bpe {
+            byte_ids,
+            merges: MergeTable::new(&merges),
+        };
+        // Whole-piece lookup: with `ignore_merges` it is the defined behaviour for every
+        // entry; otherwise it is used only for tokens that BPE over their own bytes yields as
+        // one token (checked here, once), so the shortcut never changes a result.
+        let candidates: Vec<(Vec<u8>, u32)> = vocab
+            .iter()
+            .filter_map(|(tok, id)| {
+                let b = bytelevel::decode_str(tok)?;
+                (b.len() > 1).then(|| (b, id.as_u64().unwrap() as u32))
+            })
+            .collect();
+        let direct: Vec<(Vec<u8>, u32)> = if ignore_merges {
+            candidates
+        } else {
+            use rayon::prelude::*;
+            crate::parallel::pool(None).install(|| {
+                candidates
+                    .into_par_iter()
+                    .with_min_len(1024)
+                    .filter(|(b, id)| {
+                        let mut v = Vec::with_capacity(4);
+                        bpe.encode_piece(b, unk, &mut v);
+                        v == [*id]
+                    })
+                    .collect()
+            })
+        };
+        let mut bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild> =
+            HashMap::with_capacity_and_hasher(direct.len(), FxBuild::default());
+        for (b, id) in direct {
+            bytes_to_id.insert(b.into_boxed_slice(), id);
         }
 
         let pretok = PreTokenizer::new(&patterns, false)?;
@@ -589,12 +621,8 @@ impl Tokenizer {
         };
         Ok(Tokenizer {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
-            bpe: Bpe {
-                byte_ids,
-                merges: MergeTable::new(&merges),
-            },
+            bpe,
             unk,
-            ignore_merges,
             normalizer,
             pretok,
             add_prefix_space,
@@ -602,8 +630,8 @@ impl Tokenizer {
             id_to_bytes,
             str_to_id,
             bytes_to_id,
-            raw_added: matcher(&raw),
-            norm_added: matcher(&norm),
+            raw_added: matcher(&raw, Normalizer::None),
+            norm_added: matcher(&norm, normalizer),
             info,
         })
     }
@@ -705,40 +733,90 @@ impl Tokenizer {
         };
         cache::with_cache(self.uid, |c| {
             let mut scratch = Vec::new();
-            self.pretok.for_each_piece(text, |piece| {
-                let bytes = piece.as_bytes();
-                if bytes.len() == 1 {
-                    let id = self.bpe.byte_ids[bytes[0] as usize];
-                    if id != NO_ID {
-                        out.push(id);
-                    } else if let Some(u) = self.unk {
-                        out.push(u);
-                    }
-                    return;
+            let b = text.as_bytes();
+            match self.pretok.single_scanner() {
+                Some(Scanner::Gpt2) => self.scan(b, c, &mut scratch, out, pretok::next_gpt2),
+                Some(Scanner::Cl100k(1)) => {
+                    self.scan(b, c, &mut scratch, out, |s, p| pretok::next_cl100k(s, p, 1))
                 }
-                if bytes.len() <= MAX_CACHED_PIECE {
-                    if let Some(ids) = c.map.get(bytes) {
-                        ids.extend_into(out);
-                        return;
-                    }
-                    scratch.clear();
-                    self.encode_piece(bytes, &mut scratch);
-                    out.extend_from_slice(&scratch);
-                    c.map.insert(bytes.into(), Ids::from_slice(&scratch));
-                } else {
-                    self.encode_piece(bytes, out);
+                Some(Scanner::Cl100k(_)) => {
+                    self.scan(b, c, &mut scratch, out, |s, p| pretok::next_cl100k(s, p, 3))
                 }
-            });
+                None => self.pretok.for_each_piece(text, |piece| {
+                    let p = piece.as_bytes();
+                    self.piece(p, 0, p.len(), c, &mut scratch, out)
+                }),
+            }
         })
+    }
+
+    /// Drives a hand-written scanner over `text`, encoding each piece.
+    #[inline(always)]
+    fn scan(
+        &self,
+        text: &[u8],
+        c: &mut PieceCache,
+        scratch: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+        next: impl Fn(&[u8], usize) -> usize,
+    ) {
+        let mut pos = 0;
+        while pos < text.len() {
+            let end = next(text, pos);
+            self.piece(text, pos, end, c, scratch, out);
+            pos = end;
+        }
+    }
+
+    /// Ids of `text[start..end]`, from the cache when it has them.
+    #[inline(always)]
+    fn piece(
+        &self,
+        text: &[u8],
+        start: usize,
+        end: usize,
+        c: &mut PieceCache,
+        scratch: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        let n = end - start;
+        if n == 1 {
+            let id = self.bpe.byte_ids[text[start] as usize];
+            if id != NO_ID {
+                out.push(id);
+            } else if let Some(u) = self.unk {
+                out.push(u);
+            }
+            return;
+        }
+        let bytes = &text[start..end];
+        if n <= SHORT {
+            let key = ShortKey::new(text, start, n);
+            if c.get_short(&key, out) {
+                return;
+            }
+            scratch.clear();
+            self.encode_piece(bytes, scratch);
+            out.extend_from_slice(scratch);
+            c.insert_short(&key, scratch);
+        } else if n <= MAX_CACHED_PIECE {
+            if c.get_long(bytes, out) {
+                return;
+            }
+            scratch.clear();
+            self.encode_piece(bytes, scratch);
+            out.extend_from_slice(scratch);
+            c.insert_long(bytes, scratch);
+        } else {
+            self.encode_piece(bytes, out);
+        }
     }
 
     #[inline]
     fn encode_piece(&self, bytes: &[u8], out: &mut Vec<u32>) {
-        if self.ignore_merges {
-            if let Some(&id) = self.bytes_to_id.get(bytes) {
-                out.push(id);
-                return;
-            }
+        if let Some(&id) = self.bytes_to_id.get(bytes) {
+            out.push(id);
+            return;
         }
         self.bpe.encode_piece(bytes, self.unk, out);
     }
@@ -798,17 +876,82 @@ impl Tokenizer {
 
 /// Applies `normalizer` (NFC skipped for ASCII and quick-check-clean text).
 pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
-    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+    use unicode_normalization::{is_nfc_quick, IsNormalized};
     match normalizer {
         Normalizer::None => Cow::Borrowed(s),
         Normalizer::Nfc => {
+            // Quick-check "Yes" under our newer tables implies HF's older NFC leaves the text
+            // alone too (its combining classes and compositions are a subset of ours).
             if s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes {
                 Cow::Borrowed(s)
             } else {
-                Cow::Owned(s.nfc().collect())
+                Cow::Owned(nfc_as_hf(s))
             }
         }
     }
+}
+
+/// Code points that HF `tokenizers`' NFC leaves inert but `unicode-normalization` does not.
+///
+/// HF normalizes with `unicode-normalization-alignments`, whose tables are Unicode 9.0: a
+/// code point assigned later is, to it, a starter (combining class 0) that neither decomposes
+/// nor composes. These are the code points to which our tables give a nonzero combining class,
+/// a canonical decomposition or a part in a canonical composition while HF's give none, e.g.
+/// U+1DFA (class 218, Unicode 14) or U+11935 U+11930 -> U+11938 (Unicode 13). Derived by
+/// probing HF's NFC with every such code point of our tables; `tests/test_encoder.py` checks it.
+#[rustfmt::skip]
+const NFC_INERT_IN_HF: &[(u32, u32)] = &[
+    (0x5C8, 0x5C9), (0x7FD, 0x7FD), (0x897, 0x89F), (0x8CA, 0x8D3), (0x9FE, 0x9FE), (0xC3C, 0xC3C),
+    (0xD3B, 0xD3C), (0xEBA, 0xEBA), (0x1715, 0x1715), (0x1ABF, 0x1AF0), (0x1DF6, 0x1DFA),
+    (0xA82C, 0xA82C), (0x105C9, 0x105C9), (0x105D2, 0x105D2), (0x105DA, 0x105DA),
+    (0x105E4, 0x105E4), (0x10D24, 0x10D27), (0x10D69, 0x10D6D), (0x10EAB, 0x10EAC),
+    (0x10ECB, 0x10ECF), (0x10EF0, 0x10EFB), (0x10EFD, 0x10EFF), (0x10F46, 0x10F50),
+    (0x10F82, 0x10F85), (0x11070, 0x11070), (0x1133B, 0x1133B), (0x11382, 0x11385),
+    (0x1138B, 0x1138B), (0x1138E, 0x1138E), (0x11390, 0x11391), (0x113B8, 0x113B8),
+    (0x113BB, 0x113BB), (0x113C2, 0x113C2), (0x113C5, 0x113C5), (0x113C7, 0x113C9),
+    (0x113CE, 0x113D0), (0x1145E, 0x1145E), (0x11839, 0x1183A), (0x11930, 0x11930),
+    (0x11935, 0x11935), (0x11938, 0x11938), (0x1193D, 0x1193E), (0x11943, 0x11943),
+    (0x119E0, 0x119E0), (0x11A34, 0x11A34), (0x11A47, 0x11A47), (0x11A99, 0x11A99),
+    (0x11D42, 0x11D42), (0x11D44, 0x11D45), (0x11D97, 0x11D97), (0x11F41, 0x11F42),
+    (0x1611E, 0x16129), (0x1612F, 0x1612F), (0x16D63, 0x16D63), (0x16D67, 0x16D6A),
+    (0x16FF0, 0x16FF1), (0x1D127, 0x1D128), (0x1D250, 0x1D252), (0x1D25B, 0x1D25C),
+    (0x1D25F, 0x1D25F), (0x1D280, 0x1D281), (0x1E08F, 0x1E08F), (0x1E130, 0x1E136),
+    (0x1E2AE, 0x1E2AE), (0x1E2EC, 0x1E2EF), (0x1E4EC, 0x1E4EF), (0x1E5EE, 0x1E5EF),
+    (0x1E6E3, 0x1E6E3), (0x1E6E6, 0x1E6E6), (0x1E6EE, 0x1E6EF), (0x1E6F5, 0x1E6F5),
+];
+
+fn is_nfc_inert_in_hf(c: char) -> bool {
+    let c = c as u32;
+    c >= NFC_INERT_IN_HF[0].0
+        && NFC_INERT_IN_HF
+            .binary_search_by(|&(lo, hi)| {
+                if hi < c {
+                    std::cmp::Ordering::Less
+                } else if lo > c {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok()
+}
+
+/// NFC exactly as HF computes it: the code points HF treats as inert starters split the text,
+/// and each part between them is normalized on its own (which is what a starter that never
+/// reorders, decomposes or composes amounts to).
+fn nfc_as_hf(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut last = 0;
+    for (i, c) in s.char_indices() {
+        if is_nfc_inert_in_hf(c) {
+            out.extend(s[last..i].nfc());
+            out.push(c);
+            last = i + c.len_utf8();
+        }
+    }
+    out.extend(s[last..].nfc());
+    out
 }
 
 /// sha256 over the canonical content of a tokenizer.
@@ -940,5 +1083,50 @@ mod tests {
         v["model"]["merges"] = json!([["Ġ", "t"]]);
         let c = Tokenizer::from_value(&v, "c").unwrap();
         assert_ne!(a.info().fingerprint, c.info().fingerprint);
+    }
+
+    #[test]
+    fn normalized_added_tokens_match_by_normalized_content() {
+        let mut v = small_json();
+        v["added_tokens"] = json!([
+            {"id": 300, "content": "e\u{301}x", "special": false, "normalized": true},
+            {"id": 301, "content": "o\u{308}z", "special": false, "normalized": false},
+        ]);
+        let t = Tokenizer::from_value(&v, "small").unwrap();
+        // As HF: the normalized token's content is NFC'd, then matched in NFC'd text.
+        assert_eq!(t.encode("e\u{301}x", true), [300]);
+        assert_eq!(
+            t.encode("a\u{e9}x", true),
+            [t.token_to_id("a").unwrap(), 300]
+        );
+        // A raw token matches the raw text only.
+        assert_eq!(t.encode("o\u{308}z", true), [301]);
+        assert_ne!(t.encode("\u{f6}z", true), [301]);
+        assert_eq!(t.decode(&[300], false).unwrap(), "e\u{301}x");
+    }
+
+    #[test]
+    fn nfc_matches_hf_unicode_9_tables() {
+        let nfc = |s: &str| normalize_with(Normalizer::Nfc, s).into_owned();
+        // Unchanged behaviour for code points HF knows.
+        assert_eq!(nfc("e\u{301}"), "\u{e9}");
+        assert_eq!(nfc("x\u{301}\u{316}"), "x\u{316}\u{301}");
+        assert_eq!(nfc("\u{1100}\u{1161}"), "\u{ac00}");
+        assert_eq!(nfc("\u{1109A}"), "\u{1109A}");
+        assert_eq!(nfc("\u{11099}\u{110BA}"), "\u{1109A}");
+        // U+1DFA (class 218, Unicode 14) and U+1DF9 (class 220, Unicode 10) are starters to
+        // HF: no reordering, and a following mark cannot reach an earlier base.
+        assert_eq!(nfc("x\u{301}\u{1DFA}"), "x\u{301}\u{1DFA}");
+        assert_eq!(nfc("x\u{301}\u{1DF9}\u{316}"), "x\u{301}\u{1DF9}\u{316}");
+        assert_eq!(nfc("e\u{1DFA}\u{301}"), "e\u{1DFA}\u{301}");
+        assert_eq!(nfc("e\u{301}\u{1DFA}e\u{301}"), "\u{e9}\u{1DFA}\u{e9}");
+        // Compositions added after Unicode 9 do not happen in HF.
+        assert_eq!(nfc("\u{11935}\u{11930}"), "\u{11935}\u{11930}");
+        assert_eq!(nfc("\u{113C2}\u{113C2}"), "\u{113C2}\u{113C2}");
+        assert_eq!(nfc("\u{105D2}\u{307}"), "\u{105D2}\u{307}");
+        assert_eq!(nfc("\u{113C2}a\u{30A}"), "\u{113C2}\u{E5}");
+        assert!(is_nfc_inert_in_hf('\u{5C8}') && is_nfc_inert_in_hf('\u{1E6F5}'));
+        assert!(!is_nfc_inert_in_hf('\u{5C7}') && !is_nfc_inert_in_hf('\u{301}'));
+        assert!(NFC_INERT_IN_HF.windows(2).all(|w| w[0].1 < w[1].0));
     }
 }
