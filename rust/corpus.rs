@@ -108,7 +108,7 @@ fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
                     .extension()
                     .map(|x| x.to_string_lossy().to_ascii_lowercase())
                     .unwrap_or_default();
-                if !exts.iter().any(|x| *x == ext) {
+                if !exts.contains(&ext) {
                     continue;
                 }
                 out.push(InputFile {
@@ -401,6 +401,15 @@ macro_rules! wrong_type {
     };
 }
 
+/// A whole line that is a JSON scalar: not an object (APRX-C201), not a field of the wrong type.
+macro_rules! not_object {
+    ($($m:ident: $t:ty => $name:expr),*) => {
+        $(fn $m<E: de::Error>(self, _: $t) -> std::result::Result<Field<'de>, E> {
+            Ok(Field::NotObject($name))
+        })*
+    };
+}
+
 impl<'de> Visitor<'de> for ValueSeed {
     type Value = Field<'de>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -459,7 +468,7 @@ impl<'de, 'f> Visitor<'de> for FieldSeed<'f> {
     fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Field<'de>, E> {
         Ok(Field::NotObject("string"))
     }
-    wrong_type!(visit_bool: bool => "boolean", visit_i64: i64 => "number",
+    not_object!(visit_bool: bool => "boolean", visit_i64: i64 => "number",
                 visit_u64: u64 => "number", visit_f64: f64 => "number");
     fn visit_unit<E: de::Error>(self) -> std::result::Result<Field<'de>, E> {
         Ok(Field::NotObject("null"))
@@ -492,6 +501,12 @@ mod tests {
             Err(codes::CORPUS_JSON)
         );
         assert_eq!(text("[1, 2]"), Err(codes::CORPUS_JSON));
+        // A line that is a JSON scalar is not an object (C201), not a mistyped field (C204).
+        for line in ["5", "-1.5", "true", "null", r#""content""#] {
+            let r = parse_record(line.as_bytes(), InputKind::Jsonl, "content").unwrap_err();
+            assert_eq!(r.code, codes::CORPUS_JSON, "{line}");
+            assert!(r.reason.contains("not an object"), "{line}: {}", r.reason);
+        }
         let bad = b"{\"content\": \"\xff\"}";
         assert_eq!(
             parse_record(bad, InputKind::Jsonl, "content")

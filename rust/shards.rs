@@ -155,12 +155,15 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 impl<'a> Writer<'a> {
     fn add_doc(&mut self, ids: &[u32]) -> Result<()> {
-        if self.state.documents > 0 {
+        // The previous document is in the open shard, except right after a resume: progress is
+        // saved when a shard rotates, after the previous document's EOS went into that shard.
+        if self.state.documents > 0 && self.open.is_some() {
             if self.opts.eos_policy == EosPolicy::Between {
                 let eos = self.eos.expect("checked");
                 self.push_tokens(&[eos])?;
                 let shard = self.open.as_mut().expect("open shard");
                 *shard.ends.last_mut().expect("previous doc") += 1;
+                self.note_max(eos);
             }
             if self
                 .open
@@ -175,17 +178,20 @@ impl<'a> Writer<'a> {
         if self.opts.eos_policy == EosPolicy::After {
             let eos = self.eos.expect("checked");
             self.push_tokens(&[eos])?;
+            self.note_max(eos);
         }
         let shard = self.open.as_mut().expect("open shard");
         shard.ends.push(shard.tokens);
         self.state.documents += 1;
         if let Some(&m) = ids.iter().max() {
-            self.state.max_token_id = Some(self.state.max_token_id.map_or(m, |x| x.max(m)));
-        }
-        if let Some(e) = self.eos.filter(|_| self.opts.eos_policy != EosPolicy::None) {
-            self.state.max_token_id = Some(self.state.max_token_id.map_or(e, |x| x.max(e)));
+            self.note_max(m);
         }
         Ok(())
+    }
+
+    /// Tracks the largest id written (an EOS counts only once it is in a shard).
+    fn note_max(&mut self, id: u32) {
+        self.state.max_token_id = Some(self.state.max_token_id.map_or(id, |x| x.max(id)));
     }
 
     fn push_tokens(&mut self, ids: &[u32]) -> Result<()> {
@@ -690,4 +696,181 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     write_atomic(&dir.join(MANIFEST), &data)?;
     let _ = std::fs::remove_file(dir.join(PROGRESS));
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    /// A byte-level tokenizer with no merges: one id per byte, `<|endoftext|>` = 256.
+    fn byte_tokenizer() -> Tokenizer {
+        let mut vocab = Map::new();
+        for b in 0..=255u8 {
+            vocab.insert(
+                crate::bytelevel::byte_to_char(b).to_string(),
+                json!(b as u32),
+            );
+        }
+        let v = json!({
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
+                              "trim_offsets": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel"},
+            "added_tokens": [{"id": 256, "content": "<|endoftext|>", "special": true,
+                              "normalized": false}],
+            "model": {"type": "BPE", "vocab": vocab, "merges": []}
+        });
+        Tokenizer::from_value(&v, "bytes").unwrap()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("aprx-shards-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn options(input: PathBuf, output: PathBuf, policy: EosPolicy, shard_tokens: u64) -> Options {
+        Options {
+            inputs: vec![input],
+            output,
+            tokenizer_path: "bytes".into(),
+            shard_tokens,
+            content_field: "content".into(),
+            eos_policy: policy,
+            eos_id: Some(256),
+            normalization: None,
+            num_workers: Some(2),
+            resume: false,
+            overwrite: true,
+            on_error: OnError::Fail,
+            progress: false,
+            text_extensions: vec!["txt".into()],
+            num_tasks: 1,
+            task_index: 0,
+        }
+    }
+
+    fn read_u32(p: &Path) -> Vec<u32> {
+        std::fs::read(p)
+            .unwrap()
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn max_token_id_counts_only_written_eos() {
+        let dir = scratch("max");
+        let input = dir.join("one.jsonl");
+        std::fs::write(&input, "{\"content\": \"ab\"}\n").unwrap();
+        let cancel = AtomicBool::new(false);
+        let tok = byte_tokenizer();
+        // One document and "between": no EOS is written, so it is not the max id.
+        let m = encode_corpus(
+            &tok,
+            &options(input.clone(), dir.join("b"), EosPolicy::Between, 100),
+            &cancel,
+        )
+        .unwrap();
+        assert_eq!(read_u32(&dir.join("b/shard-00000.bin")), [97, 98]);
+        assert_eq!(m["max_token_id"], json!(98));
+        let m = encode_corpus(
+            &tok,
+            &options(input, dir.join("a"), EosPolicy::After, 100),
+            &cancel,
+        )
+        .unwrap();
+        assert_eq!(read_u32(&dir.join("a/shard-00000.bin")), [97, 98, 256]);
+        assert_eq!(m["max_token_id"], json!(256));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotates_after_the_eos_and_never_splits_documents() {
+        let dir = scratch("rotate");
+        let input = dir.join("docs.jsonl");
+        std::fs::write(
+            &input,
+            "{\"content\": \"aaa\"}\n\n{\"content\": \"bb\"}\n{\"content\": \"\"}\n{\"content\": \"cccc\"}\n",
+        )
+        .unwrap();
+        let cancel = AtomicBool::new(false);
+        let m = encode_corpus(
+            &byte_tokenizer(),
+            &options(input, dir.join("o"), EosPolicy::Between, 4),
+            &cancel,
+        )
+        .unwrap();
+        // "aaa" + EOS reaches 4 tokens: the shard rotates when "bb" arrives.
+        assert_eq!(read_u32(&dir.join("o/shard-00000.bin")), [97, 97, 97, 256]);
+        assert_eq!(
+            read_u32(&dir.join("o/shard-00001.bin")),
+            [98, 98, 256, 99, 99, 99, 99]
+        );
+        let idx = std::fs::read(dir.join("o/shard-00001.idx")).unwrap();
+        let ends: Vec<u64> = idx
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(ends, [3, 7]);
+        assert_eq!(m["total_documents"], json!(3));
+        assert_eq!(m["empty_documents"], json!(1));
+        assert_eq!(m["blank_lines"], json!(1));
+        assert!(!dir.join("o/progress.json").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resumes_after_a_stop_to_identical_output() {
+        let dir = scratch("resume");
+        let docs: Vec<String> = (0..40)
+            .map(|i| format!("{{\"content\": \"doc {i} {}\"}}", "x".repeat(i % 7)))
+            .collect();
+        // Line 30 is bad; the fixed line has the same size, so the inputs' config still matches.
+        let write = |line30: &str| {
+            let mut lines = docs.clone();
+            lines[29] = line30.to_string();
+            std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+        };
+        let cancel = AtomicBool::new(false);
+        let tok = byte_tokenizer();
+        for policy in [EosPolicy::Between, EosPolicy::After, EosPolicy::None] {
+            let mut opts = options(dir.join("in.jsonl"), dir.join("ref"), policy, 20);
+            write(r#"{"content":"5"}"#);
+            let want = encode_corpus(&tok, &opts, &cancel).unwrap();
+            write(r#"{"content":555}"#);
+            opts.output = dir.join("o");
+            let e = encode_corpus(&tok, &opts, &cancel).unwrap_err();
+            assert_eq!(e.code, codes::CORPUS_FIELD_TYPE);
+            assert!(dir.join("o").join(PROGRESS).exists());
+            assert!(dir.join("o/shard-00003.bin").exists());
+            write(r#"{"content":"5"}"#);
+            opts.overwrite = false;
+            opts.resume = true;
+            let got = encode_corpus(&tok, &opts, &cancel).unwrap();
+            assert_eq!(got["run"]["resumed"], json!(true));
+            for s in want["shards"].as_array().unwrap() {
+                for key in ["file", "index"] {
+                    let name = s[key].as_str().unwrap();
+                    assert_eq!(
+                        std::fs::read(dir.join("ref").join(name)).unwrap(),
+                        std::fs::read(dir.join("o").join(name)).unwrap(),
+                        "{policy:?} {name}"
+                    );
+                }
+            }
+            for key in [
+                "shards",
+                "total_tokens",
+                "total_documents",
+                "max_token_id",
+                "inputs",
+            ] {
+                assert_eq!(got[key], want[key], "{policy:?} {key}");
+            }
+            std::fs::remove_dir_all(dir.join("o")).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

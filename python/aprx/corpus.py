@@ -20,6 +20,8 @@ EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id
 def resolve_eos(tok: Tokenizer, eos_token: Union[None, int, str]) -> Optional[int]:
     """The EOS id: ``eos_token`` (an id, or a token string), else the tokenizer's own."""
     if isinstance(eos_token, int):
+        if eos_token < 0:
+            raise CorpusError(f"EOS id {eos_token} is not in the tokenizer", "APRX-C209")
         return eos_token
     if isinstance(eos_token, str):
         if eos_token.isdigit():
@@ -72,6 +74,16 @@ def encode_corpus(
     paths = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
     if not paths:
         raise CorpusError("no corpus path given", "APRX-C210")
+    # Checked here: a negative number would otherwise escape as an OverflowError traceback.
+    if not isinstance(shard_tokens, int) or shard_tokens < 1:
+        raise CorpusError(
+            f"shard_tokens must be a positive integer, not {shard_tokens!r}", "APRX-C210"
+        )
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise CorpusError(
+            f"num_workers must be a non-negative integer (0: all CPUs), not {num_workers!r}",
+            "APRX-C210",
+        )
     tok, tok_path = load_tokenizer(tokenizer)
     eos = resolve_eos(tok, eos_token)
     exts = [e.lstrip(".").lower() for e in (text_extensions or DEFAULT_TEXT_EXTENSIONS)]

@@ -1,0 +1,800 @@
+"""encode-corpus end to end: real Qwen2 tokenizer, real stdlib sources as the corpus.
+
+Every test decodes or byte-compares real output: shards are read back with ShardDataset and
+checked against ``Tokenizer.encode_ordinary`` of every input document, in order, with the EOS
+layout asked for. Fault tests run the CLI in a subprocess and kill it (SIGKILL, SIGINT).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import aprx
+import fixtures
+import numpy as np
+import pytest
+import zstandard
+from aprx.corpus import encode_corpus
+from aprx.errors import CorpusError
+from aprx.importer import import_hf
+from aprx.shards import ShardDataset
+
+# Documents that exercise the encoder's edges: an added-token string that must stay text, NFD
+# text that NFC changes, CRLF, astral characters, and empty documents (counted, not written).
+SPECIAL_DOCS = [
+    "x = '<|endoftext|>'  # not the special token\n<|im_start|>user<|im_end|>\n",
+    "caf\u0065\u0301 = 'Cafe\u0301'\r\nprint(caf\u00e9)\r\n",
+    "",
+    "emoji = '\U0001f600\U0001f680'\n\tindent\n",
+    "",
+]
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, docs: Sequence[str]) -> Path:
+    """One {"path", "content"} object a line; every other line with non-ASCII escaped."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, d in enumerate(docs):
+            obj = {"path": f"doc{i}.py", "content": d}
+            f.write(json.dumps(obj, ensure_ascii=(i % 2 == 1)) + "\n")
+    return path
+
+
+def jsonl_bytes(docs: Sequence[str]) -> bytes:
+    return "".join(json.dumps({"content": d}) + "\n" for d in docs).encode()
+
+
+def sha256_file(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def out_files(d: Path) -> Dict[str, bytes]:
+    """shard .bin/.idx contents by name."""
+    return {p.name: p.read_bytes() for p in sorted(d.glob("shard-*")) if p.is_file()}
+
+
+def manifest_of(d: Path) -> Dict[str, Any]:
+    return json.loads((d / "manifest.json").read_text())
+
+
+def without_run(m: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in m.items() if k != "run"}
+
+
+def tmp_files(d: Path) -> List[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
+
+
+def walk_sorted(d: Path, exts: Sequence[str]) -> List[Path]:
+    """The order encode-corpus promises for a directory: sorted names, recursive, no hidden."""
+    out: List[Path] = []
+    for name in sorted(os.listdir(d)):
+        if name.startswith("."):
+            continue
+        p = d / name
+        if p.is_dir():
+            out.extend(walk_sorted(p, exts))
+        elif name.endswith(".jsonl") or p.suffix.lstrip(".") in exts:
+            out.append(p)
+    return out
+
+
+def check_layout(
+    out: Path,
+    docs: Sequence[str],
+    tok: aprx.Tokenizer,
+    policy: str,
+    eos: Optional[int],
+    decode: bool = False,
+) -> ShardDataset:
+    """The shards hold exactly ``docs`` (non-empty ones, in order), each followed by EOS as the
+    policy says, every span inside one shard; the manifest agrees with the files."""
+    ds = ShardDataset(out, verify_sha256=True)
+    nonempty = [d for d in docs if d]
+    assert ds.num_documents == len(nonempty)
+    spans = list(ds.iter_documents())
+    for i, (text, span) in enumerate(zip(nonempty, spans, strict=True)):
+        ids = tok.encode_ordinary(text)
+        last = i == len(nonempty) - 1
+        want_eos = policy == "after" or (policy == "between" and not last)
+        expected = np.append(ids, np.uint32(eos)) if want_eos else ids
+        assert np.array_equal(span, expected), f"document {i} differs"
+        if eos is not None:
+            body = span[:-1] if want_eos else span
+            assert eos not in body, f"document {i} holds the EOS id inside"
+        if decode:
+            body_ids = span[:-1] if want_eos else span
+            assert tok.decode(body_ids.tolist()) == unicodedata.normalize("NFC", text)
+    m = ds.manifest
+    assert m["total_documents"] == len(nonempty)
+    assert m["total_tokens"] == len(ds) == sum(s["tokens"] for s in m["shards"])
+    assert m["eos_policy"] == policy
+    if len(ds):
+        assert m["max_token_id"] == ds.scan_max_token_id()
+    for s, ends in zip(m["shards"], ds.doc_ends, strict=True):
+        assert s["documents"] == len(ends) > 0
+    return ds
+
+
+def run_cli(args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "aprx.cli", "tokenize", "encode-corpus", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+
+
+def start_cli(args: Sequence[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "aprx.cli", "tokenize", "encode-corpus", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def completed_shards(d: Path) -> int:
+    return len(list(d.glob("shard-*.bin")))
+
+
+def wait_for(proc: subprocess.Popen, cond: Any, timeout: float = 60.0) -> bool:
+    """Polls until ``cond()`` or the process ends; True if the condition was met first."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return True
+        if proc.poll() is not None:
+            return bool(cond())
+        time.sleep(0.002)
+    raise AssertionError("timed out waiting for encode-corpus")
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tok") / "qwen2"
+    import_hf(fixtures.qwen2_tokenizer_json(), d, include_added_tokens=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir: Path) -> aprx.Tokenizer:
+    return aprx.Tokenizer.from_file(tok_dir)
+
+
+@pytest.fixture(scope="module")
+def eos(tok: aprx.Tokenizer) -> int:
+    eid = tok.token_to_id("<|endoftext|>")
+    assert eid == fixtures.QWEN2_VOCAB
+    return int(eid)
+
+
+@pytest.fixture(scope="module")
+def stdlib() -> List[Tuple[Path, str]]:
+    return fixtures.stdlib_sources()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, stdlib: List[Tuple[Path, str]]):
+    """Mixed inputs: plain JSONL, .jsonl.gz, .jsonl.zst and a directory tree of .py files.
+
+    Returns (list of input paths in order, list of documents in the promised order)."""
+    root = tmp_path_factory.mktemp("corpus")
+    picked = stdlib[::12]  # ~150 files spread over the whole stdlib
+    texts = [t for _, t in picked]
+    # c ends with the biggest stdlib file: one document larger than a 30k-token shard.
+    biggest = max((t for _, t in stdlib), key=len)
+    a, b, c = texts[:50] + SPECIAL_DOCS, texts[50:90], texts[90:119] + [biggest]
+    write_jsonl(root / "a.jsonl", a)
+    (root / "b.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(b)))
+    (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=3).compress(jsonl_bytes(c)))
+    tree = root / "tree"
+    for i, (p, _) in enumerate(picked[120:]):
+        sub = tree / ["pkg_b", "pkg_a/inner", "pkg_a", "z"][i % 4]
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, sub / f"{p.stem}_{i}.py")
+    # Taken: a README (md is a text extension) and a JSONL inside the tree.
+    (tree / "README.md").write_text("# tree\n\nA corpus directory.\n")
+    write_jsonl(tree / "pkg_a" / "extra.jsonl", [texts[0][:500], "second line document\n"])
+    # Skipped: hidden files and directories, other extensions.
+    (tree / ".hidden.py").write_text("hidden = True\n")
+    (tree / ".git").mkdir()
+    (tree / ".git" / "config.py").write_text("hidden = True\n")
+    (tree / "data.bin").write_bytes(b"\xff\xfe binary")
+    (tree / "notes.json").write_text('{"not": "taken"}')
+    (tree / "pkg_b" / "module.pyc").write_bytes(b"\x00\x01")
+    tree_docs: List[str] = []
+    for p in walk_sorted(tree, ["py", "md"]):
+        if p.suffix == ".jsonl":
+            tree_docs += [json.loads(line)["content"] for line in p.read_text().splitlines()]
+        else:
+            tree_docs.append(p.read_text(encoding="utf-8"))
+    inputs = [root / "a.jsonl", root / "b.jsonl.gz", root / "c.jsonl.zst", tree]
+    return inputs, a + b + c + tree_docs
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, corpus, tok_dir):
+    inputs, docs = corpus
+    out = tmp_path_factory.mktemp("full") / "out"
+    m = encode_corpus(inputs, tok_dir, out, shard_tokens=30_000, num_workers=2)
+    return out, m
+
+
+@pytest.fixture(scope="module")
+def big_jsonl(tmp_path_factory, stdlib) -> Tuple[Path, List[str]]:
+    """A JSONL big enough (a few M tokens) for many 20k-token shards and a run of seconds:
+    every third stdlib file cut into 6-line documents, so that the pipeline goes through many
+    batches (of at most 8192 records) and a kill can land in any phase of one."""
+    docs = []
+    for _, text in stdlib[::3]:
+        lines = text.splitlines(keepends=True)
+        docs += ["".join(lines[i : i + 6]) for i in range(0, len(lines), 6)]
+    return write_jsonl(tmp_path_factory.mktemp("big") / "big.jsonl", docs), docs
+
+
+@pytest.fixture(scope="module")
+def big_ref(tmp_path_factory, big_jsonl, tok_dir) -> Tuple[Path, Dict[str, Any]]:
+    """The uninterrupted run that faulted runs must reproduce byte for byte."""
+    out = tmp_path_factory.mktemp("bigref") / "out"
+    m = encode_corpus(big_jsonl[0], tok_dir, out, shard_tokens=20_000, num_workers=2)
+    assert len(m["shards"]) > 50
+    return out, m
+
+
+# -- round trip -----------------------------------------------------------------------------
+
+
+def test_round_trip_mixed_inputs_between(full_run, corpus, tok, eos, tok_dir):
+    out, m = full_run
+    inputs, docs = corpus
+    ds = check_layout(out, docs, tok, "between", eos, decode=True)
+    assert len(m["shards"]) > 5
+    assert m == manifest_of(out)
+    assert m["schema"] == "aprx.shards/1"
+    assert (m["dtype"], m["byte_order"]) == ("uint32", "little")
+    assert m["eos_id"] == eos
+    tok_manifest = json.loads((tok_dir / "manifest.json").read_text())
+    assert m["tokenizer"]["sha256"] == tok.fingerprint == tok_manifest["tokenizer_sha256"]
+    assert m["tokenizer"]["vocab_size"] == tok.vocab_size == 151665
+    assert m["max_token_id"] == eos  # the EOS is the largest id written
+    assert m["empty_documents"] == sum(1 for d in docs if not d) >= 2
+    assert m["skipped_count"] == 0 and m["skipped"] == []
+    assert m["run"]["elapsed_s"] > 0 and m["run"]["tokens_per_s"] > 0
+    # Every shard's sha256 and counts, checked against the files themselves.
+    for s in m["shards"]:
+        data = (out / s["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+        assert len(data) == 4 * s["tokens"]
+        assert (out / s["index"]).stat().st_size == 8 * s["documents"]
+    # Input files: every file taken, in order, with its size and sha256 (checked by hashlib).
+    files = inputs[:3] + walk_sorted(inputs[3], ["py", "md"])
+    assert [i["path"] for i in m["inputs"]] == [str(p) for p in files]
+    for entry, p in zip(m["inputs"], files, strict=True):
+        assert entry["size"] == p.stat().st_size
+        assert entry["sha256"] == sha256_file(p)
+    assert sum(i["documents"] for i in m["inputs"]) == ds.num_documents
+    assert not any(".hidden" in i["path"] or ".git" in i["path"] for i in m["inputs"])
+    assert not any(i["path"].endswith((".bin", ".json", ".pyc")) for i in m["inputs"])
+    # The directory's files are in sorted order, recursively.
+    tree_paths = [i["path"] for i in m["inputs"][3:]]
+    assert tree_paths[0].endswith("README.md")
+    assert any(p.endswith("extra.jsonl") for p in tree_paths)
+    assert not (out / "progress.json").exists() and tmp_files(out) == []
+
+
+def test_endoftext_inside_a_document_is_text(full_run, tok, eos):
+    out, _ = full_run
+    ds = ShardDataset(out)
+    # SPECIAL_DOCS[0] is document 50 (after 50 stdlib documents).
+    span = ds.document(50)
+    assert span[-1] == eos
+    assert tok.decode(span[:-1].tolist()) == SPECIAL_DOCS[0]
+    assert eos not in span[:-1]
+    assert tok.token_to_id("<|im_start|>") not in span
+    assert len(span) > 10
+
+
+def test_rotation_and_no_split(full_run):
+    out, m = full_run
+    n = m["shard_tokens"]
+    ds = ShardDataset(out)
+    assert len(ds.shards) == len(m["shards"]) > 5
+    for i, ends in enumerate(ds.doc_ends):
+        tokens = int(ends[-1])
+        if i < len(ds.doc_ends) - 1:
+            # Rotated only once the shard reached N tokens ...
+            assert tokens >= n
+            # ... and not earlier: before its last document it was still below N.
+            assert len(ends) == 1 or int(ends[-2]) < n
+        else:
+            assert 0 < tokens
+    # A document bigger than a shard stays whole (shard of one document, over N tokens).
+    assert any(len(e) == 1 and int(e[-1]) > n for e in ds.doc_ends)
+
+
+@pytest.mark.parametrize("policy", ["after", "none"])
+def test_eos_policies(tmp_path, corpus, tok, eos, policy):
+    inputs, docs = corpus
+    m = encode_corpus(inputs[:3], tok, tmp_path / "o", shard_tokens=50_000, eos_policy=policy)
+    n_docs = 50 + len(SPECIAL_DOCS) + 40 + 30  # a.jsonl, b.jsonl.gz, c.jsonl.zst
+    check_layout(tmp_path / "o", docs[:n_docs], tok, policy, eos)
+    if policy == "none":
+        assert m["max_token_id"] < eos
+    else:
+        assert m["max_token_id"] == eos
+
+
+def test_eos_token_override(tmp_path, corpus, tok, tok_dir):
+    inputs, docs = corpus
+    im_end = tok.token_to_id("<|im_end|>")
+    m = encode_corpus(inputs[1], tok, tmp_path / "s", eos_token="<|im_end|>")
+    assert m["eos_id"] == im_end
+    check_layout(tmp_path / "s", docs[55:95], tok, "between", im_end)
+    r = run_cli(
+        [
+            "--corpus",
+            inputs[1],
+            "--tokenizer",
+            tok_dir,
+            "--output",
+            tmp_path / "n",
+            "--eos-token",
+            str(im_end),
+            "--eos-policy",
+            "after",
+            "--quiet",
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    check_layout(tmp_path / "n", docs[55:95], tok, "after", im_end)
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(inputs[1], tok, tmp_path / "x", eos_token="<|no such token|>")
+    assert e.value.code == "APRX-C209"
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(inputs[1], tok, tmp_path / "y", eos_token=10**7)
+    assert e.value.code == "APRX-C209" and "10000000" in str(e.value)
+    assert not (tmp_path / "y" / "manifest.json").exists()
+
+
+def test_normalization_override(tmp_path, tok, eos):
+    nfd = "name = 'Cafe\u0301'\nA\u030a = 1\n"
+    src = write_jsonl(tmp_path / "n.jsonl", [nfd, "plain\n"])
+    encode_corpus(src, tok, tmp_path / "nfc")
+    encode_corpus(src, tok, tmp_path / "none", normalization="none")
+    nfc_ids = ShardDataset(tmp_path / "nfc").document(0)[:-1].tolist()
+    raw_ids = ShardDataset(tmp_path / "none").document(0)[:-1].tolist()
+    assert tok.decode(nfc_ids) == unicodedata.normalize("NFC", nfd) != nfd
+    assert tok.decode(raw_ids) == nfd
+    assert manifest_of(tmp_path / "none")["normalization"] == "none"
+    assert manifest_of(tmp_path / "nfc")["normalization"] == "nfc"
+
+
+def test_text_files_and_extension_list(tmp_path, corpus, tok, eos):
+    inputs, _ = corpus
+    tree = inputs[3]
+    # Only .md from the directory; an explicit file is taken whatever its extension.
+    cfg = tmp_path / "setup.cfg"
+    cfg.write_text("[metadata]\nname = x\n")
+    m = encode_corpus([tree, cfg], tok, tmp_path / "o", text_extensions=["md"])
+    paths = [i["path"] for i in m["inputs"]]
+    assert paths == [str(tree / "README.md"), str(tree / "pkg_a" / "extra.jsonl"), str(cfg)]
+    docs = [(tree / "README.md").read_text()]
+    docs += [json.loads(x)["content"] for x in (tree / "pkg_a" / "extra.jsonl").open()]
+    docs.append(cfg.read_text())
+    check_layout(tmp_path / "o", docs, tok, "between", eos, decode=True)
+
+
+def test_workers_give_identical_bytes(tmp_path, full_run, corpus, tok_dir):
+    out2, m2 = full_run
+    inputs, _ = corpus
+    m1 = encode_corpus(inputs, tok_dir, tmp_path / "w1", shard_tokens=30_000, num_workers=1)
+    assert m1["run"]["num_workers"] == 1 and m2["run"]["num_workers"] == 2
+    assert out_files(tmp_path / "w1") == out_files(out2)
+    assert without_run(m1) == without_run(m2)
+
+
+def test_blank_and_empty_lines_counted(tmp_path, tok, eos):
+    src = tmp_path / "e.jsonl"
+    src.write_text(
+        '{"content": "a = 1\\n"}\n\n   \n{"content": ""}\r\n{"content": "b = 2\\n"}\n'
+        '{"content": ""}'
+    )
+    m = encode_corpus(src, tok, tmp_path / "o")
+    assert (m["total_documents"], m["empty_documents"], m["blank_lines"]) == (2, 2, 2)
+    assert m["inputs"][0]["records"] == 6
+    check_layout(tmp_path / "o", ["a = 1\n", "b = 2\n"], tok, "between", eos)
+
+
+def test_cli_json_and_summary(tmp_path, corpus, tok_dir):
+    inputs, _ = corpus
+    r = run_cli(
+        [
+            "--corpus",
+            inputs[2],
+            "--tokenizer",
+            tok_dir,
+            "--output",
+            tmp_path / "j",
+            "--json",
+            "--shard-tokens",
+            "40000",
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == manifest_of(tmp_path / "j")
+    assert "encode-corpus" not in r.stderr  # --json implies no progress bar
+    r = run_cli(["--corpus", inputs[2], "--tokenizer", tok_dir, "--output", tmp_path / "s"])
+    assert r.returncode == 0, r.stderr
+    m = manifest_of(tmp_path / "s")
+    assert r.stdout.startswith(
+        f"wrote {tmp_path / 's'}: {len(m['shards'])} shards, {m['total_documents']} documents"
+    )
+    assert out_files(tmp_path / "s") != {}
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+BAD_LINES = [
+    (b'{"content": "unterminated', "APRX-C201", "invalid JSON"),
+    (b"not json at all", "APRX-C201", "invalid JSON"),
+    (b"[1, 2, 3]", "APRX-C201", "not an object"),
+    (b"42", "APRX-C201", "not an object"),
+    (b'{"content": "ok"} trailing', "APRX-C201", "invalid JSON"),
+    (b'{"content": "\xff\xfe bad bytes"}', "APRX-C202", "invalid UTF-8"),
+    (b'{"text": "the wrong field"}', "APRX-C203", 'no "content" field'),
+    (b'{"content": 5}', "APRX-C204", "not a string"),
+    (b'{"content": null}', "APRX-C204", "not a string"),
+    (b'{"content": ["a", "b"]}', "APRX-C204", "not a string"),
+]
+
+
+def bad_corpus(path: Path, good: Sequence[str], bad: bytes, at: int) -> int:
+    """Writes good documents with ``bad`` inserted as line ``at`` (1-based); returns ``at``."""
+    lines = [json.dumps({"content": d}).encode() for d in good]
+    lines.insert(at - 1, bad)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return at
+
+
+@pytest.mark.parametrize("bad,code,reason", BAD_LINES, ids=[c for _, c, _ in BAD_LINES])
+def test_fail_names_file_line_and_reason(tmp_path, stdlib, tok, bad, code, reason):
+    good = [t for _, t in stdlib[40:70]]
+    src = tmp_path / "bad.jsonl"
+    line = bad_corpus(src, good, bad, 25)
+    out = tmp_path / "o"
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, out, shard_tokens=2_000)
+    assert e.value.code == code
+    assert f"{src}:{line}:" in str(e.value)
+    assert reason in str(e.value)
+    # Shards completed before the bad line stay (resumable); nothing half-written, no manifest.
+    assert completed_shards(out) >= 1
+    assert tmp_files(out) == []
+    assert not (out / "manifest.json").exists()
+
+
+def test_fail_from_cli_exit_code_and_message(tmp_path, stdlib, tok_dir):
+    src = tmp_path / "bad.jsonl"
+    line = bad_corpus(src, [t for _, t in stdlib[40:50]], b'{"content": 5}', 7)
+    r = run_cli(
+        [
+            "--corpus",
+            src,
+            "--tokenizer",
+            tok_dir,
+            "--output",
+            tmp_path / "o",
+            "--shard-tokens",
+            "1000",
+        ]
+    )
+    assert r.returncode == 2
+    assert f'aprx: error [APRX-C204] {src}:{line}: field "content"' in r.stderr
+    assert tmp_files(tmp_path / "o") == [] and not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_invalid_utf8_text_file_names_its_line(tmp_path, tok):
+    src = None
+    for p in fixtures.stdlib_non_utf8():
+        data = p.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            src, line = p, data[: exc.start].count(b"\n") + 1
+            break
+    assert src is not None
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, tmp_path / "o")
+    assert e.value.code == "APRX-C202"
+    assert f"{src}:{line}: invalid UTF-8" in str(e.value)
+    m = encode_corpus(src, tok, tmp_path / "s", on_error="skip")
+    assert m["skipped"] == [
+        {"file": str(src), "line": line, "code": "APRX-C202", "reason": m["skipped"][0]["reason"]}
+    ]
+    assert m["total_documents"] == 0 and m["shards"] == []
+
+
+def test_skip_accounts_for_every_bad_line(tmp_path, stdlib, tok, eos):
+    good = [t for _, t in stdlib[100:130]]
+    lines = [json.dumps({"content": d}).encode() for d in good]
+    expected = []
+    for k, (bad, code, _) in enumerate(BAD_LINES):
+        at = 2 + 3 * k  # 1-based line number in the final file
+        lines.insert(at - 1, bad)
+        expected.append((at, code))
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    # The fail run stops at the first bad line.
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, tmp_path / "f")
+    assert e.value.code == BAD_LINES[0][1] and f"{src}:2:" in str(e.value)
+    m = encode_corpus(src, tok, tmp_path / "s", on_error="skip", shard_tokens=5_000)
+    assert m["skipped_count"] == len(BAD_LINES)
+    assert [(s["file"], s["line"], s["code"]) for s in m["skipped"]] == [
+        (str(src), at, code) for at, code in expected
+    ]
+    for s, (_, _, reason) in zip(m["skipped"], BAD_LINES, strict=True):
+        assert reason in s["reason"]
+    (inp,) = m["inputs"]
+    assert (inp["skipped"], inp["documents"], inp["records"]) == (
+        len(BAD_LINES),
+        len(good),
+        len(lines),
+    )
+    check_layout(tmp_path / "s", good, tok, "between", eos)
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst"])
+def test_corrupt_compressed_input(tmp_path, stdlib, tok, kind):
+    raw = jsonl_bytes([t for _, t in stdlib[:20]])
+    if kind == "gz":
+        data = gzip.compress(raw)
+    else:
+        data = zstandard.ZstdCompressor().compress(raw)
+    src = tmp_path / f"t.jsonl.{kind}"
+    src.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, tmp_path / "o", shard_tokens=1_000)
+    assert e.value.code == "APRX-C205" and str(src) in str(e.value)
+    assert tmp_files(tmp_path / "o") == [] and not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_parquet_is_refused_clearly(tmp_path, tok, tok_dir):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    f = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"content": ["x = 1\n", "y = 2\n"]}), f)
+    for arg in (f, tmp_path):  # explicit, and found in a directory
+        with pytest.raises(CorpusError) as e:
+            encode_corpus(arg, tok, tmp_path / "o")
+        assert e.value.code == "APRX-C210"
+        assert str(f) in str(e.value) and "Parquet input is not supported" in str(e.value)
+        assert "JSONL" in str(e.value)
+    r = run_cli(["--corpus", f, "--tokenizer", tok_dir, "--output", tmp_path / "c"])
+    assert r.returncode == 2 and "[APRX-C210]" in r.stderr and "Parquet" in r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
+
+
+def test_bad_numbers_are_clear_errors(tmp_path, corpus, tok, tok_dir):
+    src = corpus[0][2]
+    for kw, code in [
+        ({"shard_tokens": 0}, "APRX-C210"),
+        ({"shard_tokens": -5}, "APRX-C210"),
+        ({"num_workers": -1}, "APRX-C210"),
+        ({"eos_token": -1}, "APRX-C209"),
+    ]:
+        with pytest.raises(CorpusError) as e:
+            encode_corpus(src, tok, tmp_path / "o", **kw)
+        assert e.value.code == code, kw
+        assert not (tmp_path / "o").exists()
+    r = run_cli(
+        [
+            "--corpus",
+            src,
+            "--tokenizer",
+            tok_dir,
+            "--output",
+            tmp_path / "c",
+            "--shard-tokens",
+            "-5",
+        ]
+    )
+    assert r.returncode == 2 and "[APRX-C210] shard_tokens must be" in r.stderr, r.stderr
+
+
+def test_missing_input(tmp_path, tok):
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(tmp_path / "nope.jsonl", tok, tmp_path / "o")
+    assert e.value.code == "APRX-C210" and "nope.jsonl" in str(e.value)
+
+
+# -- existing output, overwrite, resume settings ---------------------------------------------
+
+
+def test_refuses_existing_output_then_overwrite(tmp_path, corpus, tok, tok_dir, eos):
+    inputs, docs = corpus
+    src, src_docs = inputs[1], docs[55:95]
+    out = tmp_path / "o"
+    encode_corpus(src, tok, out, shard_tokens=5_000)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) > 5
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, out, shard_tokens=5_000)
+    assert e.value.code == "APRX-C206" and "--overwrite" in str(e.value)
+    r = run_cli(["--corpus", src, "--tokenizer", tok_dir, "--output", out])
+    assert r.returncode == 2 and "[APRX-C206]" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A directory holding only a killed run's partial shard is refused too.
+    partial = tmp_path / "p"
+    partial.mkdir()
+    (partial / "shard-00000.bin.tmp").write_bytes(b"\0" * 8)
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, partial)
+    assert e.value.code == "APRX-C206"
+    # Unrelated files do not count as another run's output and are left alone.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    encode_corpus(src, tok, other)
+    assert (other / "notes.txt").read_text() == "mine"
+    # --overwrite replaces everything of the old run: no stale shards survive.
+    r = run_cli(
+        [
+            "--corpus",
+            src,
+            "--tokenizer",
+            tok_dir,
+            "--output",
+            out,
+            "--overwrite",
+            "--eos-policy",
+            "after",
+            "--quiet",
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    m = manifest_of(out)
+    assert len(m["shards"]) == 1 and sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "shard-00000.bin",
+        "shard-00000.idx",
+    ]
+    check_layout(out, src_docs, tok, "after", eos)
+
+
+def test_resume_of_finished_run_and_changed_settings(tmp_path, stdlib, corpus, tok):
+    inputs, _ = corpus
+    out = tmp_path / "o"
+    m = encode_corpus(inputs[2], tok, out, shard_tokens=5_000)
+    before = out_files(out)
+    # Resuming a finished run is a no-op that returns its manifest.
+    again = encode_corpus(inputs[2], tok, out, shard_tokens=5_000, resume=True)
+    assert without_run(again) == without_run(m) == without_run(manifest_of(out))
+    assert out_files(out) == before
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(inputs[2], tok, out, shard_tokens=6_000, resume=True)
+    assert e.value.code == "APRX-C207"
+    # An interrupted run (here: stopped by a bad line) cannot resume with other settings.
+    src = tmp_path / "bad.jsonl"
+    bad_corpus(src, [t for _, t in stdlib[40:70]], b"{", 25)
+    with pytest.raises(CorpusError):
+        encode_corpus(src, tok, tmp_path / "i", shard_tokens=2_000)
+    assert (tmp_path / "i" / "progress.json").exists()
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, tmp_path / "i", shard_tokens=2_000, eos_policy="after", resume=True)
+    assert e.value.code == "APRX-C207" and "eos_policy" in str(e.value)
+    # With the same settings it resumes from its completed shards and stops at the same line.
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, tmp_path / "i", shard_tokens=2_000, resume=True)
+    assert f"{src}:25:" in str(e.value)
+
+
+# -- faults: SIGKILL and Ctrl-C --------------------------------------------------------------
+
+
+def fault_args(src: Path, tok_dir: Path, out: Path, *extra: str) -> List[Any]:
+    return [
+        "--corpus",
+        src,
+        "--tokenizer",
+        tok_dir,
+        "--output",
+        out,
+        "--shard-tokens",
+        "20000",
+        "--num-workers",
+        "2",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path, big_jsonl, big_ref, tok_dir):
+    src, _ = big_jsonl
+    ref, ref_m = big_ref
+    out = tmp_path / "o"
+    rng = random.Random(20240607)
+    # First kill: while a shard is half-written (*.tmp) in the very first batch. Then each
+    # --resume attempt is killed once it has completed a random 1..12 more shards, after a
+    # random extra delay, so kills land while encoding, writing a shard, renaming it or
+    # saving progress.json. The corpus has ~130 shards, so every kill hits a running process.
+    plan = [("tmp", 0, 0.0)]
+    plan += [("shard", rng.randint(1, 12), rng.uniform(0, 0.05)) for _ in range(3)]
+    kills: List[Tuple[str, int, float, int]] = []
+    for attempt, (cond, more, delay) in enumerate(plan):
+        start = completed_shards(out) if out.exists() else 0
+        proc = start_cli(fault_args(src, tok_dir, out, *(["--resume"] if attempt else [])))
+        if cond == "tmp":
+            hit = wait_for(proc, lambda: out.exists() and any(out.glob("shard-*.bin.tmp")))
+        else:
+            target = start + more
+            hit = wait_for(proc, lambda t=target: out.exists() and completed_shards(out) >= t)
+        time.sleep(delay)
+        running = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        kills.append((cond, more, round(delay, 3), completed_shards(out)))
+        assert hit and running, f"attempt {attempt} ended before its kill: {kills} {err}"
+        assert proc.returncode == -signal.SIGKILL
+        assert not (out / "manifest.json").exists()
+    assert kills[-1][-1] < len(ref_m["shards"])
+    r = run_cli(fault_args(src, tok_dir, out, "--resume", "--json"))
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert out_files(out) == out_files(ref)
+    assert without_run(m) == without_run(ref_m) == without_run(manifest_of(out))
+    assert m["run"]["resumed"] is True
+    assert tmp_files(out) == [] and not (out / "progress.json").exists()
+
+
+def test_sigint_stops_cleanly_and_resumes(tmp_path, big_jsonl, big_ref, tok_dir):
+    src, _ = big_jsonl
+    ref, ref_m = big_ref
+    out = tmp_path / "o"
+    proc = start_cli(fault_args(src, tok_dir, out))
+    assert wait_for(proc, lambda: out.exists() and completed_shards(out) >= 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "aprx: interrupted" in err
+    assert tmp_files(out) == []
+    assert not (out / "manifest.json").exists()
+    assert (out / "progress.json").exists()
+    n_done = completed_shards(out)
+    assert 2 <= n_done < len(ref_m["shards"])
+    # Without --resume the interrupted output is refused; with it the run completes.
+    r = run_cli(fault_args(src, tok_dir, out))
+    assert r.returncode == 2 and "[APRX-C206]" in r.stderr
+    m = encode_corpus(src, tok_dir, out, shard_tokens=20_000, num_workers=1, resume=True)
+    assert out_files(out) == out_files(ref)
+    assert without_run(m) == without_run(ref_m)
+    assert m["run"]["resumed"] is True
+
+
+def test_big_reference_round_trip(big_jsonl, big_ref, tok, eos):
+    """The reference the fault tests compare against is itself right (checked as one stream:
+    every document's ids followed by EOS, the last without, and the index at each EOS)."""
+    src, docs = big_jsonl
+    ref, m = big_ref
+    ds = ShardDataset(ref, verify_sha256=True)
+    ids = [tok.encode_ordinary(d) for d in docs]
+    eos_arr = np.array([eos], dtype=np.uint32)
+    want = np.concatenate([p for x in ids for p in (x, eos_arr)][:-1])
+    assert np.array_equal(ds.tokens(0, len(ds)), want)
+    spans = np.array([len(x) + 1 for x in ids])
+    spans[-1] -= 1  # no EOS after the last document
+    assert np.array_equal(ds.document_boundaries(), np.cumsum(spans))
+    assert ds.num_documents == len(docs) == m["total_documents"]
+    assert len(m["shards"]) > 50 and m["max_token_id"] == ds.scan_max_token_id() == eos
+    assert m["inputs"][0]["sha256"] == sha256_file(src)
