@@ -127,6 +127,28 @@ fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
     Ok(())
 }
 
+/// Task `index` of `num_tasks`: a contiguous slice of `files` (in their sorted order),
+/// balanced by bytes: a file belongs to the task whose byte range holds its midpoint. The
+/// tasks' slices, in task order, are exactly `files`.
+pub fn task_slice(files: Vec<InputFile>, num_tasks: u32, index: u32) -> Vec<InputFile> {
+    if num_tasks <= 1 {
+        return files;
+    }
+    let total: u128 = files.iter().map(|f| f.size as u128).sum::<u128>().max(1);
+    let mut before = 0u128;
+    let mut out = Vec::new();
+    for (i, f) in files.into_iter().enumerate() {
+        // Midpoint (doubled to stay integral); files of size 0 count by position.
+        let mid = 2 * before + f.size as u128 + (i as u128 % 2);
+        let task = (mid * num_tasks as u128 / (2 * total)).min(num_tasks as u128 - 1) as u32;
+        before += f.size as u128;
+        if task == index {
+            out.push(f);
+        }
+    }
+    out
+}
+
 /// A reader that hashes every byte it passes on and counts them.
 pub struct HashingReader<R> {
     inner: R,
@@ -478,6 +500,25 @@ impl<'de, 'f> Visitor<'de> for FieldSeed<'f> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_slices_are_contiguous_and_cover_everything() {
+        let files: Vec<InputFile> = (0..37u64)
+            .map(|i| InputFile {
+                path: PathBuf::from(format!("f{i:02}")),
+                kind: InputKind::Text,
+                size: (i * 7919) % 1000 + 1,
+            })
+            .collect();
+        for k in 1..6u32 {
+            let mut joined = Vec::new();
+            for t in 0..k {
+                joined.extend(task_slice(files.clone(), k, t).into_iter().map(|f| f.path));
+            }
+            let all: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+            assert_eq!(joined, all, "k={k}");
+        }
+    }
 
     fn text(data: &str) -> std::result::Result<String, &'static str> {
         parse_record(data.as_bytes(), InputKind::Jsonl, "content")

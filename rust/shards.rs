@@ -62,7 +62,9 @@ pub struct Options {
     pub on_error: OnError,
     pub progress: bool,
     pub text_extensions: Vec<String>,
-    /// Encode only every input file i with i % num_tasks == task_index (scale-out).
+    /// Encode only this task's contiguous slice of the input files (scale-out; see
+    /// `corpus::task_slice`). With EOS `between`, every task but the last ends its last
+    /// document with EOS, so the tasks' outputs in order form the single-machine token stream.
     pub num_tasks: u32,
     pub task_index: u32,
 }
@@ -387,12 +389,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         }
     }
     let all_files = corpus::discover(&opts.inputs, &opts.text_extensions)?;
-    let files: Vec<InputFile> = all_files
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| *i as u32 % opts.num_tasks == opts.task_index)
-        .map(|(_, f)| f)
-        .collect();
+    let files: Vec<InputFile> = corpus::task_slice(all_files, opts.num_tasks, opts.task_index);
     let config = config_of(opts, tok, &files, eos);
 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", &e))?;
@@ -652,6 +649,14 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             eprintln!();
         }
         return Err(e);
+    }
+    if opts.eos_policy == EosPolicy::Between && opts.task_index + 1 < opts.num_tasks {
+        if let (Some(e), true) = (eos, w.open.is_some()) {
+            w.push_tokens(&[e])?;
+            let shard = w.open.as_mut().expect("open shard");
+            *shard.ends.last_mut().expect("a document") += 1;
+            w.state.max_token_id = Some(w.state.max_token_id.map_or(e, |x| x.max(e)));
+        }
     }
     w.close_shard()?;
     w.pos_file = files.len();

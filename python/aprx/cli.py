@@ -92,8 +92,10 @@ def _cmd_merge_manifests(args: argparse.Namespace) -> int:
 
     m = merge_manifests(args.tasks, args.output)
     _print_result(
-        args, m, f"merged {len(args.tasks)} task outputs into {args.output}: "
-        f"{len(m['shards'])} shards, {m['total_tokens']} tokens"
+        args,
+        m,
+        f"merged {len(args.tasks)} task outputs into {args.output}: "
+        f"{len(m['shards'])} shards, {m['total_tokens']} tokens",
     )
     return 0
 

@@ -35,8 +35,15 @@ def _say(msg: str) -> None:
 def train_tokenizer(files: list[Path], vocab_size: int, out: Path, max_bytes: int) -> Path:
     """Trains a byte-level BPE on (up to ``max_bytes`` of) the corpus; writes tokenizer.json."""
     try:
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-        from tokenizers import Regex
+        from tokenizers import (
+            Regex,
+            Tokenizer,
+            decoders,
+            models,
+            normalizers,
+            pre_tokenizers,
+            trainers,
+        )
     except ImportError as e:  # pragma: no cover - depends on the install
         raise SystemExit(
             "aprx quickstart trains its tokenizer with the `tokenizers` library: "
