@@ -105,8 +105,20 @@ pub fn parse_json(text: &str, source: &str) -> Result<Value> {
     })
 }
 
+/// Reads a text file; invalid UTF-8 is a tokenizer-file error with its byte position.
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", &e))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", &e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::tokenizer(
+            codes::JSON,
+            format!(
+                "{}: invalid UTF-8 at byte {at} (line {line})",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// Split the pre-tokenizer object into (regex patterns, add_prefix_space).
@@ -336,7 +348,9 @@ impl Tokenizer {
         let merges_text = read_text(&merges_path)?;
         let merges: Vec<Value> = merges_text
             .lines()
-            .filter(|l| !l.starts_with("#version") && !l.is_empty())
+            .enumerate()
+            .filter(|(i, l)| !(*i == 0 && l.starts_with("#version")) && !l.is_empty())
+            .map(|(_, l)| l)
             .map(|l| Value::String(l.to_string()))
             .collect();
         let hf = manifest
