@@ -74,6 +74,9 @@ fn chunks(texts: &[&str]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// `encode_batch_flat`'s result: all ids, and offsets into them per text.
+type FlatIds<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>);
+
 /// A byte-level BPE tokenizer, exact against HF `tokenizers`. Immutable and thread-safe.
 #[pyclass(frozen, name = "Tokenizer", module = "aprx._aprx")]
 pub struct PyTokenizer {
@@ -160,7 +163,7 @@ impl PyTokenizer {
         texts: Vec<Bound<'py, PyString>>,
         ordinary: bool,
         num_threads: Option<usize>,
-    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
+    ) -> PyResult<FlatIds<'py>> {
         let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
         let pool = parallel::pool(num_threads);
         let mut flat: Vec<u32> = Vec::new();

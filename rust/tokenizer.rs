@@ -349,7 +349,7 @@ impl Tokenizer {
         let merges: Vec<Value> = merges_text
             .lines()
             .enumerate()
-            .filter(|(i, l)| !(*i == 0 && l.starts_with("#version")) && !l.is_empty())
+            .filter(|(i, l)| !(l.is_empty() || *i == 0 && l.starts_with("#version")))
             .map(|(_, l)| l)
             .map(|l| Value::String(l.to_string()))
             .collect();
