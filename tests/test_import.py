@@ -587,20 +587,27 @@ def test_missing_input_file(tmp_path: Path) -> None:
 def test_round_trip_is_verified(
     small_doc: Dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Were a merge lost on the way through merges.txt, the import fails and leaves nothing,
+    """Were merges.txt written wrong (here: the last merge replaced by the first), the
+    reloaded directory differs from the source and the import fails, leaving nothing behind,
     not even the parent directories it created."""
     import aprx.importer as importer
 
-    doc = copy.deepcopy(small_doc)
-    _odd_merge("#version", "3")(doc)
-    src = _write_doc(tmp_path / "tokenizer.json", doc)
-    monkeypatch.setattr(importer, "_merges_txt_problem", lambda a, b: None)
-    for include in (False, True):
-        with pytest.raises(TokenizerError) as ei:
-            import_hf(src, tmp_path / "a" / "b" / "tok", include_added_tokens=include)
-        assert ei.value.code == "APRX-T106"
-        assert "does not reproduce" in str(ei.value) and "merges_count" in str(ei.value)
-        assert sorted(os.listdir(tmp_path)) == ["tokenizer.json"]
+    src = _write_doc(tmp_path / "tokenizer.json", small_doc)
+    real = importer._merge_pair
+    n = len(small_doc["model"]["merges"])
+    calls = {"i": 0}
+
+    def corrupt(m: Any) -> Any:
+        i = calls["i"] % n
+        calls["i"] += 1
+        return real(small_doc["model"]["merges"][0]) if i == n - 1 else real(m)
+
+    monkeypatch.setattr(importer, "_merge_pair", corrupt)
+    with pytest.raises(TokenizerError) as ei:
+        import_hf(src, tmp_path / "a" / "b" / "tok", include_added_tokens=True)
+    assert ei.value.code == "APRX-T106"
+    assert "does not reproduce" in str(ei.value) and "fingerprint" in str(ei.value)
+    assert sorted(os.listdir(tmp_path)) == ["tokenizer.json"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,8 +57,8 @@ def _merge_pair(m: Any) -> tuple[str, str]:
 
 
 def _merges_txt_problem(a: str, b: str) -> Optional[str]:
-    """Why the merge ``a b`` cannot be a line of merges.txt (None if it can): the loader splits
-    lines on "\n", each line on " ", and skips lines that start with "#version"."""
+    """Why the merge ``a b`` cannot be a line of merges.txt (None if it can): readers split
+    lines on "\n", each line on " ", and HF's reader skips every line starting "#version"."""
     if " " in a or " " in b:
         return "contains a space"
     if any(c in a or c in b for c in "\n\r"):
