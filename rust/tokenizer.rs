@@ -65,7 +65,7 @@ pub struct Tokenizer {
     id_to_str: Vec<Option<String>>,
     /// id -> bytes produced by decoding.
     id_to_bytes: Vec<Option<Box<[u8]>>>,
-    str_to_id: HashMap<String, u32>,
+    str_to_id: HashMap<String, u32, FxBuild>,
     /// raw bytes -> id of whole pieces that are one token (see `from_value`).
     bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild>,
     raw_added: Option<AddedMatcher>,
@@ -444,7 +444,8 @@ impl Tokenizer {
             .and_then(Value::as_object)
             .ok_or_else(|| field_err(source, "model.vocab must be an object of token -> id"))?;
         let mut id_to_str: Vec<Option<String>> = Vec::new();
-        let mut str_to_id: HashMap<String, u32> = HashMap::with_capacity(vocab.len());
+        let mut str_to_id: HashMap<String, u32, FxBuild> =
+            HashMap::with_capacity_and_hasher(vocab.len(), FxBuild::default());
         for (tok, id) in vocab {
             let id = id
                 .as_u64()
@@ -896,7 +897,10 @@ pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
         Normalizer::Nfc => {
             // Quick-check "Yes" under our newer tables implies HF's older NFC leaves the text
             // alone too (its combining classes and compositions are a subset of ours).
-            if s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes {
+            // Every code point below U+0300 is NFC-stable with combining class 0, and their
+            // UTF-8 lead bytes are below 0xCC: the quick check starts at the first one above.
+            let first = s.as_bytes().iter().position(|&b| b >= 0xCC);
+            if first.is_none_or(|i| is_nfc_quick(s[i..].chars()) == IsNormalized::Yes) {
                 Cow::Borrowed(s)
             } else {
                 Cow::Owned(nfc_as_hf(s))

@@ -1,0 +1,1 @@
+"""Integrations of aprx with external data-processing engines (optional dependencies)."""
