@@ -21,11 +21,16 @@ from the newest checkpoint, so the resumed run's losses equal an uninterrupted r
 Error codes: ``APRX-R401`` non-finite loss or gradient, ``APRX-R402`` the output directory
 holds another run (pass resume or choose a new output), ``APRX-R403`` resume settings differ
 from the checkpoint's, ``APRX-R404`` requested device unavailable, ``APRX-R405`` invalid
-training argument.
+training argument, ``APRX-R406`` resume with another world size (number of data-parallel
+processes) than the checkpoint's, ``APRX-R407`` another rank of a distributed run failed.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs data-parallel (DDP); see
+``docs/distributed.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -53,6 +58,7 @@ from .checkpoint import (
     save_hf_checkpoint,
     write_json_atomic,
 )
+from .distributed import DistContext, context_from_env
 from .errors import TrainingError
 from .model import CausalLM, build_model, default_loss_chunk
 from .preflight import PreflightReport, format_count, preflight
@@ -167,22 +173,39 @@ class WindowSampler:
     ``random``: window starts uniform over the stream (numpy PCG64, seeded); ``sequential``:
     consecutive windows with stride ``seq_len`` (each token is a target once per pass), wrapping
     around. :meth:`state` / :meth:`load_state` make the position resumable exactly.
+
+    Data-parallel runs give each rank its own sampler: ``random`` seeds the generator with
+    ``(seed, rank)``; ``sequential`` hands rank ``r`` of ``W`` the windows ``r, r + W, ...``
+    (start ``r * seq_len``, stride ``W * seq_len``). ``world_size=1`` is the plain sampler.
     """
 
-    def __init__(self, view: TokenView, seq_len: int, batch_size: int, seed: int, mode: str):
+    def __init__(
+        self,
+        view: TokenView,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        mode: str,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.view = view
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.mode = mode
         self.window = seq_len + 1
         self.max_start = len(view) - self.window
-        if self.max_start < 0:
+        self.offset = rank * seq_len
+        self.stride = world_size * seq_len
+        if self.max_start < self.offset:
             raise TrainingError(
-                f"training split has {len(view)} tokens, fewer than one window of {self.window}",
+                f"training split has {len(view)} tokens, fewer than one window of {self.window}"
+                + (f" for each of {world_size} ranks" if world_size > 1 else ""),
                 "APRX-R405",
             )
-        self.rng = np.random.Generator(np.random.PCG64(seed))
-        self.pos = 0
+        seed_arg: Any = seed if world_size == 1 else [seed, rank]
+        self.rng = np.random.Generator(np.random.PCG64(seed_arg))
+        self.pos = self.offset
         self.epoch = 0
 
     def _starts(self) -> List[int]:
@@ -191,10 +214,10 @@ class WindowSampler:
         out = []
         for _ in range(self.batch_size):
             if self.pos > self.max_start:
-                self.pos = 0
+                self.pos = self.offset
                 self.epoch += 1
             out.append(self.pos)
-            self.pos += self.seq_len
+            self.pos += self.stride
         return out
 
     def next_batch(self) -> torch.Tensor:
@@ -229,9 +252,15 @@ def evaluate(
     max_batches: int,
     device: torch.device,
     autocast_dtype: Optional[torch.dtype] = None,
+    dist_ctx: Optional[DistContext] = None,
 ) -> float:
     """Mean next-token loss over consecutive ``seq_len + 1`` windows (stride ``seq_len``) from
-    the start of ``view``: deterministic, so the same model always gets the same val_loss."""
+    the start of ``view``: deterministic, so the same model always gets the same val_loss.
+
+    With a data-parallel ``dist_ctx`` the batches are dealt round-robin to the ranks and the
+    sums all-reduced: every rank returns the same value (over the same windows as one process,
+    up to floating-point summation order)."""
+    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx else (0, 1)
     n_windows = (len(view) - 1) // seq_len
     n_windows = min(n_windows, max_batches * batch_size)
     if n_windows <= 0:
@@ -239,7 +268,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for lo in range(0, n_windows, batch_size):
+    for lo in list(range(0, n_windows, batch_size))[rank::world]:
         starts = range(lo * seq_len, min(n_windows, lo + batch_size) * seq_len, seq_len)
         batch = np.stack([view.slice(s, s + seq_len + 1) for s in starts]).astype(np.int64)
         ids = torch.from_numpy(batch).to(device)
@@ -248,6 +277,10 @@ def evaluate(
         total += float(loss) * len(starts)
         count += len(starts)
     model.train(was_training)
+    if world > 1:
+        assert dist_ctx is not None
+        sums = dist_ctx.all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64))
+        total, count = float(sums[0]), int(sums[1])
     return total / count
 
 
@@ -351,145 +384,216 @@ def train(
     optimizer)`` is called after every update (after metrics and checkpoints are written).
     Raises :class:`~aprx.errors.PreflightError` before allocating the model when a preflight
     gate fails, and :class:`~aprx.errors.TrainingError` on a non-finite loss or gradient.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one rank of a DistributedDataParallel run:
+    each rank reads its own windows, gradients are averaged, only rank 0 writes files and
+    prints, and every rank returns the same report (see ``docs/distributed.md``).
     """
     if train_config is None:
         cfg = TrainConfig(**kwargs)
     else:
         cfg = dataclasses.replace(train_config, **kwargs) if kwargs else train_config
+    ctx = context_from_env(cfg.device)
+    try:
+        return _train(cfg, ctx, on_step, preflight_report)
+    finally:
+        ctx.close()
+
+
+def _train(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    on_step: Optional[Callable[[Dict[str, Any], torch.optim.Optimizer], None]],
+    preflight_report: Optional[PreflightReport],
+) -> Dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(cfg.quiet, cfg.steps, cfg.log_interval)
+    main = ctx.is_main
+    world = ctx.world_size
+    progress = _Progress(cfg.quiet or not main, cfg.steps, cfg.log_interval)
 
-    # 1. preflight, before any model memory exists
-    report = preflight_report or preflight(
-        cfg.tokenizer,
-        cfg.dataset,
-        init=cfg.init,
-        config=cfg.config,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        steps=cfg.steps,
-        val_shard=cfg.val_shard,
-        val_fraction=cfg.val_fraction,
-        verify_sha256=cfg.verify_sha256,
-    )
-    write_json_atomic(out / "preflight.json", report.to_dict())
-    for g in report.warnings:
-        progress.note(f"preflight warning {g.id} [{g.code}]: {g.message}")
-    report.raise_for_failures()
-    assert report.model_config is not None and report.split is not None
-    split = report.split
+    # every rank runs preflight and the resume checks; an error on one stops all of them, and
+    # nobody writes before all have looked at the output directory
+    with ctx.agreed("preflight and setup"):
+        # 1. preflight, before any model memory exists
+        report = preflight_report or preflight(
+            cfg.tokenizer,
+            cfg.dataset,
+            init=cfg.init,
+            config=cfg.config,
+            seq_len=cfg.seq_len,
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            steps=cfg.steps,
+            val_shard=cfg.val_shard,
+            val_fraction=cfg.val_fraction,
+            verify_sha256=cfg.verify_sha256,
+        )
+        if main:
+            write_json_atomic(out / "preflight.json", report.to_dict())
+        for g in report.warnings:
+            progress.note(f"preflight warning {g.id} [{g.code}]: {g.message}")
+        report.raise_for_failures()
+        assert report.model_config is not None and report.split is not None
+        split = report.split
 
-    # 2. where do we start?
-    metrics_path = out / "metrics.jsonl"
-    ckpts = _checkpoints(out)
-    resume_dir: Optional[Path] = None
-    if cfg.resume:
-        if ckpts:
-            resume_dir = ckpts[-1]
+        # 2. where do we start?
+        metrics_path = out / "metrics.jsonl"
+        ckpts = _checkpoints(out)
+        resume_dir: Optional[Path] = None
+        if cfg.resume:
+            if ckpts:
+                resume_dir = ckpts[-1]
+            else:
+                progress.note(f"--resume: no checkpoint in {out / 'checkpoints'}; starting fresh")
+        elif ckpts or metrics_path.exists():
+            raise TrainingError(
+                f"{out} already holds a training run (metrics.jsonl / checkpoints): pass "
+                "--resume to continue it or choose another --output",
+                "APRX-R402",
+            )
+
+        device = ctx.device if ctx.device is not None else _resolve_device(cfg.device)
+        amp_dtype = None
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            amp_dtype = torch.bfloat16
+            torch.set_float32_matmul_precision("high")
+        torch.manual_seed(cfg.seed)
+
+        # 3. model
+        if cfg.init is not None:
+            model = load_hf_checkpoint(cfg.init, device=device)
         else:
-            progress.note(f"--resume: no checkpoint in {out / 'checkpoints'}; starting fresh")
-    elif ckpts or metrics_path.exists():
-        raise TrainingError(
-            f"{out} already holds a training run (metrics.jsonl / checkpoints): pass --resume "
-            "to continue it or choose another --output",
-            "APRX-R402",
+            model = build_model(report.model_config, seed=cfg.seed, device=device)
+        model.loss_chunk = default_loss_chunk(model.config.vocab_size)
+        model.model.gradient_checkpointing = cfg.grad_checkpointing
+        model.train()
+        n_params = model.num_parameters()
+
+        opt = torch.optim.AdamW(
+            _param_groups(model, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=device.type == "cuda",
+        )
+        sampler = WindowSampler(
+            split.train, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.sampling, ctx.rank, world
         )
 
-    device = _resolve_device(cfg.device)
-    amp_dtype = None
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        amp_dtype = torch.bfloat16
-        torch.set_float32_matmul_precision("high")
-    torch.manual_seed(cfg.seed)
+        start_step = 0
+        tokens_seen = 0
+        elapsed_before = 0.0
+        last_val: Optional[float] = None
+        if resume_dir is not None:
+            tensors, info = load_training_state(resume_dir)
+            saved_world = int(info.get("world_size", 1))
+            if saved_world != world:
+                raise TrainingError(
+                    f"cannot resume from {resume_dir}: it was written by a run with world size "
+                    f"{saved_world}, this run has world size {world}; resume with "
+                    f"{saved_world} process(es) (torchrun --nproc_per_node/--nnodes) so every "
+                    "rank finds its data position",
+                    "APRX-R406",
+                )
+            saved = info.get("settings", {})
+            now = {k: getattr(cfg, k) for k in _RESUME_KEYS}
+            diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
+            if diff:
+                listing = ", ".join(
+                    f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items()
+                )
+                raise TrainingError(
+                    f"cannot resume from {resume_dir}: settings differ ({listing})", "APRX-R403"
+                )
+            if info.get("data") != _data_identity(report):
+                raise TrainingError(
+                    f"cannot resume from {resume_dir}: the dataset or tokenizer changed "
+                    f"({info.get('data')} vs {_data_identity(report)})",
+                    "APRX-R403",
+                )
+            load_weights(model, load_state_dict_files(resume_dir), source=str(resume_dir))
+            load_optimizer_state(model, opt, tensors)
+            if world == 1:
+                restore_rng_state(tensors)
+                sampler.load_state(info["sampler"])
+            else:
+                _restore_rank_rng(tensors, f"rank{ctx.rank}/", device)
+                sampler.load_state(info["ranks"][ctx.rank]["sampler"])
+            start_step = int(info["step"])
+            tokens_seen = int(info["tokens_seen"])
+            elapsed_before = float(info.get("elapsed_s", 0.0))
+            last_val = info.get("last_val_loss")
 
-    # 3. model
-    if cfg.init is not None:
-        model = load_hf_checkpoint(cfg.init, device=device)
-    else:
-        model = build_model(report.model_config, seed=cfg.seed, device=device)
-    model.loss_chunk = default_loss_chunk(model.config.vocab_size)
-    model.model.gradient_checkpointing = cfg.grad_checkpointing
-    model.train()
-    n_params = model.num_parameters()
-
-    opt = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        fused=device.type == "cuda",
-    )
-    sampler = WindowSampler(split.train, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.sampling)
-
-    start_step = 0
-    tokens_seen = 0
-    elapsed_before = 0.0
-    last_val: Optional[float] = None
     if resume_dir is not None:
-        tensors, info = load_training_state(resume_dir)
-        saved = info.get("settings", {})
-        now = {k: getattr(cfg, k) for k in _RESUME_KEYS}
-        diff = {k: (saved.get(k), now[k]) for k in _RESUME_KEYS if saved.get(k) != now[k]}
-        if diff:
-            listing = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise TrainingError(
-                f"cannot resume from {resume_dir}: settings differ ({listing})", "APRX-R403"
-            )
-        if info.get("data") != _data_identity(report):
-            raise TrainingError(
-                f"cannot resume from {resume_dir}: the dataset or tokenizer changed "
-                f"({info.get('data')} vs {_data_identity(report)})",
-                "APRX-R403",
-            )
-        load_weights(model, load_state_dict_files(resume_dir), source=str(resume_dir))
-        load_optimizer_state(model, opt, tensors)
-        restore_rng_state(tensors)
-        sampler.load_state(info["sampler"])
-        start_step = int(info["step"])
-        tokens_seen = int(info["tokens_seen"])
-        elapsed_before = float(info.get("elapsed_s", 0.0))
-        last_val = info.get("last_val_loss")
-        _truncate_metrics(metrics_path, start_step)
+        if main:
+            _truncate_metrics(metrics_path, start_step)
         progress.note(f"resumed from {resume_dir} at step {start_step}")
-    elif metrics_path.exists():
+    elif main and metrics_path.exists():
         metrics_path.unlink()
 
     if cfg.compile:
         for layer in model.model.layers:
             layer.compile()
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model.loss
+    ddp: Optional[torch.nn.Module] = None
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
-    def save_checkpoint(step: int) -> Path:
-        tensors = optimizer_state_tensors(model, opt)
-        tensors.update(rng_state_tensors())
-        info = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-            "last_val_loss": last_val,
-            "sampler": sampler.state(),
-            "settings": {k: getattr(cfg, k) for k in _RESUME_KEYS},
-            "data": _data_identity(report),
-            "train_config": cfg.to_dict(),
-        }
+        # DDP syncs gradients in the backward of its forward(): route the loss through it
+        ddp = DistributedDataParallel(
+            _LossModule(model),
+            device_ids=[device.index] if device.type == "cuda" else None,
+        )
+        loss_fn = ddp
+
+    def save_checkpoint(step: int) -> Optional[Path]:
+        if world == 1:
+            tensors = optimizer_state_tensors(model, opt)
+            tensors.update(rng_state_tensors())
+            rank_info: Dict[str, Any] = {}
+        else:
+            tensors, rank_info = _gather_rank_states(ctx, sampler, device)
+            if main:
+                tensors.update(optimizer_state_tensors(model, opt))
         path = out / "checkpoints" / f"step-{step:08d}"
-        save_hf_checkpoint(model, path, training_state=(tensors, info))
-        for old in _checkpoints(out)[: -max(1, cfg.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
+        with ctx.agreed(f"the step-{step} checkpoint"):
+            if not main:
+                return None
+            info = {
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
+                "last_val_loss": last_val,
+                "sampler": sampler.state(),
+                "settings": {k: getattr(cfg, k) for k in _RESUME_KEYS},
+                "data": _data_identity(report),
+                "train_config": cfg.to_dict(),
+                "world_size": world,
+                **rank_info,
+            }
+            save_hf_checkpoint(model, path, training_state=(tensors, info))
+            for old in _checkpoints(out)[: -max(1, cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
         return path
 
     # 4. the loop
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    local_tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    tokens_per_step = local_tokens_per_step * world  # all ranks
     t_start = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     last_rec: Dict[str, Any] = {}
     progress.note(
         f"training {format_count(n_params)} parameters on {device} "
         f"({'bf16 autocast' if amp_dtype else 'fp32'}) for {cfg.steps} steps x "
-        f"{tokens_per_step} tokens; {split.description}"
+        f"{tokens_per_step} tokens"
+        + (f" ({world} ranks, DDP over {ctx.backend})" if ctx.enabled else "")
+        + f"; {split.description}"
     )
-    with open(metrics_path, "a", encoding="utf-8") as metrics_file:
+    with contextlib.ExitStack() as stack:
+        metrics_file = (
+            stack.enter_context(open(metrics_path, "a", encoding="utf-8")) if main else None
+        )
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             lr = lr_at(
@@ -502,30 +606,46 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum):
+            for micro in range(cfg.grad_accum):
                 batch = sampler.next_batch().to(device, non_blocking=True)
-                with _autocast(device, amp_dtype):
-                    loss = model.loss(batch[:, :-1], batch[:, 1:])
-                (loss / cfg.grad_accum).backward()
+                # DDP: all-reduce the gradients once, on the last micro-batch
+                sync = ddp is None or micro == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else ddp.no_sync():  # type: ignore
+                    with _autocast(device, amp_dtype):
+                        loss = loss_fn(batch[:, :-1], batch[:, 1:])
+                    (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
             if cfg.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             else:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-            train_loss = float(loss_sum) / cfg.grad_accum
-            gn = float(grad_norm)
-            if not (math.isfinite(train_loss) and math.isfinite(gn)):
-                _write_report(
-                    out,
-                    cfg,
-                    report,
-                    verdict="fail",
-                    error=f"non-finite loss {train_loss} / grad norm {gn} at step {step + 1}",
-                    step=step,
-                    n_params=n_params,
-                    last_val=last_val,
-                    device=device,
+            if ctx.enabled:
+                # the logged loss is the mean over ranks; any rank's non-finite value stops all
+                local_bad = not (math.isfinite(float(loss_sum)) and math.isfinite(float(grad_norm)))
+                sums = ctx.all_reduce_sum(
+                    torch.stack([loss_sum.float(), torch.tensor(float(local_bad), device=device)])
                 )
+                train_loss = float(sums[0]) / world / cfg.grad_accum
+                any_bad = float(sums[1]) > 0
+            else:
+                train_loss = float(loss_sum) / cfg.grad_accum
+                any_bad = False
+            gn = float(grad_norm)
+            if any_bad or not (math.isfinite(train_loss) and math.isfinite(gn)):
+                if main:
+                    _write_report(
+                        out,
+                        cfg,
+                        report,
+                        verdict="fail",
+                        error=f"non-finite loss {train_loss} / grad norm {gn} at step {step + 1}",
+                        step=step,
+                        n_params=n_params,
+                        last_val=last_val,
+                        device=device,
+                        world_size=world,
+                    )
+                ctx.barrier()  # rank 0's report is on disk before any rank exits
                 raise TrainingError(
                     f"loss {train_loss} / pre-clip grad norm {gn} is not finite at step "
                     f"{step + 1} (lr {lr:.3g}): lower --lr, raise --warmup, or check the data",
@@ -556,12 +676,14 @@ def train(
                     cfg.val_batches,
                     device,
                     amp_dtype,
+                    dist_ctx=ctx if ctx.enabled else None,
                 )
                 rec["val_loss"] = last_val
                 if not math.isfinite(last_val):
                     raise TrainingError(f"val_loss {last_val} at step {done}", "APRX-R401")
-            metrics_file.write(json.dumps(rec) + "\n")
-            metrics_file.flush()
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
             if cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0:
                 save_checkpoint(done)
             done_run = done - start_step
@@ -571,12 +693,15 @@ def train(
             if on_step is not None:
                 on_step(rec, opt)
 
-    # 5. final artifacts
+    # 5. final artifacts (rank 0; the others return the same report without writing it)
     model_dir = None
-    if cfg.save_final:
-        model_dir = save_hf_checkpoint(
-            model, out / "model", extra_files=_tokenizer_files(Path(cfg.tokenizer))
-        )
+    with ctx.agreed("saving the final model"):
+        if cfg.save_final and main:
+            model_dir = save_hf_checkpoint(
+                model, out / "model", extra_files=_tokenizer_files(Path(cfg.tokenizer))
+            )
+    if cfg.save_final and not main:
+        model_dir = out / "model"
     result = _write_report(
         out,
         cfg,
@@ -592,12 +717,57 @@ def train(
         elapsed=elapsed_before + time.perf_counter() - t_start,
         resumed_from=None if resume_dir is None else str(resume_dir),
         amp=amp_dtype is not None,
+        world_size=world,
+        write=main,
     )
     msg = f"done: val_loss {last_val:.4f}" if last_val is not None else "done"
     if cfg.target_val_loss is not None:
         msg += f", target {cfg.target_val_loss}: {result['verdict'].upper()}"
     progress.note(msg + f"; report {out / 'report.json'}")
     return result
+
+
+class _LossModule(torch.nn.Module):
+    """``forward(ids, targets) -> model.loss(...)``: what DDP wraps (its hooks need forward)."""
+
+    def __init__(self, model: CausalLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(input_ids, targets)
+
+
+def _rank_rng_tensors(device: torch.device) -> Dict[str, torch.Tensor]:
+    out = {"rng/torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["rng/cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _restore_rank_rng(tensors: Dict[str, torch.Tensor], prefix: str, device: torch.device):
+    if prefix + "rng/torch_cpu" in tensors:
+        torch.set_rng_state(tensors[prefix + "rng/torch_cpu"].to(torch.uint8))
+    if device.type == "cuda" and prefix + "rng/cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[prefix + "rng/cuda"].to(torch.uint8), device)
+
+
+def _gather_rank_states(ctx: DistContext, sampler: WindowSampler, device: torch.device):
+    """Every rank's sampler position (JSON) and RNG states (safetensors bytes), gathered so
+    rank 0 can store them as ``rank<R>/rng/...`` tensors and ``info["ranks"][R]``."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    samplers = ctx.gather_bytes(json.dumps({"sampler": sampler.state()}).encode())
+    rngs = ctx.gather_bytes(st_save(_rank_rng_tensors(device)))
+    tensors: Dict[str, torch.Tensor] = {}
+    ranks: List[Dict[str, Any]] = []
+    if ctx.is_main:
+        for r, (js, blob) in enumerate(zip(samplers, rngs)):
+            ranks.append(json.loads(js))
+            for k, t in st_load(blob).items():
+                tensors[f"rank{r}/{k}"] = t
+    return tensors, {"ranks": ranks}
 
 
 def _data_identity(report: PreflightReport) -> Dict[str, Any]:
@@ -643,6 +813,8 @@ def _write_report(
     elapsed: float = 0.0,
     resumed_from: Optional[str] = None,
     amp: bool = False,
+    world_size: int = 1,
+    write: bool = True,
 ) -> Dict[str, Any]:
     notes: List[str] = []
     if verdict is None:
@@ -658,18 +830,19 @@ def _write_report(
             "that the validation split is not a copy of the training data"
         )
     plot_path = None
-    from .plot import plot_losses
+    if write:
+        from .plot import plot_losses
 
-    png, note = plot_losses(
-        out / "metrics.jsonl",
-        out / "loss.png",
-        title=f"aprx pretrain: {Path(cfg.output).name}",
-        target_val_loss=cfg.target_val_loss,
-    )
-    if png is not None:
-        plot_path = str(png)
-    if note:
-        notes.append(note)
+        png, note = plot_losses(
+            out / "metrics.jsonl",
+            out / "loss.png",
+            title=f"aprx pretrain: {Path(cfg.output).name}",
+            target_val_loss=cfg.target_val_loss,
+        )
+        if png is not None:
+            plot_path = str(png)
+        if note:
+            notes.append(note)
     result: Dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "verdict": verdict,
@@ -682,6 +855,7 @@ def _write_report(
         "elapsed_s": elapsed,
         "parameters": n_params,
         "device": str(device),
+        "world_size": world_size,
         "bf16_autocast": amp,
         "model_dir": None if model_dir is None else str(model_dir),
         "metrics": str(out / "metrics.jsonl"),
@@ -696,5 +870,6 @@ def _write_report(
         },
         "config": cfg.to_dict(),
     }
-    write_json_atomic(out / "report.json", result)
+    if write:
+        write_json_atomic(out / "report.json", result)
     return result

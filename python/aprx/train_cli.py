@@ -264,8 +264,16 @@ def add_pretrain_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _rank() -> int:
+    from .distributed import env_rank
+
+    return env_rank()
+
+
 def _error(exc: AprxError) -> int:
-    print(f"aprx: error: {exc}", file=sys.stderr)
+    rank = _rank()
+    who = f"aprx[rank {rank}]" if rank else "aprx"
+    print(f"{who}: error: {exc}", file=sys.stderr)
     return 2
 
 
@@ -344,11 +352,14 @@ def run_pretrain(args: argparse.Namespace) -> int:
         )
         result = train(cfg)
     except PreflightError as exc:
-        print(f"aprx: preflight failed: {exc}", file=sys.stderr)
+        if _rank() == 0:  # every rank runs the same gates: one message is enough
+            print(f"aprx: preflight failed: {exc}", file=sys.stderr)
         return 2
     except AprxError as exc:
         return _error(exc)
-    if args.json:
+    if _rank() != 0:  # under torchrun only rank 0 prints the result (all ranks share it)
+        pass
+    elif args.json:
         print(json.dumps(result, indent=2))
     else:
         val = result.get("final_val_loss")
