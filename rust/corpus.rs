@@ -15,6 +15,8 @@ pub enum InputKind {
     Jsonl,
     JsonlGz,
     JsonlZst,
+    /// One document per row: the content column (a UTF-8 string or binary column).
+    Parquet,
     /// One document per file.
     Text,
 }
@@ -43,7 +45,7 @@ fn kind_of(path: &Path) -> Option<InputKind> {
     } else if name.ends_with(".jsonl.zst") || name.ends_with(".ndjson.zst") {
         Some(InputKind::JsonlZst)
     } else if name.ends_with(".parquet") {
-        None
+        Some(InputKind::Parquet)
     } else {
         Some(InputKind::Text)
     }
@@ -63,7 +65,7 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
         if meta.is_dir() {
             walk(p, text_extensions, &mut out)?;
         } else {
-            let kind = kind_of(p).ok_or_else(|| parquet_error(p))?;
+            let kind = kind_of(p).unwrap_or(InputKind::Text);
             out.push(InputFile {
                 path: p.clone(),
                 kind,
@@ -72,16 +74,6 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
         }
     }
     Ok(out)
-}
-
-fn parquet_error(p: &Path) -> Error {
-    Error::corpus(
-        codes::INPUT,
-        format!(
-            "{}: Parquet input is not supported yet; export the text column to JSONL",
-            p.display()
-        ),
-    )
 }
 
 fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
@@ -102,8 +94,7 @@ fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
             continue;
         }
         match kind_of(&e) {
-            None => return Err(parquet_error(&e)),
-            Some(InputKind::Text) => {
+            None | Some(InputKind::Text) => {
                 let ext = e
                     .extension()
                     .map(|x| x.to_string_lossy().to_ascii_lowercase())
@@ -168,9 +159,11 @@ impl<R: Read> Read for HashingReader<R> {
 /// One unit of input: a JSONL line or a whole text file.
 pub struct Record {
     pub file: u32,
-    /// 1-based line number (1 for a text file).
+    /// 1-based line number (1 for a text file, the row number for Parquet).
     pub line: u64,
     pub data: Vec<u8>,
+    /// Set when the reader already knows the record is not a document (a Parquet null).
+    pub invalid: Option<Reject>,
 }
 
 /// What the reader produces, in input order.
@@ -194,6 +187,7 @@ pub fn read_items(
     files: &[InputFile],
     start_file: usize,
     skip_records: u64,
+    field: &str,
     mut emit: impl FnMut(Item) -> bool,
 ) -> Result<()> {
     for (fi, f) in files.iter().enumerate().skip(start_file) {
@@ -215,6 +209,7 @@ pub fn read_items(
                         file: fi32,
                         line: 1,
                         data,
+                        invalid: None,
                     }))
                 {
                     return Ok(());
@@ -236,6 +231,10 @@ pub fn read_items(
                     None => return Ok(()),
                 }
             }
+            InputKind::Parquet => match read_parquet(&f.path, fi32, skip, field, &mut emit)? {
+                Some(n) => n,
+                None => return Ok(()),
+            },
             InputKind::JsonlZst => {
                 let dec = zstd::stream::read::Decoder::new(&mut hr)
                     .map_err(|e| compression_error(&f.path, &e))?;
@@ -258,6 +257,88 @@ pub fn read_items(
         }
     }
     Ok(())
+}
+
+/// Rows of a Parquet file: the `field` column of each row is one record. Returns the number
+/// of rows, or None if `emit` asked to stop.
+fn read_parquet(
+    path: &Path,
+    file: u32,
+    skip: u64,
+    field: &str,
+    emit: &mut impl FnMut(Item) -> bool,
+) -> Result<Option<u64>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::reader::RowIter;
+    use parquet::record::Field as PqField;
+    use parquet::schema::types::Type;
+    let corrupt = |e: parquet::errors::ParquetError| {
+        Error::corpus(
+            codes::CORPUS_COMPRESSION,
+            format!("{}: corrupt or unreadable Parquet: {e}", path.display()),
+        )
+    };
+    let f = File::open(path).map_err(|e| Error::io(path, "open", &e))?;
+    let reader = SerializedFileReader::new(f).map_err(corrupt)?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let root = schema.root_schema();
+    let column = root
+        .get_fields()
+        .iter()
+        .find(|c| c.name() == field)
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = root.get_fields().iter().map(|c| c.name()).collect();
+            Error::corpus(
+                codes::CORPUS_FIELD_MISSING,
+                format!(
+                    "{}: no column {field:?} (columns: {})",
+                    path.display(),
+                    names.join(", ")
+                ),
+            )
+        })?;
+    let projection = Type::group_type_builder(root.name())
+        .with_fields(vec![column])
+        .build()
+        .map_err(corrupt)?;
+    let rows = RowIter::from_file_into(Box::new(reader))
+        .project(Some(projection))
+        .map_err(corrupt)?;
+    let mut n = 0u64;
+    for row in rows {
+        let row = row.map_err(corrupt)?;
+        n += 1;
+        if n <= skip {
+            continue;
+        }
+        let value = row.get_column_iter().next().map(|(_, v)| v);
+        let (data, invalid) = match value {
+            Some(PqField::Str(s)) => (s.clone().into_bytes(), None),
+            Some(PqField::Bytes(b)) => (b.data().to_vec(), None),
+            other => {
+                let what = match other {
+                    Some(PqField::Null) | None => "null".to_string(),
+                    Some(v) => format!("{v:?}"),
+                };
+                let reject = Reject {
+                    code: codes::CORPUS_FIELD_TYPE,
+                    reason: format!("column {field:?} is {what}, not a string"),
+                    line: None,
+                };
+                (Vec::new(), Some(reject))
+            }
+        };
+        if !emit(Item::Record(Record {
+            file,
+            line: n,
+            data,
+            invalid,
+        })) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(n))
 }
 
 fn compression_error(path: &Path, e: &std::io::Error) -> Error {
@@ -311,6 +392,7 @@ fn read_lines(
                 file,
                 line: line_no,
                 data: buf,
+                invalid: None,
             })
         };
         if !emit(item) {
@@ -348,7 +430,7 @@ pub fn parse_record<'a>(
             line: (kind == InputKind::Text).then_some(line),
         }
     })?;
-    if kind == InputKind::Text {
+    if kind == InputKind::Text || kind == InputKind::Parquet {
         return Ok(std::borrow::Cow::Borrowed(text));
     }
     let mut de = serde_json::Deserializer::from_str(text);

@@ -107,7 +107,7 @@ pub mod codes {
     pub const SHARD_MISMATCH: &str = "APRX-C208";
     /// No EOS token can be determined for an EOS policy that needs one.
     pub const NO_EOS: &str = "APRX-C209";
-    /// An input path does not exist or has an unsupported type.
+    /// An input path does not exist, or an option value is invalid.
     pub const INPUT: &str = "APRX-C210";
     /// Any file read/write failure.
     pub const IO: &str = "APRX-C290";

@@ -6,7 +6,7 @@
 //! records, after every completed shard, where in the input the next shard starts, so a run
 //! killed at any point resumes to output byte-identical to an uninterrupted run.
 
-use crate::corpus::{self, hex, InputFile, Item, Reject};
+use crate::corpus::{self, hex, InputFile, Item, Record, Reject};
 use crate::error::{codes, Error, Result};
 use crate::parallel;
 use crate::tokenizer::{Normalizer, Tokenizer};
@@ -525,11 +525,12 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     let stop = AtomicBool::new(false);
     let result: Result<()> = std::thread::scope(|scope| {
         let files_ref = &files;
+        let field = opts.content_field.as_str();
         let stop_ref = &stop;
         let reader = scope.spawn(move || {
             let mut batch = Vec::new();
             let mut bytes = 0usize;
-            let r = corpus::read_items(files_ref, start_file, skip, |item| {
+            let r = corpus::read_items(files_ref, start_file, skip, field, |item| {
                 if let Item::Record(r) = &item {
                     bytes += r.data.len();
                 }
@@ -559,6 +560,9 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                             .par_iter()
                             .with_min_len(8)
                             .map(|item| match item {
+                                Item::Record(Record {
+                                    invalid: Some(rej), ..
+                                }) => Some(Err(rej.clone())),
                                 Item::Record(r) => Some(
                                     corpus::parse_record(
                                         &r.data,

@@ -151,7 +151,7 @@ def _add_tokenize(sub: Any) -> None:
 
     p = tsub.add_parser(
         "encode-corpus",
-        help="corpus (JSONL/.gz/.zst/text files/dirs) -> u32 token shards",
+        help="corpus (JSONL/.gz/.zst/Parquet/text files/dirs) -> u32 token shards",
         description="Encode a corpus into shard-NNNNN.bin (u32 LE ids) + shard-NNNNN.idx (u64 "
         "LE document ends) and manifest.json. Byte-identical output for any --num-workers and "
         "across --resume.",

@@ -63,7 +63,7 @@ def encode_corpus(
     num_tasks: int = 1,
     task_index: int = 0,
 ) -> dict[str, Any]:
-    """Encodes a corpus (JSONL, .jsonl.gz, .jsonl.zst, text files, directories of these) into
+    """Encodes a corpus (JSONL, .jsonl.gz, .jsonl.zst, Parquet, text files, directories) into
     ``shard-NNNNN.bin`` (u32 LE ids) + ``shard-NNNNN.idx`` (u64 LE document ends) and a
     ``manifest.json``, which is returned. Documents are encoded as ordinary text.
 
