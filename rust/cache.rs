@@ -78,11 +78,12 @@ impl Ids {
 pub const SHORT: usize = 16;
 /// Pieces longer than this are not cached (rare; they would bloat the cache).
 pub const MAX_CACHED_PIECE: usize = 64;
-const MIN_SLOTS: usize = 1 << 14;
+const MIN_SLOTS: usize = 1 << 16;
 /// Largest short table (32 bytes a slot: 16 MiB); past half full at this size it is cleared,
 /// bounding memory per thread.
 const MAX_SLOTS: usize = 1 << 19;
 const MAX_LONG: usize = 1 << 16;
+const FRONT: usize = 1 << 12;
 
 /// One short-table slot. `len == 0` is empty. `n` ids: inline in `a`, `b` when `n <= 2`,
 /// else `a` is an offset into `spill`.
@@ -98,6 +99,9 @@ struct Slot {
 
 pub struct PieceCache {
     owner: u64,
+    /// A small direct-mapped front table (fits in L2): piece frequencies are Zipfian, so most
+    /// lookups end here without touching the big table's cold memory.
+    front: Box<[Slot]>,
     slots: Vec<Slot>,
     mask: usize,
     used: usize,
@@ -160,6 +164,7 @@ impl PieceCache {
     fn new(owner: u64) -> Self {
         PieceCache {
             owner,
+            front: vec![Slot::default(); FRONT].into_boxed_slice(),
             slots: vec![Slot::default(); MIN_SLOTS],
             mask: MIN_SLOTS - 1,
             used: 0,
@@ -173,21 +178,35 @@ impl PieceCache {
         (h >> 32) as usize & self.mask
     }
 
+    #[inline(always)]
+    fn emit(&self, s: &Slot, out: &mut Vec<u32>) {
+        match s.n {
+            1 => out.push(s.a),
+            2 => {
+                out.push(s.a);
+                out.push(s.b)
+            }
+            n => out.extend_from_slice(&self.spill[s.a as usize..(s.a + n) as usize]),
+        }
+    }
+
     /// Appends the cached ids of `key` to `out`; false on a miss.
     #[inline(always)]
-    pub fn get_short(&self, key: &ShortKey, out: &mut Vec<u32>) -> bool {
-        let mut i = self.index(key.hash());
+    pub fn get_short(&mut self, key: &ShortKey, out: &mut Vec<u32>) -> bool {
+        let h = key.hash();
+        let f = (h >> 20) as usize & (FRONT - 1);
+        let s = &self.front[f];
+        if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
+            let s = *s;
+            self.emit(&s, out);
+            return true;
+        }
+        let mut i = self.index(h);
         loop {
-            let s = &self.slots[i];
+            let s = self.slots[i];
             if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
-                match s.n {
-                    1 => out.push(s.a),
-                    2 => {
-                        out.push(s.a);
-                        out.push(s.b)
-                    }
-                    n => out.extend_from_slice(&self.spill[s.a as usize..(s.a + n) as usize]),
-                }
+                self.emit(&s, out);
+                self.front[f] = s;
                 return true;
             }
             if s.len == 0 {
@@ -260,6 +279,7 @@ impl PieceCache {
     }
 
     fn clear(&mut self) {
+        self.front.iter_mut().for_each(|s| *s = Slot::default());
         self.slots.iter_mut().for_each(|s| *s = Slot::default());
         self.used = 0;
         self.spill.clear();
