@@ -54,14 +54,14 @@ fn benches(c: &mut Criterion) {
     g.bench_function("pretokenize_qwen2_scanner", |b| {
         b.iter(|| {
             let mut n = 0usize;
-            pre.for_each_piece(&text, |_| n += 1);
+            pre.for_each_piece(&text, |_| n += 1).unwrap();
             n
         })
     });
     if let Ok(path) = std::env::var("APRX_BENCH_TOKENIZER") {
         let tok = Tokenizer::from_path(Path::new(&path)).expect("tokenizer");
         g.bench_function("encode_ordinary_warm", |b| {
-            b.iter(|| tok.encode(&text, false).len())
+            b.iter(|| tok.encode(&text, false).unwrap().len())
         });
     }
     g.finish();

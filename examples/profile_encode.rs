@@ -64,7 +64,7 @@ fn main() {
             let t = Instant::now();
             let mut n = 0usize;
             for d in &docs {
-                pre.for_each_piece(d, |_| n += 1);
+                pre.for_each_piece(d, |_| n += 1).unwrap();
             }
             let s = t.elapsed().as_secs_f64();
             eprintln!(
@@ -84,7 +84,7 @@ fn main() {
         let mut out = Vec::new();
         for d in &docs {
             out.clear();
-            tok.encode_into(d, false, &mut out);
+            tok.encode_into(d, false, &mut out).unwrap();
             n += out.len();
         }
         let s = t.elapsed().as_secs_f64();

@@ -89,6 +89,8 @@ pub mod codes {
     pub const UNKNOWN_ID: &str = "APRX-E101";
     /// Text that cannot be encoded (lone surrogates from Python).
     pub const BAD_TEXT: &str = "APRX-E102";
+    /// The general-regex pre-tokenizer gave up (backtracking limit) on this text.
+    pub const REGEX_LIMIT: &str = "APRX-E103";
     /// A corpus line is not valid JSON.
     pub const CORPUS_JSON: &str = "APRX-C201";
     /// A corpus line or file is not valid UTF-8.

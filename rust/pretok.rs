@@ -4,7 +4,7 @@
 //! hand-written scanner that reproduces the regex's leftmost-first semantics exactly, including
 //! the `\s+(?!\S)` lookahead; any other pattern goes through `fancy-regex`.
 
-use crate::error::{codes, Error, Result};
+use crate::error::{codes, Error, ErrorKind, Result};
 use std::sync::OnceLock;
 
 /// The GPT-2 pattern (HF `ByteLevel` with `use_regex: true`).
@@ -218,40 +218,43 @@ impl PreTokenizer {
     }
 
     /// Calls `f` on every piece of `text`, in order. Pieces are never empty and cover the text.
+    /// Fails only on the general-regex path, when the regex engine gives up (its backtracking
+    /// limit); the hand-written scanners never fail.
     #[inline]
-    pub fn for_each_piece<'t, F: FnMut(&'t str)>(&self, text: &'t str, mut f: F) {
+    pub fn for_each_piece<'t, F: FnMut(&'t str)>(&self, text: &'t str, mut f: F) -> Result<()> {
         match self.splitters.as_slice() {
             [] => {
                 if !text.is_empty() {
                     f(text)
                 }
             }
-            [only] => split_one(only, text, &mut f),
+            [only] => split_one(only, text, &mut f)?,
             [first, rest @ ..] => {
                 let mut cur = Vec::new();
-                split_one(first, text, &mut |p| cur.push(p));
+                split_one(first, text, &mut |p| cur.push(p))?;
                 for s in rest {
                     let mut next = Vec::with_capacity(cur.len());
                     for p in cur {
-                        split_one(s, p, &mut |q| next.push(q));
+                        split_one(s, p, &mut |q| next.push(q))?;
                     }
                     cur = next;
                 }
                 cur.into_iter().for_each(f);
             }
         }
+        Ok(())
     }
 
     /// The pieces as a vector (for tests and the Python `pre_tokenize`).
-    pub fn pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
+    pub fn pieces<'t>(&self, text: &'t str) -> Result<Vec<&'t str>> {
         let mut v = Vec::new();
-        self.for_each_piece(text, |p| v.push(p));
-        v
+        self.for_each_piece(text, |p| v.push(p))?;
+        Ok(v)
     }
 }
 
 #[inline]
-fn split_one<'t, F: FnMut(&'t str)>(s: &Splitter, text: &'t str, f: &mut F) {
+fn split_one<'t, F: FnMut(&'t str)>(s: &Splitter, text: &'t str, f: &mut F) -> Result<()> {
     match s {
         Splitter::Scan(sc) => {
             let bytes = text.as_bytes();
@@ -273,8 +276,21 @@ fn split_one<'t, F: FnMut(&'t str)>(s: &Splitter, text: &'t str, f: &mut F) {
             while start <= text.len() {
                 let m = match re.find_from_pos(text, start) {
                     Ok(Some(m)) => m,
-                    // Catastrophic backtracking or no further match: the rest is a gap.
-                    _ => break,
+                    // No further match: the rest is a gap.
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(Error::new(
+                            ErrorKind::Encode,
+                            codes::REGEX_LIMIT,
+                            format!(
+                                "the pre-tokenizer regex {:?} gave up at byte {start} of a \
+                                 {}-byte text ({e}); only the general regex path has this \
+                                 limit (e.g. a whitespace run of about a million chars)",
+                                re.as_str(),
+                                text.len()
+                            ),
+                        ))
+                    }
                 };
                 if m.start() > last {
                     f(&text[last..m.start()]);
@@ -294,6 +310,7 @@ fn split_one<'t, F: FnMut(&'t str)>(s: &Splitter, text: &'t str, f: &mut F) {
             }
         }
     }
+    Ok(())
 }
 
 /// Length of a case-insensitive contraction suffix at `i` (after the apostrophe): `s`, `t`,
@@ -480,8 +497,18 @@ mod tests {
         let fast = PreTokenizer::new(&[pattern.to_string()], false).unwrap();
         let slow = PreTokenizer::new(&[pattern.to_string()], true).unwrap();
         assert!(fast.is_fast());
-        let a = fast.pieces(text).into_iter().map(String::from).collect();
-        let b = slow.pieces(text).into_iter().map(String::from).collect();
+        let a = fast
+            .pieces(text)
+            .unwrap()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let b = slow
+            .pieces(text)
+            .unwrap()
+            .into_iter()
+            .map(String::from)
+            .collect();
         (a, b)
     }
 
@@ -527,8 +554,8 @@ mod tests {
     fn general_regex_fallback_keeps_gaps() {
         let p = PreTokenizer::new(&["[0-9]+".to_string()], false).unwrap();
         assert!(!p.is_fast());
-        assert_eq!(p.pieces("ab12cd3"), ["ab", "12", "cd", "3"]);
+        assert_eq!(p.pieces("ab12cd3").unwrap(), ["ab", "12", "cd", "3"]);
         let seq = PreTokenizer::new(&[r"\s+".to_string(), "[0-9]".to_string()], false).unwrap();
-        assert_eq!(seq.pieces("a1 b"), ["a", "1", " ", "b"]);
+        assert_eq!(seq.pieces("a1 b").unwrap(), ["a", "1", " ", "b"]);
     }
 }

@@ -138,15 +138,15 @@ impl PyTokenizer {
         for range in chunks(&strs) {
             let part = &strs[range];
             let tok = &self.inner;
-            let ids: Vec<Vec<u32>> = py.detach(|| {
+            let ids = py.detach(|| {
                 pool.install(|| {
                     part.par_iter()
                         .with_min_len(4)
                         .map(|t| tok.encode(t, !ordinary))
-                        .collect()
+                        .collect::<crate::Result<Vec<Vec<u32>>>>()
                 })
             });
-            for v in ids {
+            for v in ids.map_err(|e| to_py(py, e))? {
                 out.append(v.into_pyarray(py))?;
             }
             py.check_signals()?;
@@ -171,15 +171,15 @@ impl PyTokenizer {
         for range in chunks(&strs) {
             let part = &strs[range];
             let tok = &self.inner;
-            let ids: Vec<Vec<u32>> = py.detach(|| {
+            let ids = py.detach(|| {
                 pool.install(|| {
                     part.par_iter()
                         .with_min_len(4)
                         .map(|t| tok.encode(t, !ordinary))
-                        .collect()
+                        .collect::<crate::Result<Vec<Vec<u32>>>>()
                 })
             });
-            for v in ids {
+            for v in ids.map_err(|e| to_py(py, e))? {
                 flat.extend_from_slice(&v);
                 offsets.push(flat.len() as u64);
             }
@@ -219,8 +219,10 @@ impl PyTokenizer {
     }
 
     /// The pre-tokenizer's pieces of `text` (after normalization, without added tokens).
-    fn pre_tokenize(&self, text: &Bound<'_, PyString>) -> PyResult<Vec<String>> {
-        Ok(self.inner.pre_tokenize(text_of(text)?))
+    fn pre_tokenize(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<Vec<String>> {
+        self.inner
+            .pre_tokenize(text_of(text)?)
+            .map_err(|e| to_py(py, e))
     }
 
     /// Number of ids (1 + the largest id, added tokens included): the embedding rows needed.
@@ -301,7 +303,7 @@ impl PyTokenizer {
         } else {
             self.inner.encode(s, allow_added)
         };
-        Ok(ids.into_pyarray(py))
+        Ok(ids.map_err(|e| to_py(py, e))?.into_pyarray(py))
     }
 }
 

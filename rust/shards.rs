@@ -569,10 +569,15 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                                         files[r.file as usize].kind,
                                         &opts.content_field,
                                     )
-                                    .map(|text| {
+                                    .and_then(|text| {
                                         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-                                        tok.encode_ordinary_with(&text, normalizer, &mut out);
-                                        out
+                                        tok.encode_ordinary_with(&text, normalizer, &mut out)
+                                            .map_err(|e| Reject {
+                                                code: e.code,
+                                                reason: e.message,
+                                                line: None,
+                                            })?;
+                                        Ok(out)
                                     }),
                                 ),
                                 _ => None,

@@ -677,42 +677,43 @@ impl Tokenizer {
     }
 
     /// Encodes `text`, appending ids to `out`. With `allow_added`, added tokens in the text
-    /// become their ids (as HF `encode`); without, they are plain text.
-    pub fn encode_into(&self, text: &str, allow_added: bool, out: &mut Vec<u32>) {
+    /// become their ids (as HF `encode`); without, they are plain text. Fails only when a
+    /// general-regex pre-tokenizer gives up (never with the built-in scanners).
+    pub fn encode_into(&self, text: &str, allow_added: bool, out: &mut Vec<u32>) -> Result<()> {
         match (&self.raw_added, allow_added) {
             (Some(m), true) => {
                 let mut last = 0;
                 for hit in m.ac.find_iter(text) {
-                    self.encode_segment(&text[last..hit.start()], true, out);
+                    self.encode_segment(&text[last..hit.start()], true, out)?;
                     out.push(m.ids[hit.pattern().as_usize()]);
                     last = hit.end();
                 }
-                self.encode_segment(&text[last..], true, out);
+                self.encode_segment(&text[last..], true, out)
             }
             _ => self.encode_segment(text, allow_added, out),
         }
     }
 
-    pub fn encode(&self, text: &str, allow_added: bool) -> Vec<u32> {
+    pub fn encode(&self, text: &str, allow_added: bool) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        self.encode_into(text, allow_added, &mut out);
-        out
+        self.encode_into(text, allow_added, &mut out)?;
+        Ok(out)
     }
 
-    fn encode_segment(&self, seg: &str, allow_added: bool, out: &mut Vec<u32>) {
+    fn encode_segment(&self, seg: &str, allow_added: bool, out: &mut Vec<u32>) -> Result<()> {
         if seg.is_empty() {
-            return;
+            return Ok(());
         }
         let norm = self.normalize(seg);
         match (&self.norm_added, allow_added) {
             (Some(m), true) => {
                 let mut last = 0;
                 for hit in m.ac.find_iter(norm.as_ref()) {
-                    self.encode_plain(&norm[last..hit.start()], out);
+                    self.encode_plain(&norm[last..hit.start()], out)?;
                     out.push(m.ids[hit.pattern().as_usize()]);
                     last = hit.end();
                 }
-                self.encode_plain(&norm[last..], out);
+                self.encode_plain(&norm[last..], out)
             }
             _ => self.encode_plain(&norm, out),
         }
@@ -730,14 +731,19 @@ impl Tokenizer {
 
     /// Ordinary encoding (added tokens are text) with a given normalizer instead of the
     /// tokenizer's own: encode-corpus's `--normalization`.
-    pub fn encode_ordinary_with(&self, text: &str, normalizer: Normalizer, out: &mut Vec<u32>) {
+    pub fn encode_ordinary_with(
+        &self,
+        text: &str,
+        normalizer: Normalizer,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         self.encode_plain(&normalize_with(normalizer, text), out)
     }
 
     /// Pre-tokenizes and applies BPE to normalized text without added tokens.
-    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
+    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
         if text.is_empty() {
-            return;
+            return Ok(());
         }
         let prefixed;
         let text = if self.add_prefix_space && !text.starts_with(' ') {
@@ -757,11 +763,14 @@ impl Tokenizer {
                 Some(Scanner::Cl100k(_)) => {
                     self.scan(b, c, &mut scratch, out, |s, p| pretok::next_cl100k(s, p, 3))
                 }
-                None => self.pretok.for_each_piece(text, |piece| {
-                    let p = piece.as_bytes();
-                    self.piece(p, 0, p.len(), c, &mut scratch, out)
-                }),
+                None => {
+                    return self.pretok.for_each_piece(text, |piece| {
+                        let p = piece.as_bytes();
+                        self.piece(p, 0, p.len(), c, &mut scratch, out)
+                    })
+                }
             }
+            Ok(())
         })
     }
 
@@ -837,13 +846,14 @@ impl Tokenizer {
     }
 
     /// The pre-tokenizer's pieces of `text` after normalization (no added-token handling).
-    pub fn pre_tokenize(&self, text: &str) -> Vec<String> {
+    pub fn pre_tokenize(&self, text: &str) -> Result<Vec<String>> {
         let norm = self.normalize(text);
-        self.pretok
-            .pieces(&norm)
+        Ok(self
+            .pretok
+            .pieces(&norm)?
             .into_iter()
             .map(String::from)
-            .collect()
+            .collect())
     }
 
     /// Decodes ids to bytes (invalid UTF-8 is the caller's to handle).
@@ -1046,15 +1056,18 @@ mod tests {
         let t = Tokenizer::from_value(&small_json(), "small").unwrap();
         assert_eq!(t.vocab_size(), 262);
         let the = t.token_to_id("Ġthe").unwrap();
-        let ids = t.encode(" the<|endoftext|>in", true);
+        let ids = t.encode(" the<|endoftext|>in", true).unwrap();
         assert_eq!(ids, [the, 261, t.token_to_id("in").unwrap()]);
-        let ordinary = t.encode(" the<|endoftext|>", false);
+        let ordinary = t.encode(" the<|endoftext|>", false).unwrap();
         assert_eq!(ordinary[0], the);
         assert!(!ordinary.contains(&261));
         assert_eq!(t.decode(&ordinary, false).unwrap(), " the<|endoftext|>");
         assert_eq!(t.decode(&ids, true).unwrap(), " thein");
         // NFC: e + combining acute == é
-        assert_eq!(t.encode("e\u{301}", false), t.encode("\u{e9}", false));
+        assert_eq!(
+            t.encode("e\u{301}", false).unwrap(),
+            t.encode("\u{e9}", false).unwrap()
+        );
     }
 
     #[test]
@@ -1112,14 +1125,14 @@ mod tests {
         ]);
         let t = Tokenizer::from_value(&v, "small").unwrap();
         // As HF: the normalized token's content is NFC'd, then matched in NFC'd text.
-        assert_eq!(t.encode("e\u{301}x", true), [300]);
+        assert_eq!(t.encode("e\u{301}x", true).unwrap(), [300]);
         assert_eq!(
-            t.encode("a\u{e9}x", true),
+            t.encode("a\u{e9}x", true).unwrap(),
             [t.token_to_id("a").unwrap(), 300]
         );
         // A raw token matches the raw text only.
-        assert_eq!(t.encode("o\u{308}z", true), [301]);
-        assert_ne!(t.encode("\u{f6}z", true), [301]);
+        assert_eq!(t.encode("o\u{308}z", true).unwrap(), [301]);
+        assert_ne!(t.encode("\u{f6}z", true).unwrap(), [301]);
         assert_eq!(t.decode(&[300], false).unwrap(), "e\u{301}x");
     }
 
