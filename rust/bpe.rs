@@ -7,11 +7,19 @@ use std::collections::BinaryHeap;
 
 pub const NO_ID: u32 = u32::MAX;
 
+/// One slot: the packed pair, its rank and merged id, in one 16-byte entry so a probe
+/// touches one cache line (the table is larger than L2: misses dominate cold encoding).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: u64,
+    rank: u32,
+    id: u32,
+}
+
 /// (left, right) -> (rank, merged id), open addressing with linear probing.
 #[derive(Debug, Clone)]
 pub struct MergeTable {
-    keys: Vec<u64>,
-    vals: Vec<(u32, u32)>,
+    entries: Vec<Entry>,
     mask: usize,
 }
 
@@ -31,20 +39,30 @@ impl MergeTable {
     pub fn new(merges: &[(u32, u32, u32)]) -> Self {
         let cap = (merges.len() * 2).next_power_of_two().max(16);
         let mut t = MergeTable {
-            keys: vec![EMPTY; cap],
-            vals: vec![(u32::MAX, NO_ID); cap],
+            entries: vec![
+                Entry {
+                    key: EMPTY,
+                    rank: u32::MAX,
+                    id: NO_ID
+                };
+                cap
+            ],
             mask: cap - 1,
         };
         for (rank, &(a, b, m)) in merges.iter().enumerate() {
             let k = pair_key(a, b);
             let mut i = hash64(k) & t.mask;
             loop {
-                if t.keys[i] == EMPTY {
-                    t.keys[i] = k;
-                    t.vals[i] = (rank as u32, m);
+                let e = &mut t.entries[i];
+                if e.key == EMPTY {
+                    *e = Entry {
+                        key: k,
+                        rank: rank as u32,
+                        id: m,
+                    };
                     break;
                 }
-                if t.keys[i] == k {
+                if e.key == k {
                     // A repeated merge keeps its first (lowest) rank, as HF does.
                     break;
                 }
@@ -60,11 +78,11 @@ impl MergeTable {
         let k = pair_key(a, b);
         let mut i = hash64(k) & self.mask;
         loop {
-            let key = self.keys[i];
-            if key == k {
-                return Some(self.vals[i]);
+            let e = self.entries[i];
+            if e.key == k {
+                return Some((e.rank, e.id));
             }
-            if key == EMPTY {
+            if e.key == EMPTY {
                 return None;
             }
             i = (i + 1) & self.mask;
@@ -126,16 +144,18 @@ impl Bpe {
         if n < 2 {
             return;
         }
-        let mut ranks = [u32::MAX; LINEAR_MAX];
+        // (rank, merged id) of the pair starting at each symbol: a merge needs no second lookup.
+        const NONE: (u32, u32) = (u32::MAX, NO_ID);
+        let mut pairs = [NONE; LINEAR_MAX];
         let sym = &mut v[start..];
         let mut len = n;
         for i in 0..len - 1 {
-            ranks[i] = self.merges.rank(sym[i], sym[i + 1]);
+            pairs[i] = self.merges.get(sym[i], sym[i + 1]).unwrap_or(NONE);
         }
         loop {
             let mut best = u32::MAX;
             let mut at = 0;
-            for (i, &r) in ranks[..len - 1].iter().enumerate() {
+            for (i, &(r, _)) in pairs[..len - 1].iter().enumerate() {
                 if r < best {
                     best = r;
                     at = i;
@@ -144,18 +164,17 @@ impl Bpe {
             if best == u32::MAX {
                 break;
             }
-            let (_, m) = self.merges.get(sym[at], sym[at + 1]).expect("ranked pair");
-            sym[at] = m;
+            sym[at] = pairs[at].1;
             sym.copy_within(at + 2..len, at + 1);
             if at + 2 < len {
-                ranks.copy_within(at + 2..len - 1, at + 1);
+                pairs.copy_within(at + 2..len - 1, at + 1);
             }
             len -= 1;
             if at + 1 < len {
-                ranks[at] = self.merges.rank(sym[at], sym[at + 1]);
+                pairs[at] = self.merges.get(sym[at], sym[at + 1]).unwrap_or(NONE);
             }
             if at > 0 {
-                ranks[at - 1] = self.merges.rank(sym[at - 1], sym[at]);
+                pairs[at - 1] = self.merges.get(sym[at - 1], sym[at]).unwrap_or(NONE);
             }
             if len == 1 {
                 break;
