@@ -203,16 +203,23 @@ def save_hf_checkpoint(
     dtype: Optional[torch.dtype] = None,
     extra_files: Optional[Mapping[str, PathLike]] = None,
     training_state: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None,
+    state_dict: Optional[Dict[str, torch.Tensor]] = None,
 ) -> Path:
     """Save ``model`` as an HF directory (``model.safetensors`` + ``config.json``), atomically.
 
     ``extra_files`` maps destination names to files copied alongside (e.g. ``tokenizer.json``);
     ``training_state`` = ``(tensors, json_dict)`` is written as ``training_state.*`` in the same
-    atomic step.
+    atomic step. ``state_dict`` (HF-named CPU tensors) replaces the model's own parameters,
+    e.g. the full weights gathered from an FSDP-sharded model.
     """
     final = Path(path)
     with atomic_directory(final) as tmp:
-        sd = model_state_for_saving(model, dtype)
+        if state_dict is None:
+            sd = model_state_for_saving(model, dtype)
+        else:
+            sd = {
+                k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in state_dict.items()
+            }
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         cfg = model.config.to_hf_dict()
         saved_dtype = dtype or next(model.parameters()).dtype

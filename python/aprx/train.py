@@ -24,8 +24,8 @@ from the checkpoint's, ``APRX-R404`` requested device unavailable, ``APRX-R405``
 training argument, ``APRX-R406`` resume with another world size (number of data-parallel
 processes) than the checkpoint's, ``APRX-R407`` another rank of a distributed run failed.
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs data-parallel (DDP); see
-``docs/distributed.md``.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs data-parallel (DDP), or sharded
+(FSDP2 ``fully_shard``) with ``fsdp=True``; see ``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ class TrainConfig:
     quiet: bool = False
     verify_sha256: bool = False
     save_final: bool = True
+    fsdp: bool = False  # shard params, grads and optimizer state over ranks (FSDP2)
 
     def __post_init__(self) -> None:
         for name in ("steps", "seq_len", "batch_size", "grad_accum"):
@@ -470,13 +471,20 @@ def _train(
         model.train()
         n_params = model.num_parameters()
 
-        opt = torch.optim.AdamW(
-            _param_groups(model, cfg.weight_decay),
-            lr=cfg.lr,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.eps,
-            fused=device.type == "cuda",
-        )
+        use_fsdp = cfg.fsdp and ctx.enabled
+
+        def make_optimizer() -> torch.optim.Optimizer:
+            return torch.optim.AdamW(
+                _param_groups(model, cfg.weight_decay),
+                lr=cfg.lr,
+                betas=(cfg.beta1, cfg.beta2),
+                eps=cfg.eps,
+                fused=device.type == "cuda" and not use_fsdp,
+            )
+
+        # FSDP: the optimizer must see the sharded parameters; it is built after sharding
+        opt: Optional[torch.optim.Optimizer] = None if use_fsdp else make_optimizer()
+        fsdp_resume: Optional[Dict[str, Any]] = None
         sampler = WindowSampler(
             split.train, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.sampling, ctx.rank, world
         )
@@ -512,8 +520,15 @@ def _train(
                     f"({info.get('data')} vs {_data_identity(report)})",
                     "APRX-R403",
                 )
-            load_weights(model, load_state_dict_files(resume_dir), source=str(resume_dir))
-            load_optimizer_state(model, opt, tensors)
+            if use_fsdp:
+                # rank 0 reads and checks the full weights; they are broadcast after sharding
+                fsdp_resume = {}
+                if main:
+                    fsdp_resume = _read_full_weights(model, resume_dir)
+            else:
+                assert opt is not None
+                load_weights(model, load_state_dict_files(resume_dir), source=str(resume_dir))
+                load_optimizer_state(model, opt, tensors)
             if world == 1:
                 restore_rng_state(tensors)
                 sampler.load_state(info["sampler"])
@@ -537,7 +552,15 @@ def _train(
             layer.compile()
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model.loss
     ddp: Optional[torch.nn.Module] = None
-    if ctx.enabled:
+    fsdp_root: Optional[torch.nn.Module] = None
+    if use_fsdp:
+        fsdp_root = _shard_model(model, ctx, device)
+        loss_fn = fsdp_root
+        opt = make_optimizer()
+        if fsdp_resume is not None:
+            _fsdp_load_full_state(model, opt, fsdp_resume, tensors if main else {})
+            fsdp_resume = None
+    elif ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         # DDP syncs gradients in the backward of its forward(): route the loss through it
@@ -547,14 +570,20 @@ def _train(
         )
         loss_fn = ddp
 
+    assert opt is not None
+
     def save_checkpoint(step: int) -> Optional[Path]:
+        full_sd: Optional[Dict[str, torch.Tensor]] = None
         if world == 1:
             tensors = optimizer_state_tensors(model, opt)
             tensors.update(rng_state_tensors())
             rank_info: Dict[str, Any] = {}
         else:
             tensors, rank_info = _gather_rank_states(ctx, sampler, device)
-            if main:
+            if use_fsdp:
+                full_sd, opt_tensors = _fsdp_full_state(model, opt)  # collective
+                tensors.update(opt_tensors)
+            elif main:
                 tensors.update(optimizer_state_tensors(model, opt))
         path = out / "checkpoints" / f"step-{step:08d}"
         with ctx.agreed(f"the step-{step} checkpoint"):
@@ -572,7 +601,12 @@ def _train(
                 "world_size": world,
                 **rank_info,
             }
-            save_hf_checkpoint(model, path, training_state=(tensors, info))
+            save_hf_checkpoint(
+                model,
+                path,
+                training_state=(tensors, info),
+                state_dict=full_sd if use_fsdp else None,
+            )
             for old in _checkpoints(out)[: -max(1, cfg.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
         return path
@@ -587,7 +621,11 @@ def _train(
         f"training {format_count(n_params)} parameters on {device} "
         f"({'bf16 autocast' if amp_dtype else 'fp32'}) for {cfg.steps} steps x "
         f"{tokens_per_step} tokens"
-        + (f" ({world} ranks, DDP over {ctx.backend})" if ctx.enabled else "")
+        + (
+            f" ({world} ranks, {'FSDP' if use_fsdp else 'DDP'} over {ctx.backend})"
+            if ctx.enabled
+            else ""
+        )
         + f"; {split.description}"
     )
     with contextlib.ExitStack() as stack:
@@ -619,6 +657,8 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             else:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor over the shards
+                grad_norm = grad_norm.full_tensor()
             if ctx.enabled:
                 # the logged loss is the mean over ranks; any rank's non-finite value stops all
                 local_bad = not (math.isfinite(float(loss_sum)) and math.isfinite(float(grad_norm)))
@@ -669,7 +709,7 @@ def _train(
             }
             if (cfg.val_interval and done % cfg.val_interval == 0) or done == cfg.steps:
                 last_val = evaluate(
-                    model,
+                    fsdp_root if fsdp_root is not None else model,  # type: ignore[arg-type]
                     split.val,
                     cfg.seq_len,
                     cfg.batch_size,
@@ -695,10 +735,14 @@ def _train(
 
     # 5. final artifacts (rank 0; the others return the same report without writing it)
     model_dir = None
+    final_sd = _fsdp_full_state(model, None)[0] if use_fsdp and cfg.save_final else None
     with ctx.agreed("saving the final model"):
         if cfg.save_final and main:
             model_dir = save_hf_checkpoint(
-                model, out / "model", extra_files=_tokenizer_files(Path(cfg.tokenizer))
+                model,
+                out / "model",
+                extra_files=_tokenizer_files(Path(cfg.tokenizer)),
+                state_dict=final_sd,
             )
     if cfg.save_final and not main:
         model_dir = out / "model"
@@ -736,6 +780,120 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.model.loss(input_ids, targets)
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Through ``forward``, so FSDP gathers the root's parameters (used by evaluate)."""
+        return self(input_ids, targets)
+
+
+# -- FSDP (``fsdp=True`` under torchrun) -----------------------------------------------------
+
+
+def _full_options(**kw: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
+
+
+def _shard_model(model: CausalLM, ctx: DistContext, device: torch.device) -> torch.nn.Module:
+    """Shard ``model`` in place with FSDP2 ``fully_shard``: each decoder layer is one unit, the
+    root (a :class:`_LossModule`, whose forward runs ``model.loss``) holds the rest -- the
+    embedding, tied to ``lm_head``, and the final norm. Returns the root to call."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (ctx.world_size,))
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    root = _LossModule(model)
+    fully_shard(root, mesh=mesh)
+    return root
+
+
+def _read_full_weights(model: CausalLM, resume_dir: Path) -> Dict[str, torch.Tensor]:
+    """The checkpoint's weights keyed like ``model.state_dict()`` (checked like
+    :func:`load_weights`: missing, unexpected or misshapen tensors raise ``APRX-R431``)."""
+    tensors = load_state_dict_files(resume_dir)
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if model.config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    bad = sorted(set(expected) ^ {k for k in tensors if not k.endswith("inv_freq")})
+    bad += sorted(k for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k])
+    if bad:
+        raise TrainingError(
+            f"{resume_dir}: weights do not fit the model (missing, unexpected or misshapen: "
+            f"{bad[:5]}{'...' if len(bad) > 5 else ''})",
+            code="APRX-R431",
+        )
+    out = {k: tensors[k] for k in expected}
+    if model.config.tie_word_embeddings:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]
+    return out
+
+
+def _fsdp_full_state(model: CausalLM, opt: Optional[torch.optim.Optimizer]):
+    """Collective: the full weights (HF names, as ``model_state_for_saving``) and, with
+    ``opt``, the optimizer state as ``optimizer/<param>/<key>`` tensors -- on rank 0; the
+    other ranks get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    full = get_model_state_dict(model, options=_full_options())
+    names = [n for n, _ in model.named_parameters()]
+    weights: Dict[str, torch.Tensor] = {}
+    if full:
+        weights = {n: full[n].contiguous() for n in names}
+        if not model.config.tie_word_embeddings:
+            weights.setdefault("lm_head.weight", full["lm_head.weight"].contiguous())
+    opt_tensors: Dict[str, torch.Tensor] = {}
+    if opt is not None:
+        osd = get_optimizer_state_dict(model, opt, options=_full_options())
+        for pname, st in (osd.get("state") or {}).items():
+            for k, v in st.items():
+                t = v.detach().contiguous().cpu() if torch.is_tensor(v) else torch.tensor(v)
+                opt_tensors[f"optimizer/{pname}/{k}"] = t
+    return weights, opt_tensors
+
+
+def _fsdp_load_full_state(
+    model: CausalLM,
+    opt: torch.optim.Optimizer,
+    weights: Dict[str, torch.Tensor],
+    tensors: Dict[str, torch.Tensor],
+) -> None:
+    """Collective: rank 0's full ``weights`` and ``optimizer/<param>/<key>`` ``tensors`` are
+    broadcast and each rank keeps its shard (the other ranks pass empty dicts)."""
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    set_model_state_dict(model, weights, options=_full_options(broadcast_from_rank0=True))
+    osd: Dict[str, Any] = {}
+    if weights:  # rank 0
+        names = {id(p): n for n, p in model.named_parameters()}
+        state: Dict[str, Dict[str, torch.Tensor]] = {}
+        for key, t in tensors.items():
+            if key.startswith("optimizer/"):
+                pname, sk = key.split("/", 1)[1].rsplit("/", 1)
+                if pname not in names.values():
+                    raise TrainingError(
+                        f"training state has optimizer state for unknown parameter {pname}",
+                        code="APRX-R432",
+                    )
+                state.setdefault(pname, {})[sk] = t.float() if sk == "step" else t
+        groups = []
+        for g in opt.param_groups:
+            groups.append(
+                {
+                    **{k: v for k, v in g.items() if k != "params"},
+                    "params": [names[id(p)] for p in g["params"]],
+                }
+            )
+        osd = {"state": state, "param_groups": groups}
+    set_optimizer_state_dict(model, opt, osd, options=_full_options(broadcast_from_rank0=True))
 
 
 def _rank_rng_tensors(device: torch.device) -> Dict[str, torch.Tensor]:

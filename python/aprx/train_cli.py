@@ -236,6 +236,12 @@ def add_pretrain_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     run.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
     run.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard weights, gradients and optimizer state over the ranks "
+        "(FSDP) instead of replicating them (DDP); for models that do not fit one device",
+    )
+    run.add_argument(
         "--grad-checkpointing",
         action="store_true",
         help="recompute activations in the backward pass (less memory, ~30%% slower)",
@@ -349,6 +355,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
             log_interval=args.log_interval,
             quiet=args.quiet,
             verify_sha256=args.verify_sha256,
+            fsdp=args.fsdp,
         )
         result = train(cfg)
     except PreflightError as exc:
