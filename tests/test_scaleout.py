@@ -70,9 +70,16 @@ def test_merged_tasks_equal_the_single_machine_run(
     assert merged["total_documents"] == single["total_documents"]
     assert merged["inputs"] == single["inputs"]
     assert merged["max_token_id"] == single["max_token_id"]
-    assert [s["file"] for s in merged["shards"]] == [
-        f"shard-{n:05d}.bin" for n in range(len(merged["shards"]))
-    ]
+    # Re-cut with the single run's rule: the very same shard files.
+    assert merged["shards"] == single["shards"]
+    for s in single["shards"]:
+        for key in ("file", "index"):
+            a = (tmp_path / "single" / s[key]).read_bytes()
+            assert a == (tmp_path / "merged" / s[key]).read_bytes()
+    drop = ("run", "task", "config")
+    assert {k: v for k, v in merged.items() if k not in drop} == {
+        k: v for k, v in single.items() if k not in drop
+    }
 
 
 def test_merge_refuses_incomplete_or_mismatched_tasks(

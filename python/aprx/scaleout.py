@@ -2,15 +2,18 @@
 runs (one per machine or array task) into one dataset directory.
 
 Task I encodes a contiguous slice of the sorted input files, so the tasks' documents, in task
-order, are the single-machine run's documents in the same order; the merged dataset holds the
-tasks' shards renumbered in that order, and a manifest that joins theirs.
+order, are the single-machine run's documents in the same order (with EOS ``between``, every
+task but the last ends with an EOS). Merging re-cuts that document stream into shards with the
+same rule as a single run (a shard closes once it holds ``shard_tokens`` tokens, documents are
+never split), so the merged shards, indexes and manifest (apart from ``run`` and ``task``) are
+byte-identical to a single-machine run over the same inputs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -34,11 +37,50 @@ def _load(d: Path) -> dict[str, Any]:
     return data
 
 
-def _place(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+class _ShardWriter:
+    """Writes documents into shards with encode-corpus's rotation rule."""
+
+    def __init__(self, out: Path, shard_tokens: int) -> None:
+        self.out, self.limit = out, shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self.f: Any = None
+        self.ends: list[int] = []
+        self.tokens = 0
+
+    def add(self, doc: Any) -> None:
+        if self.ends and self.tokens >= self.limit:
+            self.close()
+        if self.f is None:
+            n = len(self.shards)
+            self.name = f"shard-{n:05d}"
+            self.f = open(self.out / f"{self.name}.bin.tmp", "wb")
+            self.h = hashlib.sha256()
+        data = doc.astype("<u4", copy=False).tobytes()
+        self.f.write(data)
+        self.h.update(data)
+        self.tokens += len(doc)
+        self.ends.append(self.tokens)
+
+    def close(self) -> None:
+        if self.f is None:
+            return
+        import numpy as np
+
+        self.f.close()
+        idx = self.out / f"{self.name}.idx"
+        np.asarray(self.ends, dtype="<u8").tofile(self.out / f"{self.name}.idx.tmp")
+        os.replace(self.out / f"{self.name}.bin.tmp", self.out / f"{self.name}.bin")
+        os.replace(self.out / f"{self.name}.idx.tmp", idx)
+        self.shards.append(
+            {
+                "file": f"{self.name}.bin",
+                "index": idx.name,
+                "tokens": self.tokens,
+                "documents": len(self.ends),
+                "sha256": self.h.hexdigest(),
+            }
+        )
+        self.f, self.ends, self.tokens = None, [], 0
 
 
 def merge_manifests(tasks: Sequence[PathLike], output: PathLike) -> dict[str, Any]:
@@ -70,17 +112,21 @@ def merge_manifests(tasks: Sequence[PathLike], output: PathLike) -> dict[str, An
     if (out / "manifest.json").exists() or any(out.glob("shard-*")):
         raise CorpusError(f"{out}: already holds a dataset", "APRX-C206")
     out.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, Any]] = []
+    import numpy as np
+
+    writer = _ShardWriter(out, int(first["shard_tokens"]))
     for i in order:
         for s in manifests[i]["shards"]:
-            n = len(shards)
             binp, idxp = dirs[i] / s["file"], dirs[i] / s["index"]
             if binp.stat().st_size != 4 * s["tokens"] or idxp.stat().st_size != 8 * s["documents"]:
                 raise CorpusError(f"{binp}: size disagrees with its manifest", "APRX-C208")
-            name = {"file": f"shard-{n:05d}.bin", "index": f"shard-{n:05d}.idx"}
-            _place(binp, out / name["file"])
-            _place(idxp, out / name["index"])
-            shards.append({**s, **name})
+            tokens = np.memmap(binp, dtype="<u4", mode="r") if s["tokens"] else np.zeros(0)
+            start = 0
+            for end in np.fromfile(idxp, dtype="<u8").tolist():
+                writer.add(tokens[start:end])
+                start = end
+    writer.close()
+    shards = writer.shards
     ms = [manifests[i] for i in order]
     ids = [m["max_token_id"] for m in ms if m.get("max_token_id") is not None]
     config = {k2: v for k2, v in first["config"].items() if k2 not in ("num_tasks", "task_index")}
