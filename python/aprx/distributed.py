@@ -114,7 +114,12 @@ class DistContext:
             import torch.distributed as dist
 
             if dist.is_initialized():
-                dist.destroy_process_group()
+                # Every rank's outstanding collectives (FSDP's reduce-scatters included) finish
+                # before the group goes: tearing gloo down under pending work aborts the process.
+                try:
+                    dist.barrier()
+                finally:
+                    dist.destroy_process_group()
             self.owns_group = False
 
 
