@@ -88,11 +88,6 @@ impl MergeTable {
             i = (i + 1) & self.mask;
         }
     }
-
-    #[inline(always)]
-    fn rank(&self, a: u32, b: u32) -> u32 {
-        self.get(a, b).map_or(u32::MAX, |(r, _)| r)
-    }
 }
 
 /// Pieces longer than this (in bytes) use the heap-based merge.
@@ -196,7 +191,7 @@ impl Bpe {
                 heap.push(Reverse((r, i, sym[i], sym[i + 1])));
             }
         }
-        while let Some(Reverse((r, i, a, b))) = heap.pop() {
+        while let Some(Reverse((_, i, a, b))) = heap.pop() {
             if !alive[i] || sym[i] != a {
                 continue;
             }
@@ -205,7 +200,6 @@ impl Bpe {
                 continue;
             }
             let (_, m) = self.merges.get(a, b).expect("ranked pair");
-            debug_assert_eq!(self.merges.rank(a, b), r);
             sym[i] = m;
             alive[j] = false;
             let k = next[j];

@@ -217,11 +217,10 @@ impl<'a> Writer<'a> {
             unreachable!("big-endian hosts are not supported")
         };
         shard.hasher.update(bytes);
-        let path = self.dir.join(format!("{}.tmp", shard_name(shard.n).0));
-        shard
-            .bin
-            .write_all(bytes)
-            .map_err(|e| Error::io(&path, "write", &e))?;
+        if let Err(e) = shard.bin.write_all(bytes) {
+            let path = self.dir.join(format!("{}.tmp", shard_name(shard.n).0));
+            return Err(Error::io(&path, "write", &e));
+        }
         shard.tokens += ids.len() as u64;
         self.state.tokens += ids.len() as u64;
         self.tokens_this_run += ids.len() as u64;

@@ -70,6 +70,8 @@ pub struct Tokenizer {
     bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild>,
     raw_added: Option<AddedMatcher>,
     norm_added: Option<AddedMatcher>,
+    /// id -> whether it is a special added token (skipped by `skip_special` decoding).
+    special: Vec<bool>,
     info: Info,
 }
 
@@ -611,6 +613,10 @@ impl Tokenizer {
             bytes_to_id.insert(b.into_boxed_slice(), id);
         }
 
+        let mut special = vec![false; id_to_str.len()];
+        for t in added.iter().filter(|t| t.special) {
+            special[t.id as usize] = true;
+        }
         let pretok = PreTokenizer::new(&patterns, false)?;
         let raw: Vec<&AddedToken> = added.iter().filter(|t| !t.normalized).collect();
         let norm: Vec<&AddedToken> = added.iter().filter(|t| t.normalized).collect();
@@ -645,6 +651,7 @@ impl Tokenizer {
             id_to_bytes,
             str_to_id,
             bytes_to_id,
+            special,
             raw_added: matcher(&raw, Normalizer::None),
             norm_added: matcher(&norm, normalizer),
             info,
@@ -665,15 +672,6 @@ impl Tokenizer {
 
     pub fn id_to_token(&self, id: u32) -> Option<&str> {
         self.id_to_str.get(id as usize)?.as_deref()
-    }
-
-    /// The id of the added token `content`, if there is one.
-    pub fn added_token_id(&self, content: &str) -> Option<u32> {
-        self.info
-            .added_tokens
-            .iter()
-            .find(|t| t.content == content)
-            .map(|t| t.id)
     }
 
     /// Encodes `text`, appending ids to `out`. With `allow_added`, added tokens in the text
@@ -892,10 +890,7 @@ impl Tokenizer {
     }
 
     fn is_special(&self, id: u32) -> bool {
-        self.info
-            .added_tokens
-            .iter()
-            .any(|t| t.id == id && t.special)
+        self.special.get(id as usize).copied().unwrap_or(false)
     }
 }
 
