@@ -2,6 +2,7 @@
 //! table keyed by the (left, right) id pair, and the merge loop (linear scan for short pieces,
 //! a heap for long ones so a 1 MB run of one char stays O(n log n)).
 
+use crate::huge::HugeSlice;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -19,7 +20,7 @@ struct Entry {
 /// (left, right) -> (rank, merged id), open addressing with linear probing.
 #[derive(Debug, Clone)]
 pub struct MergeTable {
-    entries: Vec<Entry>,
+    entries: HugeSlice<Entry>,
     mask: usize,
 }
 
@@ -39,14 +40,14 @@ impl MergeTable {
     pub fn new(merges: &[(u32, u32, u32)]) -> Self {
         let cap = (merges.len() * 2).next_power_of_two().max(16);
         let mut t = MergeTable {
-            entries: vec![
+            entries: HugeSlice::filled(
+                cap,
                 Entry {
                     key: EMPTY,
                     rank: u32::MAX,
-                    id: NO_ID
-                };
-                cap
-            ],
+                    id: NO_ID,
+                },
+            ),
             mask: cap - 1,
         };
         for (rank, &(a, b, m)) in merges.iter().enumerate() {

@@ -4,6 +4,7 @@
 //! probe and two integer compares; one or two ids are stored inline. Longer pieces use a
 //! hash map.
 
+use crate::huge::HugeSlice;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -83,11 +84,11 @@ const MIN_SLOTS: usize = 1 << 16;
 /// bounding memory per thread.
 const MAX_SLOTS: usize = 1 << 19;
 const MAX_LONG: usize = 1 << 16;
-const FRONT: usize = 1 << 12;
 
 /// One short-table slot. `len == 0` is empty. `n` ids: inline in `a`, `b` when `n <= 2`,
 /// else `a` is an offset into `spill`.
 #[derive(Clone, Copy, Default)]
+#[repr(align(32))]
 struct Slot {
     k0: u64,
     k1: u64,
@@ -99,10 +100,7 @@ struct Slot {
 
 pub struct PieceCache {
     owner: u64,
-    /// A small direct-mapped front table (fits in L2): piece frequencies are Zipfian, so most
-    /// lookups end here without touching the big table's cold memory.
-    front: Box<[Slot]>,
-    slots: Vec<Slot>,
+    slots: HugeSlice<Slot>,
     mask: usize,
     used: usize,
     spill: Vec<u32>,
@@ -115,6 +113,7 @@ pub struct ShortKey {
     k0: u64,
     k1: u64,
     len: u32,
+    hash: u64,
 }
 
 #[inline(always)]
@@ -129,6 +128,19 @@ fn low_bytes(w: u64, n: usize) -> u64 {
 }
 
 impl ShortKey {
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// A key no piece has (length 0).
+    pub const EMPTY: ShortKey = ShortKey {
+        k0: 0,
+        k1: 0,
+        len: 0,
+        hash: 0,
+    };
+
     /// Packs `text[start..start + len]` (`1 <= len <= SHORT`).
     #[inline(always)]
     pub fn new(text: &[u8], start: usize, len: usize) -> Self {
@@ -146,26 +158,109 @@ impl ShortKey {
                 u64::from_le_bytes(buf[8..].try_into().unwrap()),
             )
         };
-        ShortKey {
-            k0: low_bytes(w0, len),
-            k1: if len > 8 { low_bytes(w1, len - 8) } else { 0 },
-            len: len as u32,
+        Self::from_words(
+            low_bytes(w0, len),
+            if len > 8 { low_bytes(w1, len - 8) } else { 0 },
+            len as u32,
+        )
+    }
+
+    #[inline(always)]
+    fn from_words(k0: u64, k1: u64, len: u32) -> Self {
+        let hash = (k0 ^ k1.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64)
+            .wrapping_mul(K);
+        ShortKey { k0, k1, len, hash }
+    }
+}
+
+/// The pieces of up to `SHORT` bytes that are one vocabulary token, keyed like the cache:
+/// built once per tokenizer, read-only and shared by all threads. A hit is one probe with no
+/// byte comparison beyond the two key words.
+#[derive(Debug, Clone)]
+pub struct VocabTable {
+    slots: HugeSlice<VocabSlot>,
+    mask: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(align(32))]
+struct VocabSlot {
+    k0: u64,
+    k1: u64,
+    len: u32,
+    id: u32,
+}
+
+impl VocabTable {
+    /// `entries`: (piece bytes, id); pieces outside `2..=SHORT` bytes are skipped.
+    pub fn new<'a>(entries: impl Iterator<Item = (&'a [u8], u32)> + Clone) -> Self {
+        let n = entries
+            .clone()
+            .filter(|(b, _)| (2..=SHORT).contains(&b.len()))
+            .count();
+        let cap = (n * 2).next_power_of_two().max(16);
+        let mut t = VocabTable {
+            slots: HugeSlice::filled(cap, VocabSlot::default()),
+            mask: cap - 1,
+        };
+        for (b, id) in entries.filter(|(b, _)| (2..=SHORT).contains(&b.len())) {
+            let k = ShortKey::new(b, 0, b.len());
+            let mut i = (k.hash >> 32) as usize & t.mask;
+            while t.slots[i].len != 0 {
+                i = (i + 1) & t.mask;
+            }
+            t.slots[i] = VocabSlot {
+                k0: k.k0,
+                k1: k.k1,
+                len: k.len,
+                id,
+            };
+        }
+        t
+    }
+
+    #[inline(always)]
+    pub fn get(&self, key: &ShortKey) -> Option<u32> {
+        let mut i = (key.hash >> 32) as usize & self.mask;
+        loop {
+            let s = &self.slots[i];
+            if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
+                return Some(s.id);
+            }
+            if s.len == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
         }
     }
 
     #[inline(always)]
-    fn hash(&self) -> u64 {
-        (self.k0 ^ self.k1.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.len as u64)
-            .wrapping_mul(K)
+    pub fn prefetch(&self, key: &ShortKey) {
+        prefetch(
+            self.slots
+                .as_ptr()
+                .wrapping_add((key.hash >> 32) as usize & self.mask),
+        );
     }
+}
+
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint and never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch(p as *const i8, _MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 impl PieceCache {
     fn new(owner: u64) -> Self {
         PieceCache {
             owner,
-            front: vec![Slot::default(); FRONT].into_boxed_slice(),
-            slots: vec![Slot::default(); MIN_SLOTS],
+            slots: HugeSlice::filled(MIN_SLOTS, Slot::default()),
             mask: MIN_SLOTS - 1,
             used: 0,
             spill: Vec::new(),
@@ -190,23 +285,20 @@ impl PieceCache {
         }
     }
 
+    /// Starts loading the main-table slot `key` probes first.
+    #[inline(always)]
+    pub fn prefetch(&self, key: &ShortKey) {
+        prefetch(self.slots.as_ptr().wrapping_add(self.index(key.hash)));
+    }
+
     /// Appends the cached ids of `key` to `out`; false on a miss.
     #[inline(always)]
-    pub fn get_short(&mut self, key: &ShortKey, out: &mut Vec<u32>) -> bool {
-        let h = key.hash();
-        let f = (h >> 20) as usize & (FRONT - 1);
-        let s = &self.front[f];
-        if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
-            let s = *s;
-            self.emit(&s, out);
-            return true;
-        }
-        let mut i = self.index(h);
+    pub fn get(&self, key: &ShortKey, out: &mut Vec<u32>) -> bool {
+        let mut i = self.index(key.hash);
         loop {
-            let s = self.slots[i];
+            let s = &self.slots[i];
             if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
-                self.emit(&s, out);
-                self.front[f] = s;
+                self.emit(s, out);
                 return true;
             }
             if s.len == 0 {
@@ -244,7 +336,7 @@ impl PieceCache {
             a,
             b,
         };
-        self.place(key.hash(), slot);
+        self.place(key.hash, slot);
     }
 
     fn place(&mut self, h: u64, slot: Slot) {
@@ -264,22 +356,17 @@ impl PieceCache {
     }
 
     fn grow(&mut self) {
-        let bigger = vec![Slot::default(); self.slots.len() * 2];
+        let bigger = HugeSlice::filled(self.slots.len() * 2, Slot::default());
         let old = std::mem::replace(&mut self.slots, bigger);
         self.mask = self.slots.len() - 1;
         self.used = 0;
-        for s in old.into_iter().filter(|s| s.len != 0) {
-            let key = ShortKey {
-                k0: s.k0,
-                k1: s.k1,
-                len: s.len,
-            };
-            self.place(key.hash(), s);
+        for &s in old.iter().filter(|s| s.len != 0) {
+            let key = ShortKey::from_words(s.k0, s.k1, s.len);
+            self.place(key.hash, s);
         }
     }
 
     fn clear(&mut self) {
-        self.front.iter_mut().for_each(|s| *s = Slot::default());
         self.slots.iter_mut().for_each(|s| *s = Slot::default());
         self.used = 0;
         self.spill.clear();
@@ -333,13 +420,13 @@ mod tests {
         for len in 1..=SHORT {
             for start in 0..text.len() - len + 1 {
                 let k = ShortKey::new(text, start, len);
-                assert!(!c.get_short(&k, &mut out));
+                assert!(!c.get(&k, &mut out));
                 let ids: Vec<u32> = (0..(len as u32 % 4 + 1))
                     .map(|x| x + start as u32)
                     .collect();
                 c.insert_short(&k, &ids);
                 out.clear();
-                assert!(c.get_short(&k, &mut out));
+                assert!(c.get(&k, &mut out));
                 assert_eq!(out, ids);
                 out.clear();
             }
@@ -356,7 +443,7 @@ mod tests {
         }
         let k = ShortKey::new(b"       99999", 0, 12);
         out.clear();
-        assert!(c.get_short(&k, &mut out));
+        assert!(c.get(&k, &mut out));
         assert_eq!(out, [99999]);
     }
 }

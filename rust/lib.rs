@@ -6,9 +6,11 @@ pub mod bytelevel;
 pub mod cache;
 pub mod corpus;
 pub mod error;
+pub mod huge;
 pub mod parallel;
 pub mod pretok;
 pub mod shards;
+pub mod simd;
 pub mod tiktoken;
 pub mod tokenizer;
 

@@ -370,6 +370,43 @@ fn run_end(s: &[u8], mut i: usize, want: Class) -> usize {
     i
 }
 
+/// End of the run of letters starting at `i`: 16 ASCII bytes at a time, the general loop from
+/// the first non-ASCII byte on.
+#[inline(always)]
+fn letters_end(s: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = s.get(i..i + 16) {
+        let m = crate::simd::ascii_letters(chunk.try_into().unwrap());
+        let run = (!m).trailing_zeros() as usize;
+        i += run;
+        if run < 16 {
+            return if s[i] < 0x80 {
+                i
+            } else {
+                run_end(s, i, Class::Letter)
+            };
+        }
+    }
+    run_end(s, i, Class::Letter)
+}
+
+/// End of the run of "other" chars (`[^\s\p{L}\p{N}]`) starting at `i`, as `letters_end`.
+#[inline(always)]
+fn others_end(s: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = s.get(i..i + 16) {
+        let m = crate::simd::ascii_others(chunk.try_into().unwrap());
+        let run = (!m).trailing_zeros() as usize;
+        i += run;
+        if run < 16 {
+            return if s[i] < 0x80 {
+                i
+            } else {
+                run_end(s, i, Class::Other)
+            };
+        }
+    }
+    run_end(s, i, Class::Other)
+}
+
 #[inline(always)]
 fn newlines_end(s: &[u8], mut i: usize) -> usize {
     while i < s.len() && (s[i] == b'\r' || s[i] == b'\n') {
@@ -430,7 +467,7 @@ pub fn next_cl100k(s: &[u8], pos: usize, max_digits: usize) -> usize {
     }
     let (c, l) = class_at(s, pos);
     match c {
-        Class::Letter => run_end(s, pos + l, Class::Letter),
+        Class::Letter => letters_end(s, pos + l),
         Class::Number => {
             let mut i = pos + l;
             let mut k = 1;
@@ -449,14 +486,14 @@ pub fn next_cl100k(s: &[u8], pos: usize, max_digits: usize) -> usize {
             if c != Class::Newline && next < s.len() {
                 let (c2, l2) = class_at(s, next);
                 if c2 == Class::Letter {
-                    return run_end(s, next + l2, Class::Letter);
+                    return letters_end(s, next + l2);
                 }
                 if b == b' ' && c2 == Class::Other {
-                    return newlines_end(s, run_end(s, next + l2, Class::Other));
+                    return newlines_end(s, others_end(s, next + l2));
                 }
             }
             if c == Class::Other {
-                return newlines_end(s, run_end(s, next, Class::Other));
+                return newlines_end(s, others_end(s, next));
             }
             whitespace_piece(s, pos, l, true)
         }
@@ -475,13 +512,18 @@ pub fn next_gpt2(s: &[u8], pos: usize) -> usize {
     }
     let (c, l) = class_at(s, pos);
     match c {
-        Class::Letter | Class::Number | Class::Other => run_end(s, pos + l, c),
+        Class::Letter => letters_end(s, pos + l),
+        Class::Other => others_end(s, pos + l),
+        Class::Number => run_end(s, pos + l, c),
         _ => {
             let next = pos + 1;
             if b == b' ' && next < s.len() {
                 let (c2, l2) = class_at(s, next);
-                if c2 == Class::Letter || c2 == Class::Number || c2 == Class::Other {
-                    return run_end(s, next + l2, c2);
+                match c2 {
+                    Class::Letter => return letters_end(s, next + l2),
+                    Class::Other => return others_end(s, next + l2),
+                    Class::Number => return run_end(s, next + l2, c2),
+                    _ => {}
                 }
             }
             whitespace_piece(s, pos, l, false)

@@ -4,7 +4,7 @@
 
 use crate::bpe::{Bpe, MergeTable, NO_ID};
 use crate::bytelevel;
-use crate::cache::{self, FxBuild, PieceCache, ShortKey, MAX_CACHED_PIECE, SHORT};
+use crate::cache::{self, FxBuild, PieceCache, ShortKey, VocabTable, MAX_CACHED_PIECE, SHORT};
 use crate::error::{codes, Error, ErrorKind, Result};
 use crate::pretok::{self, PreTokenizer, Scanner, GPT2_PATTERN};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -66,8 +66,10 @@ pub struct Tokenizer {
     /// id -> bytes produced by decoding.
     id_to_bytes: Vec<Option<Box<[u8]>>>,
     str_to_id: HashMap<String, u32, FxBuild>,
-    /// raw bytes -> id of whole pieces that are one token (see `from_value`).
+    /// raw bytes -> id of whole pieces that are one token (see `from_value`); those of up to
+    /// `SHORT` bytes also in `short_vocab`.
     bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild>,
+    short_vocab: VocabTable,
     raw_added: Option<AddedMatcher>,
     norm_added: Option<AddedMatcher>,
     /// id -> whether it is a special added token (skipped by `skip_special` decoding).
@@ -612,6 +614,7 @@ impl Tokenizer {
         for (b, id) in direct {
             bytes_to_id.insert(b.into_boxed_slice(), id);
         }
+        let short_vocab = VocabTable::new(bytes_to_id.iter().map(|(b, &id)| (&b[..], id)));
 
         let mut special = vec![false; id_to_str.len()];
         for t in added.iter().filter(|t| t.special) {
@@ -651,6 +654,7 @@ impl Tokenizer {
             id_to_bytes,
             str_to_id,
             bytes_to_id,
+            short_vocab,
             special,
             raw_added: matcher(&raw, Normalizer::None),
             norm_added: matcher(&norm, normalizer),
@@ -764,7 +768,12 @@ impl Tokenizer {
                 None => {
                     return self.pretok.for_each_piece(text, |piece| {
                         let p = piece.as_bytes();
-                        self.piece(p, 0, p.len(), c, &mut scratch, out)
+                        let key = if (2..=SHORT).contains(&p.len()) {
+                            ShortKey::new(p, 0, p.len())
+                        } else {
+                            ShortKey::EMPTY
+                        };
+                        self.piece(p, 0, p.len(), &key, c, &mut scratch, out)
                     })
                 }
             }
@@ -772,7 +781,10 @@ impl Tokenizer {
         })
     }
 
-    /// Drives a hand-written scanner over `text`, encoding each piece.
+    /// Drives a hand-written scanner over `text`, encoding each piece. Two phases per chunk
+    /// of pieces: the scanner finds the pieces and packs their keys, prefetching the slots
+    /// they will probe; then the pieces are looked up in order, by which time their slots are
+    /// in cache. Scanning and probing each run in a tight loop, and cache misses overlap.
     #[inline(always)]
     fn scan(
         &self,
@@ -782,21 +794,46 @@ impl Tokenizer {
         out: &mut Vec<u32>,
         next: impl Fn(&[u8], usize) -> usize,
     ) {
+        const CHUNK: usize = 64;
+        let n = text.len();
+        let mut ends = [0usize; CHUNK];
+        let mut keys = [ShortKey::EMPTY; CHUNK];
         let mut pos = 0;
-        while pos < text.len() {
-            let end = next(text, pos);
-            self.piece(text, pos, end, c, scratch, out);
-            pos = end;
+        while pos < n {
+            let first = pos;
+            let mut k = 0;
+            while k < CHUNK && pos < n {
+                let end = next(text, pos);
+                let len = end - pos;
+                if (2..=SHORT).contains(&len) {
+                    let key = ShortKey::new(text, pos, len);
+                    self.short_vocab.prefetch(&key);
+                    c.prefetch(&key);
+                    keys[k] = key;
+                }
+                ends[k] = end;
+                pos = end;
+                k += 1;
+            }
+            let mut start = first;
+            for i in 0..k {
+                let end = ends[i];
+                self.piece(text, start, end, &keys[i], c, scratch, out);
+                start = end;
+            }
         }
     }
 
-    /// Ids of `text[start..end]`, from the cache when it has them.
+    /// Ids of `text[start..end]`, from the tables when they have them. `key` is the piece's
+    /// short key when it has 2..=SHORT bytes (anything otherwise).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn piece(
         &self,
         text: &[u8],
         start: usize,
         end: usize,
+        key: &ShortKey,
         c: &mut PieceCache,
         scratch: &mut Vec<u32>,
         out: &mut Vec<u32>,
@@ -811,17 +848,19 @@ impl Tokenizer {
             }
             return;
         }
-        let bytes = &text[start..end];
         if n <= SHORT {
-            let key = ShortKey::new(text, start, n);
-            if c.get_short(&key, out) {
+            if let Some(id) = self.short_vocab.get(key) {
+                out.push(id);
                 return;
             }
-            scratch.clear();
-            self.encode_piece(bytes, scratch);
-            out.extend_from_slice(scratch);
-            c.insert_short(&key, scratch);
-        } else if n <= MAX_CACHED_PIECE {
+            if c.get(key, out) {
+                return;
+            }
+            self.bpe_cold(&text[start..end], key, c, scratch, out);
+            return;
+        }
+        let bytes = &text[start..end];
+        if n <= MAX_CACHED_PIECE {
             if c.get_long(bytes, out) {
                 return;
             }
@@ -832,6 +871,22 @@ impl Tokenizer {
         } else {
             self.encode_piece(bytes, out);
         }
+    }
+
+    /// BPE of a short piece seen for the first time (on this thread), cached.
+    #[inline(never)]
+    fn bpe_cold(
+        &self,
+        bytes: &[u8],
+        key: &ShortKey,
+        c: &mut PieceCache,
+        scratch: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        scratch.clear();
+        self.bpe.encode_piece(bytes, self.unk, scratch);
+        out.extend_from_slice(scratch);
+        c.insert_short(key, scratch);
     }
 
     #[inline]
