@@ -1,4 +1,4 @@
-//! The BPE model: token bytes, the byte -> id table, merge ranks in a flat open-addressing
+//! The BPE model: token bytes, the byte -> id table, merge ranks in a compact open-addressing
 //! table keyed by the (left, right) id pair, and the merge loop (linear scan for short pieces,
 //! a heap for long ones so a 1 MB run of one char stays O(n log n)).
 
@@ -7,28 +7,36 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 pub const NO_ID: u32 = u32::MAX;
+/// No merge for a pair.
+pub const NO_RANK: u32 = u32::MAX;
 
-/// One slot: the packed pair, its rank and merged id, in one 16-byte entry so a probe
-/// touches one cache line (the table is larger than L2: misses dominate cold encoding).
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    key: u64,
-    rank: u32,
-    id: u32,
-}
+const ID_BITS: u32 = 21;
+const RANK_BITS: u32 = 22;
+/// Largest token id the merge table can hold (ids are packed in 21 bits): two million, far
+/// above any real vocabulary.
+pub const MAX_ID: u32 = (1 << ID_BITS) - 2;
+/// Most merges the table can hold.
+pub const MAX_MERGES: usize = (1 << RANK_BITS) - 2;
 
-/// (left, right) -> (rank, merged id), open addressing with linear probing.
+/// (left, right) -> rank, open addressing with linear probing, one u64 per pair: left and
+/// right id (21 bits each) over the rank (22 bits), so eight entries share a cache line and
+/// the Qwen2 table (151k merges) is 2 MiB. The merged id is `rank_to_id[rank]`, read only
+/// when a merge is applied. Cold encoding is bound by the latency of these probes.
 #[derive(Debug, Clone)]
 pub struct MergeTable {
-    entries: HugeSlice<Entry>,
+    entries: HugeSlice<u64>,
     mask: usize,
+    rank_to_id: Vec<u32>,
+    /// `Some(c)` when every merge of rank `r` makes id `r + c` (GPT-2, Qwen2 and tiktoken
+    /// vocabularies order their merges so): the merged id is then arithmetic, not a load.
+    id_offset: Option<u32>,
 }
 
 const EMPTY: u64 = u64::MAX;
 
 #[inline(always)]
 fn pair_key(a: u32, b: u32) -> u64 {
-    ((a as u64) << 32) | b as u64
+    ((a as u64) << ID_BITS) | b as u64
 }
 
 #[inline(always)]
@@ -37,33 +45,39 @@ fn hash64(k: u64) -> usize {
 }
 
 impl MergeTable {
+    /// `merges[rank] = (left, right, merged)`; every id at most `MAX_ID` and at most
+    /// `MAX_MERGES` merges (the loader checks both).
     pub fn new(merges: &[(u32, u32, u32)]) -> Self {
-        let cap = (merges.len() * 2).next_power_of_two().max(16);
+        assert!(merges.len() <= MAX_MERGES);
+        // At most ~60% full.
+        let cap = (merges.len() * 5 / 3 + 1).next_power_of_two().max(16);
         let mut t = MergeTable {
-            entries: HugeSlice::filled(
-                cap,
-                Entry {
-                    key: EMPTY,
-                    rank: u32::MAX,
-                    id: NO_ID,
-                },
-            ),
+            entries: HugeSlice::filled(cap, EMPTY),
             mask: cap - 1,
+            rank_to_id: merges.iter().map(|m| m.2).collect(),
+            id_offset: None,
         };
-        for (rank, &(a, b, m)) in merges.iter().enumerate() {
+        if let Some(first) = merges.first() {
+            let c = first.2;
+            if merges
+                .iter()
+                .enumerate()
+                .all(|(r, m)| m.2.checked_sub(r as u32) == Some(c))
+            {
+                t.id_offset = Some(c);
+            }
+        }
+        for (rank, &(a, b, _)) in merges.iter().enumerate() {
+            assert!(a <= MAX_ID && b <= MAX_ID);
             let k = pair_key(a, b);
             let mut i = hash64(k) & t.mask;
             loop {
-                let e = &mut t.entries[i];
-                if e.key == EMPTY {
-                    *e = Entry {
-                        key: k,
-                        rank: rank as u32,
-                        id: m,
-                    };
+                let e = t.entries[i];
+                if e == EMPTY {
+                    t.entries[i] = (k << RANK_BITS) | rank as u64;
                     break;
                 }
-                if e.key == k {
+                if e >> RANK_BITS == k {
                     // A repeated merge keeps its first (lowest) rank, as HF does.
                     break;
                 }
@@ -73,21 +87,37 @@ impl MergeTable {
         t
     }
 
-    /// (rank, merged id) of the pair, or None.
+    /// Rank of the pair, or `NO_RANK`.
     #[inline(always)]
-    pub fn get(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+    pub fn rank(&self, a: u32, b: u32) -> u32 {
         let k = pair_key(a, b);
         let mut i = hash64(k) & self.mask;
         loop {
             let e = self.entries[i];
-            if e.key == k {
-                return Some((e.rank, e.id));
+            if e >> RANK_BITS == k {
+                return (e & ((1 << RANK_BITS) - 1)) as u32;
             }
-            if e.key == EMPTY {
-                return None;
+            if e == EMPTY {
+                return NO_RANK;
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// Id the merge of rank `rank` produces.
+    #[inline(always)]
+    pub fn merged(&self, rank: u32) -> u32 {
+        match self.id_offset {
+            Some(c) => rank + c,
+            None => self.rank_to_id[rank as usize],
+        }
+    }
+
+    /// (rank, merged id) of the pair, or None.
+    #[inline(always)]
+    pub fn get(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+        let r = self.rank(a, b);
+        (r != NO_RANK).then(|| (r, self.merged(r)))
     }
 }
 
@@ -99,9 +129,25 @@ const LINEAR_MAX: usize = 128;
 pub struct Bpe {
     pub byte_ids: [u32; 256],
     pub merges: MergeTable,
+    /// Rank of merging the tokens of bytes (x, y), at `x << 8 | y`, when every byte has a
+    /// token: the first round of every piece's merge needs no hashing.
+    byte_pair_rank: Option<Box<[u32]>>,
 }
 
 impl Bpe {
+    pub fn new(byte_ids: [u32; 256], merges: MergeTable) -> Self {
+        let byte_pair_rank = byte_ids.iter().all(|&i| i != NO_ID).then(|| {
+            (0..1usize << 16)
+                .map(|xy| merges.rank(byte_ids[xy >> 8], byte_ids[xy & 255]))
+                .collect()
+        });
+        Bpe {
+            byte_ids,
+            merges,
+            byte_pair_rank,
+        }
+    }
+
     /// Appends the ids of one piece (raw bytes) to `out`. Bytes without a token are dropped,
     /// as HF does for a BPE without `unk_token`; with `unk`, they become `unk`.
     #[inline]
@@ -115,6 +161,18 @@ impl Bpe {
             }
             return;
         }
+        if piece.len() <= LINEAR_MAX {
+            if let Some(grid) = &self.byte_pair_rank {
+                let mut ranks = [NO_RANK; LINEAR_MAX];
+                for (i, w) in piece.windows(2).enumerate() {
+                    ranks[i] = grid[(w[0] as usize) << 8 | w[1] as usize];
+                }
+                let start = out.len();
+                out.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
+                self.merge_linear(out, start, ranks);
+                return;
+            }
+        }
         let start = out.len();
         for &b in piece {
             let id = self.byte_ids[b as usize];
@@ -124,53 +182,49 @@ impl Bpe {
                 out.push(u);
             }
         }
-        if out.len() - start > LINEAR_MAX {
+        let n = out.len() - start;
+        if n > LINEAR_MAX {
             let merged = self.merge_heap(&out[start..]);
             out.truncate(start);
             out.extend_from_slice(&merged);
-        } else {
-            self.merge_linear(out, start);
+        } else if n >= 2 {
+            let mut ranks = [NO_RANK; LINEAR_MAX];
+            for i in 0..n - 1 {
+                ranks[i] = self.merges.rank(out[start + i], out[start + i + 1]);
+            }
+            self.merge_linear(out, start, ranks);
         }
     }
 
-    /// Merges `v[start..]` in place by repeatedly applying the lowest-ranked, leftmost pair.
+    /// Merges `v[start..]` (at least two symbols) in place by repeatedly applying the
+    /// lowest-ranked, leftmost pair; `ranks[i]` is the rank of the pair at `i`.
     #[inline]
-    fn merge_linear(&self, v: &mut Vec<u32>, start: usize) {
-        let n = v.len() - start;
-        if n < 2 {
-            return;
-        }
-        // (rank, merged id) of the pair starting at each symbol: a merge needs no second lookup.
-        const NONE: (u32, u32) = (u32::MAX, NO_ID);
-        let mut pairs = [NONE; LINEAR_MAX];
+    fn merge_linear(&self, v: &mut Vec<u32>, start: usize, mut ranks: [u32; LINEAR_MAX]) {
         let sym = &mut v[start..];
-        let mut len = n;
-        for i in 0..len - 1 {
-            pairs[i] = self.merges.get(sym[i], sym[i + 1]).unwrap_or(NONE);
-        }
+        let mut len = sym.len();
         loop {
-            let mut best = u32::MAX;
+            let mut best = NO_RANK;
             let mut at = 0;
-            for (i, &(r, _)) in pairs[..len - 1].iter().enumerate() {
+            for (i, &r) in ranks[..len - 1].iter().enumerate() {
                 if r < best {
                     best = r;
                     at = i;
                 }
             }
-            if best == u32::MAX {
+            if best == NO_RANK {
                 break;
             }
-            sym[at] = pairs[at].1;
+            sym[at] = self.merges.merged(best);
             sym.copy_within(at + 2..len, at + 1);
             if at + 2 < len {
-                pairs.copy_within(at + 2..len - 1, at + 1);
+                ranks.copy_within(at + 2..len - 1, at + 1);
             }
             len -= 1;
             if at + 1 < len {
-                pairs[at] = self.merges.get(sym[at], sym[at + 1]).unwrap_or(NONE);
+                ranks[at] = self.merges.rank(sym[at], sym[at + 1]);
             }
             if at > 0 {
-                pairs[at - 1] = self.merges.get(sym[at - 1], sym[at]).unwrap_or(NONE);
+                ranks[at - 1] = self.merges.rank(sym[at - 1], sym[at]);
             }
             if len == 1 {
                 break;
@@ -232,10 +286,10 @@ mod tests {
         byte_ids[b'a' as usize] = 0;
         byte_ids[b'b' as usize] = 1;
         byte_ids[b'c' as usize] = 2;
-        Bpe {
+        Bpe::new(
             byte_ids,
-            merges: MergeTable::new(&[(0, 1, 3), (1, 2, 4), (3, 2, 5), (0, 0, 6)]),
-        }
+            MergeTable::new(&[(0, 1, 3), (1, 2, 4), (3, 2, 5), (0, 0, 6)]),
+        )
     }
 
     #[test]
@@ -272,9 +326,9 @@ mod tests {
                 .collect();
             let ids: Vec<u32> = text.iter().map(|&b| bpe.byte_ids[b as usize]).collect();
             let heap = bpe.merge_heap(&ids);
-            let mut lin = ids.clone();
             if len <= LINEAR_MAX {
-                bpe.merge_linear(&mut lin, 0);
+                let mut lin = Vec::new();
+                bpe.encode_piece(&text, None, &mut lin);
                 assert_eq!(heap, lin, "len {len}");
             }
             // "aaaa..." pairs left to right

@@ -110,7 +110,7 @@ pub struct PieceCache {
 /// A short piece packed for the table.
 #[derive(Clone, Copy)]
 pub struct ShortKey {
-    k0: u64,
+    pub k0: u64,
     k1: u64,
     len: u32,
     hash: u64,
@@ -128,11 +128,6 @@ fn low_bytes(w: u64, n: usize) -> u64 {
 }
 
 impl ShortKey {
-    #[inline(always)]
-    pub fn len(&self) -> usize {
-        self.len as usize
-    }
-
     /// A key no piece has (length 0).
     pub const EMPTY: ShortKey = ShortKey {
         k0: 0,
@@ -198,6 +193,7 @@ impl VocabTable {
             .clone()
             .filter(|(b, _)| (2..=SHORT).contains(&b.len()))
             .count();
+        // At most half full: a miss (a piece BPE splits) ends after about two probes.
         let cap = (n * 2).next_power_of_two().max(16);
         let mut t = VocabTable {
             slots: HugeSlice::filled(cap, VocabSlot::default()),

@@ -453,9 +453,18 @@ impl Tokenizer {
         for (tok, id) in vocab {
             let id = id
                 .as_u64()
-                .filter(|&x| x < NO_ID as u64)
-                .ok_or_else(|| field_err(source, format!("vocab[{tok:?}] is not a valid id")))?
-                as usize;
+                .ok_or_else(|| field_err(source, format!("vocab[{tok:?}] is not a valid id")))?;
+            if id > crate::bpe::MAX_ID as u64 {
+                return Err(Error::tokenizer(
+                    codes::DUPLICATE_ID,
+                    format!(
+                        "{source}: vocab[{tok:?}] has id {id}, above the largest id aprx \
+                         supports ({})",
+                        crate::bpe::MAX_ID
+                    ),
+                ));
+            }
+            let id = id as usize;
             if id >= id_to_str.len() {
                 id_to_str.resize(id + 1, None);
             }
@@ -579,10 +588,17 @@ impl Tokenizer {
                 })
             })
             .collect();
-        let bpe = Bpe {
-            byte_ids,
-            merges: MergeTable::new(&merges),
-        };
+        if merges.len() > crate::bpe::MAX_MERGES {
+            return Err(Error::tokenizer(
+                codes::DUPLICATE_ID,
+                format!(
+                    "{source}: {} merges, more than the {} aprx supports",
+                    merges.len(),
+                    crate::bpe::MAX_MERGES
+                ),
+            ));
+        }
+        let bpe = Bpe::new(byte_ids, MergeTable::new(&merges));
         // Whole-piece lookup: with `ignore_merges` it is the defined behaviour for every
         // entry; otherwise it is used only for tokens that BPE over their own bytes yields as
         // one token (checked here, once), so the shortcut never changes a result.
@@ -950,17 +966,44 @@ impl Tokenizer {
 }
 
 /// Applies `normalizer` (NFC skipped for ASCII and quick-check-clean text).
-pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
+/// Whether `s` passes the NFC quick check. Every code point below U+0300 is NFC-stable with
+/// combining class 0 (their UTF-8 lead bytes are below 0xCC), and such a char resets the
+/// check's state, so only the runs of non-ASCII chars that contain a lead byte of 0xCC or more
+/// need checking; ASCII is skipped eight bytes at a time.
+fn nfc_quick_yes(s: &str) -> bool {
     use unicode_normalization::{is_nfc_quick, IsNormalized};
+    let b = s.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        if i + 8 <= n {
+            let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+            if w & 0x8080_8080_8080_8080 == 0 {
+                i += 8;
+                continue;
+            }
+        }
+        if b[i] < 0xCC {
+            i += 1;
+            continue;
+        }
+        // `i` is a lead byte (continuation bytes are below 0xC0): check up to the next ASCII.
+        let end = b[i..].iter().position(|&x| x < 0x80).map_or(n, |k| i + k);
+        if is_nfc_quick(s[i..end].chars()) != IsNormalized::Yes {
+            return false;
+        }
+        i = end;
+    }
+    true
+}
+
+pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
     match normalizer {
         Normalizer::None => Cow::Borrowed(s),
         Normalizer::Nfc => {
             // Quick-check "Yes" under our newer tables implies HF's older NFC leaves the text
             // alone too (its combining classes and compositions are a subset of ours).
-            // Every code point below U+0300 is NFC-stable with combining class 0, and their
-            // UTF-8 lead bytes are below 0xCC: the quick check starts at the first one above.
-            let first = s.as_bytes().iter().position(|&b| b >= 0xCC);
-            if first.is_none_or(|i| is_nfc_quick(s[i..].chars()) == IsNormalized::Yes) {
+            if nfc_quick_yes(s) {
                 Cow::Borrowed(s)
             } else {
                 Cow::Owned(nfc_as_hf(s))
@@ -1184,6 +1227,35 @@ mod tests {
         assert_eq!(t.encode("o\u{308}z", true).unwrap(), [301]);
         assert_ne!(t.encode("\u{f6}z", true).unwrap(), [301]);
         assert_eq!(t.decode(&[300], false).unwrap(), "e\u{301}x");
+    }
+
+    #[test]
+    fn segmented_nfc_quick_check_equals_the_whole_text_check() {
+        use unicode_normalization::{is_nfc_quick, IsNormalized};
+        let samples = [
+            "plain ascii text, long enough to take the eight-byte path",
+            "caf\u{e9} \u{a9} na\u{ef}ve",
+            "e\u{301} after ascii",
+            "\u{e9}\u{301} after a precomposed char",
+            "\u{5d0}\u{5b8}\u{5b7} hebrew points \u{316}\u{301}\u{316}",
+            "\u{1100}\u{1161} hangul jamo, \u{ac00} syllable",
+            "\u{4e2d}\u{6587} cjk \u{1f642} emoji \u{212b} angstrom sign",
+            "x = '\u{e9}' # \u{301}\u{302}",
+            "\u{300}",
+        ];
+        for s in samples {
+            for cut in 0..s.len() {
+                if !s.is_char_boundary(cut) {
+                    continue;
+                }
+                let t = &s[cut..];
+                assert_eq!(
+                    nfc_quick_yes(t),
+                    is_nfc_quick(t.chars()) == IsNormalized::Yes,
+                    "{t:?}"
+                );
+            }
+        }
     }
 
     #[test]
