@@ -24,9 +24,11 @@ pub const SHARDS_SCHEMA: &str = "aprx.shards/1";
 const PROGRESS: &str = "progress.json";
 const MANIFEST: &str = "manifest.json";
 /// Text per parallel batch; bounds memory together with the channel depth.
-const BATCH_BYTES: usize = 8 << 20;
-const BATCH_RECORDS: usize = 8192;
-const CHANNEL_DEPTH: usize = 2;
+const BATCH_BYTES: usize = 2 << 20;
+const BATCH_RECORDS: usize = 2048;
+const CHANNEL_DEPTH: usize = 4;
+/// The encoder's result for each item of a batch (None for non-records).
+type Encoded = Vec<Option<std::result::Result<Vec<u32>, Reject>>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -548,41 +550,14 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             }
             r
         });
-        let run = (|| -> Result<()> {
-            for batch in rx.iter() {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::interrupted());
-                }
-                let encoded: Vec<Option<std::result::Result<Vec<u32>, Reject>>> =
-                    pool.install(|| {
-                        batch
-                            .par_iter()
-                            .with_min_len(8)
-                            .map(|item| match item {
-                                Item::Record(Record {
-                                    invalid: Some(rej), ..
-                                }) => Some(Err(rej.clone())),
-                                Item::Record(r) => Some(
-                                    corpus::parse_record(
-                                        &r.data,
-                                        files[r.file as usize].kind,
-                                        &opts.content_field,
-                                    )
-                                    .and_then(|text| {
-                                        let mut out = Vec::with_capacity(text.len() / 3 + 1);
-                                        tok.encode_ordinary_with(&text, normalizer, &mut out)
-                                            .map_err(|e| Reject {
-                                                code: e.code,
-                                                reason: e.message,
-                                                line: None,
-                                            })?;
-                                        Ok(out)
-                                    }),
-                                ),
-                                _ => None,
-                            })
-                            .collect()
-                    });
+        // Encoding and writing overlap: a writer thread appends batch k to the shards while
+        // the pool encodes batch k + 1.
+        let (etx, erx) = std::sync::mpsc::sync_channel::<(Vec<Item>, Encoded)>(1);
+        let wref = &mut w;
+        let writer = scope.spawn(move || -> Result<()> {
+            let w = wref;
+            let files = files_ref;
+            for (batch, encoded) in erx.iter() {
                 for (item, enc) in batch.iter().zip(encoded) {
                     match item {
                         Item::Record(r) => {
@@ -638,7 +613,51 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                 w.report(false);
             }
             Ok(())
+        });
+        let run = (|| -> Result<()> {
+            for batch in rx.iter() {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::interrupted());
+                }
+                let encoded: Encoded = pool.install(|| {
+                    batch
+                        .par_iter()
+                        .with_min_len(8)
+                        .map(|item| match item {
+                            Item::Record(Record {
+                                invalid: Some(rej), ..
+                            }) => Some(Err(rej.clone())),
+                            Item::Record(r) => Some(
+                                corpus::parse_record(
+                                    &r.data,
+                                    files[r.file as usize].kind,
+                                    &opts.content_field,
+                                )
+                                .and_then(|text| {
+                                    let mut out = Vec::with_capacity(text.len() / 3 + 1);
+                                    tok.encode_ordinary_with(&text, normalizer, &mut out)
+                                        .map_err(|e| Reject {
+                                            code: e.code,
+                                            reason: e.message,
+                                            line: None,
+                                        })?;
+                                    Ok(out)
+                                }),
+                            ),
+                            _ => None,
+                        })
+                        .collect()
+                });
+                if etx.send((batch, encoded)).is_err() {
+                    // The writer stopped on an error, which its join reports.
+                    break;
+                }
+            }
+            Ok(())
         })();
+        drop(etx);
+        let wrote = writer.join().expect("writer thread");
+        let run = run.and(wrote);
         if run.is_err() {
             stop.store(true, Ordering::Relaxed);
             drop(rx);

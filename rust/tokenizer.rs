@@ -712,10 +712,25 @@ impl Tokenizer {
         }
     }
 
+    /// Encodes `text` into a new vector of exactly its length. The ids are first written to
+    /// a per-thread buffer that is reused across calls, so a batch of results costs one
+    /// exact-size allocation each and no regrowth.
     pub fn encode(&self, text: &str, allow_added: bool) -> Result<Vec<u32>> {
-        let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        self.encode_into(text, allow_added, &mut out)?;
-        Ok(out)
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            let r = self
+                .encode_into(text, allow_added, &mut s)
+                .map(|()| s.to_vec());
+            if s.capacity() > 1 << 24 {
+                // Do not keep a huge buffer alive after one huge text.
+                *s = Vec::new();
+            }
+            r
+        })
     }
 
     fn encode_segment(&self, seg: &str, allow_added: bool, out: &mut Vec<u32>) -> Result<()> {
