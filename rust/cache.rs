@@ -116,17 +116,6 @@ pub struct ShortKey {
     hash: u64,
 }
 
-#[inline(always)]
-fn low_bytes(w: u64, n: usize) -> u64 {
-    if n >= 8 {
-        w
-    } else if n == 0 {
-        0
-    } else {
-        w & (u64::MAX >> (64 - 8 * n))
-    }
-}
-
 impl ShortKey {
     /// A key no piece has (length 0).
     pub const EMPTY: ShortKey = ShortKey {
@@ -136,28 +125,21 @@ impl ShortKey {
         hash: 0,
     };
 
-    /// Packs `text[start..start + len]` (`1 <= len <= SHORT`).
+    /// Packs `text[start..start + len]` (`1 <= len <= SHORT`): one 16-byte load and a mask,
+    /// no branch on the length.
     #[inline(always)]
     pub fn new(text: &[u8], start: usize, len: usize) -> Self {
         debug_assert!((1..=SHORT).contains(&len));
-        let (w0, w1) = if start + 16 <= text.len() {
-            (
-                u64::from_le_bytes(text[start..start + 8].try_into().unwrap()),
-                u64::from_le_bytes(text[start + 8..start + 16].try_into().unwrap()),
-            )
-        } else {
-            let mut buf = [0u8; 16];
-            buf[..len].copy_from_slice(&text[start..start + len]);
-            (
-                u64::from_le_bytes(buf[..8].try_into().unwrap()),
-                u64::from_le_bytes(buf[8..].try_into().unwrap()),
-            )
+        let w = match text.get(start..start + 16) {
+            Some(b) => u128::from_le_bytes(b.try_into().unwrap()),
+            None => {
+                let mut buf = [0u8; 16];
+                buf[..len].copy_from_slice(&text[start..start + len]);
+                u128::from_le_bytes(buf)
+            }
         };
-        Self::from_words(
-            low_bytes(w0, len),
-            if len > 8 { low_bytes(w1, len - 8) } else { 0 },
-            len as u32,
-        )
+        let w = w & (u128::MAX >> (128 - 8 * len));
+        Self::from_words(w as u64, (w >> 64) as u64, len as u32)
     }
 
     #[inline(always)]

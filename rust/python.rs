@@ -166,8 +166,7 @@ impl PyTokenizer {
     ) -> PyResult<FlatIds<'py>> {
         let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
         let pool = parallel::pool(num_threads);
-        let mut flat: Vec<u32> = Vec::new();
-        let mut offsets: Vec<u64> = vec![0];
+        let mut parts: Vec<Vec<u32>> = Vec::with_capacity(strs.len());
         for range in chunks(&strs) {
             let part = &strs[range];
             let tok = &self.inner;
@@ -179,12 +178,31 @@ impl PyTokenizer {
                         .collect::<crate::Result<Vec<Vec<u32>>>>()
                 })
             });
-            for v in ids.map_err(|e| to_py(py, e))? {
-                flat.extend_from_slice(&v);
-                offsets.push(flat.len() as u64);
-            }
+            parts.extend(ids.map_err(|e| to_py(py, e))?);
             py.check_signals()?;
         }
+        // One exact allocation, filled in parallel (no serial regrowth of a 100 MB buffer).
+        let mut offsets: Vec<u64> = Vec::with_capacity(parts.len() + 1);
+        offsets.push(0);
+        for p in &parts {
+            offsets.push(offsets.last().unwrap() + p.len() as u64);
+        }
+        let mut flat = vec![0u32; *offsets.last().unwrap() as usize];
+        py.detach(|| {
+            let mut dest: Vec<&mut [u32]> = Vec::with_capacity(parts.len());
+            let mut rest = &mut flat[..];
+            for p in &parts {
+                let (a, b) = rest.split_at_mut(p.len());
+                dest.push(a);
+                rest = b;
+            }
+            pool.install(|| {
+                dest.into_par_iter()
+                    .zip(parts.par_iter())
+                    .with_min_len(16)
+                    .for_each(|(d, s)| d.copy_from_slice(s))
+            });
+        });
         Ok((flat.into_pyarray(py), offsets.into_pyarray(py)))
     }
 

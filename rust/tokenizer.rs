@@ -1201,6 +1201,12 @@ mod tests {
         );
 
         let mut v = small_json();
+        v["model"]["vocab"]["far"] = json!(3_000_000);
+        let e = Tokenizer::from_value(&v, "x").err().unwrap();
+        assert_eq!(e.code, codes::DUPLICATE_ID);
+        assert!(e.message.contains("3000000"), "{}", e.message);
+
+        let mut v = small_json();
         v["normalizer"] = json!({"type": "Lowercase"});
         let e = Tokenizer::from_value(&v, "x").err().unwrap();
         assert_eq!(e.code, codes::UNSUPPORTED);
