@@ -388,3 +388,19 @@ def test_cli_pretrain_exit_codes(env, capsys):
     args = p.parse_args(["pretrain", *bad, "--output", str(tmp / "c3"), "--steps", "2"])
     assert args.func(args) == 2
     assert "APRX-P301" in capsys.readouterr().err
+
+
+def test_compiled_layers_train_like_eager(env):
+    """``--compile`` (torch.compile of each decoder layer; inductor's C++ backend on CPU) gives
+    the eager loss curve, to float tolerance."""
+    tmp, base = env
+    runs = {}
+    for compile_ in (False, True):
+        out = tmp / f"run-{compile_}"
+        train(output=str(out), steps=6, val_interval=3, compile=compile_, **base)
+        runs[compile_] = read_metrics(out / "metrics.jsonl")
+    eager, compiled = runs[False], runs[True]
+    assert [r["step"] for r in compiled] == [r["step"] for r in eager]
+    for a, b in zip(eager, compiled):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-4)
+    assert compiled[-1]["val_loss"] == pytest.approx(eager[-1]["val_loss"], rel=1e-4, abs=1e-4)
