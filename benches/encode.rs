@@ -1,6 +1,6 @@
-//! Criterion benches for the Rust core: pre-tokenizer scan and full encode over the
-//! interpreter's standard library sources, with a small synthetic tokenizer when no real
-//! vocabulary is cached (set APRX_BENCH_TOKENIZER to a tokenizer.json for real numbers).
+//! Criterion benches for the Rust core over the interpreter's standard library sources: the
+//! Qwen2 pre-tokenizer scan always; full encoding, warm (cache filled) and cold (a fresh thread
+//! per iteration), when APRX_BENCH_TOKENIZER names a tokenizer.json.
 
 use aprx::pretok::{PreTokenizer, QWEN2_PATTERN};
 use aprx::Tokenizer;
@@ -62,6 +62,16 @@ fn benches(c: &mut Criterion) {
         let tok = Tokenizer::from_path(Path::new(&path)).expect("tokenizer");
         g.bench_function("encode_ordinary_warm", |b| {
             b.iter(|| tok.encode(&text, false).unwrap().len())
+        });
+        // Each iteration on a fresh thread: an empty piece cache, as for a corpus seen once.
+        g.bench_function("encode_ordinary_cold", |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    s.spawn(|| tok.encode(&text, false).unwrap().len())
+                        .join()
+                        .unwrap()
+                })
+            })
         });
     }
     g.finish();
