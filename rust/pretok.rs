@@ -370,41 +370,30 @@ fn run_end(s: &[u8], mut i: usize, want: Class) -> usize {
     i
 }
 
-/// End of the run of letters starting at `i`: 16 ASCII bytes at a time, the general loop from
-/// the first non-ASCII byte on.
+/// End of the run of `class` chars starting at `i`, 16 ASCII bytes at a time (`mask` marks the
+/// class's ASCII bytes), then the general loop from the first non-ASCII byte on.
 #[inline(always)]
-fn letters_end(s: &[u8], mut i: usize) -> usize {
+fn simd_run_end(s: &[u8], mut i: usize, class: Class, mask: fn(&[u8; 16]) -> u32) -> usize {
     while let Some(chunk) = s.get(i..i + 16) {
-        let m = crate::simd::ascii_letters(chunk.try_into().unwrap());
-        let run = (!m).trailing_zeros() as usize;
+        let run = (!mask(chunk.try_into().unwrap())).trailing_zeros() as usize;
         i += run;
         if run < 16 {
-            return if s[i] < 0x80 {
-                i
-            } else {
-                run_end(s, i, Class::Letter)
-            };
+            return if s[i] < 0x80 { i } else { run_end(s, i, class) };
         }
     }
-    run_end(s, i, Class::Letter)
+    run_end(s, i, class)
 }
 
-/// End of the run of "other" chars (`[^\s\p{L}\p{N}]`) starting at `i`, as `letters_end`.
+/// End of the run of letters starting at `i`.
 #[inline(always)]
-fn others_end(s: &[u8], mut i: usize) -> usize {
-    while let Some(chunk) = s.get(i..i + 16) {
-        let m = crate::simd::ascii_others(chunk.try_into().unwrap());
-        let run = (!m).trailing_zeros() as usize;
-        i += run;
-        if run < 16 {
-            return if s[i] < 0x80 {
-                i
-            } else {
-                run_end(s, i, Class::Other)
-            };
-        }
-    }
-    run_end(s, i, Class::Other)
+fn letters_end(s: &[u8], i: usize) -> usize {
+    simd_run_end(s, i, Class::Letter, crate::simd::ascii_letters)
+}
+
+/// End of the run of "other" chars (`[^\s\p{L}\p{N}]`) starting at `i`.
+#[inline(always)]
+fn others_end(s: &[u8], i: usize) -> usize {
+    simd_run_end(s, i, Class::Other, crate::simd::ascii_others)
 }
 
 #[inline(always)]
