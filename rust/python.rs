@@ -57,6 +57,9 @@ enum IdsArg<'py> {
 const CHUNK_BYTES: usize = 32 << 20;
 
 /// Splits `texts` into consecutive ranges of about CHUNK_BYTES of text.
+/// Texts longer than this are cut and encoded in parallel by `encode` / `encode_ordinary`.
+const PARALLEL_TEXT_BYTES: usize = 4 << 20;
+
 fn chunks(texts: &[&str]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
@@ -316,7 +319,11 @@ impl PyTokenizer {
         allow_added: bool,
     ) -> PyResult<Bound<'py, PyArray1<u32>>> {
         let s = text_of(text)?;
-        let ids = if s.len() > 4096 {
+        let ids = if s.len() > PARALLEL_TEXT_BYTES {
+            // One long text: cut at safe line breaks and encode the parts in parallel.
+            let pool = parallel::pool(None);
+            py.detach(|| self.inner.encode_parallel(s, allow_added, &pool))
+        } else if s.len() > 4096 {
             py.detach(|| self.inner.encode(s, allow_added))
         } else {
             self.inner.encode(s, allow_added)

@@ -733,6 +733,68 @@ impl Tokenizer {
         })
     }
 
+    /// Where one long text may be cut so that its parts encode independently to the same ids:
+    /// right after a CR or LF whose next byte is ASCII and not whitespace. Every built-in
+    /// scanner ends a piece there, NFC never composes across it (an ASCII char starts a new
+    /// composition), and no added token can span it when none contains CR/LF. `None` when the
+    /// tokenizer does not qualify (a general-regex pre-tokenizer, `add_prefix_space`, or added
+    /// tokens with line breaks when they are matched). Cuts are about `part` bytes apart.
+    pub fn cut_points(&self, text: &str, allow_added: bool, part: usize) -> Option<Vec<usize>> {
+        let breaks_in_added = self
+            .info
+            .added_tokens
+            .iter()
+            .any(|t| t.content.contains(['\r', '\n']));
+        if !self.pretok.is_fast() || self.add_prefix_space || (allow_added && breaks_in_added) {
+            return None;
+        }
+        let b = text.as_bytes();
+        let mut cuts = Vec::new();
+        let mut from = part.max(1);
+        while from < b.len() {
+            let found = b[from..]
+                .windows(2)
+                .position(|w| (w[0] == b'\n' || w[0] == b'\r') && w[1].is_ascii_graphic());
+            match found {
+                Some(k) => {
+                    let cut = from + k + 1;
+                    cuts.push(cut);
+                    from = cut + part;
+                }
+                None => break,
+            }
+        }
+        Some(cuts)
+    }
+
+    /// `encode`, with one long text cut (see `cut_points`) and its parts encoded in parallel
+    /// on `pool`; the same ids as `encode`.
+    pub fn encode_parallel(
+        &self,
+        text: &str,
+        allow_added: bool,
+        pool: &rayon::ThreadPool,
+    ) -> Result<Vec<u32>> {
+        use rayon::prelude::*;
+        const PART: usize = 1 << 20;
+        let threads = pool.current_num_threads();
+        let cuts = match self.cut_points(text, allow_added, PART.max(text.len() / (threads * 4))) {
+            Some(c) if threads > 1 && !c.is_empty() => c,
+            _ => return self.encode(text, allow_added),
+        };
+        let bounds: Vec<(usize, usize)> = std::iter::once(0)
+            .chain(cuts.iter().copied())
+            .zip(cuts.iter().copied().chain(std::iter::once(text.len())))
+            .collect();
+        let parts = pool.install(|| {
+            bounds
+                .par_iter()
+                .map(|&(a, z)| self.encode(&text[a..z], allow_added))
+                .collect::<Result<Vec<Vec<u32>>>>()
+        })?;
+        Ok(parts.concat())
+    }
+
     fn encode_segment(&self, seg: &str, allow_added: bool, out: &mut Vec<u32>) -> Result<()> {
         if seg.is_empty() {
             return Ok(());
@@ -1248,6 +1310,38 @@ mod tests {
         assert_eq!(t.encode("o\u{308}z", true).unwrap(), [301]);
         assert_ne!(t.encode("\u{f6}z", true).unwrap(), [301]);
         assert_eq!(t.decode(&[300], false).unwrap(), "e\u{301}x");
+    }
+
+    #[test]
+    fn cut_points_split_only_where_parts_encode_alike() {
+        let tok = Tokenizer::from_value(&small_json(), "x").unwrap();
+        let mut text = String::new();
+        for i in 0..3000 {
+            text.push_str(&format!(
+                "def f{i}(x):\n    return x  \r\n\n  \n{i}e\u{301} <|endoftext|>\n"
+            ));
+        }
+        let cuts = tok.cut_points(&text, false, 1000).unwrap();
+        assert!(cuts.len() > 10);
+        for &c in &cuts {
+            let b = text.as_bytes();
+            assert!(matches!(b[c - 1], b'\n' | b'\r') && b[c].is_ascii_graphic());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for allow in [false, true] {
+            let whole = tok.encode(&text, allow).unwrap();
+            assert_eq!(tok.encode_parallel(&text, allow, &pool).unwrap(), whole);
+            let mut cat = Vec::new();
+            let mut last = 0;
+            for &c in cuts.iter().chain(std::iter::once(&text.len())) {
+                cat.extend(tok.encode(&text[last..c], allow).unwrap());
+                last = c;
+            }
+            assert_eq!(cat, whole);
+        }
     }
 
     #[test]

@@ -535,6 +535,28 @@ def test_one_megabyte(name: str, kind: str, request: pytest.FixtureRequest) -> N
     _check_big(name, MEGABYTE[kind])
 
 
+@pytest.mark.parametrize("name", ["qwen2", "llama3"])
+def test_long_text_cut_and_encoded_in_parallel_is_identical(name: str) -> None:
+    """``encode`` / ``encode_ordinary`` cut a text over 4 MB at safe line breaks and encode the
+    parts in parallel; ``encode_batch`` never cuts. Both give the same ids, with and without
+    added tokens, across CRLF, NFC-changing and added-token text at the cuts."""
+    parts: List[str] = []
+    size = 0
+    for t in fx.stdlib_texts():
+        parts.append(t)
+        parts.append("x = 'e\u0301'\r\n<|endoftext|>\n\n\t\n")
+        size += len(t)
+        if size > 5 << 20:
+            break
+    text = "".join(parts)
+    assert len(text.encode()) > 4 << 20
+    tok = _ours(name)
+    for ordinary in (True, False):
+        whole = tok.encode_batch([text], ordinary=ordinary, num_threads=1)[0]
+        cut = tok.encode_ordinary(text) if ordinary else tok.encode(text)
+        assert np.array_equal(cut, whole), (name, ordinary)
+
+
 # --- Decoding, the empty string, surrogates, threads ----------------------------------------
 
 
