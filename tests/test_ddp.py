@@ -21,77 +21,20 @@ if not dist.is_available() or not dist.is_gloo_available():
 
 import aprx  # noqa: E402
 from aprx.errors import TrainingError  # noqa: E402
-from aprx.shards import TokenView, write_shards  # noqa: E402
+from aprx.shards import TokenView  # noqa: E402
 from aprx.train import WindowSampler, train  # noqa: E402
 
-VOCAB = 128
-WORLD = 2
-
-
-# -- small copies of tests/test_train.py's builders -----------------------------------------
-
-
-def make_tokenizer(path: Path, n_ids: int = VOCAB) -> dict:
-    import hashlib
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = {f"t{i}": i for i in range(n_ids - 1)}
-    raw = json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []}}).encode()
-    (path / "tokenizer.json").write_bytes(raw)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    man = {
-        "schema": "aprx.tokenizer/1",
-        "model_type": "BPE",
-        "bpe_vocab_size": n_ids - 1,
-        "merges_count": 0,
-        "added_tokens": [{"id": n_ids - 1, "content": "<|endoftext|>", "special": True}],
-        "include_added_tokens": True,
-        "effective_vocab_size": n_ids,
-        "tokenizer_sha256": hashlib.sha256(raw).hexdigest(),
-    }
-    (path / "manifest.json").write_text(json.dumps(man))
-    return man
-
-
-def make_corpus(path: Path, man: dict, n_docs: int = 120, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    eos = man["effective_vocab_size"] - 1
-    docs = []
-    for _ in range(n_docs):
-        start, stride = int(rng.integers(0, eos)), int(rng.integers(1, 4))
-        n = int(rng.integers(20, 60))
-        docs.append([(start + stride * k) % eos for k in range(n)] + [eos])
-    write_shards(
-        path,
-        docs,
-        tokenizer_sha256=man["tokenizer_sha256"],
-        vocab_size=man["effective_vocab_size"],
-        eos_id=eos,
-        eos_policy="after",
-        shard_tokens=2000,
+try:  # the training tests' tiny tokenizer, corpus and model
+    from test_train import make_corpus, make_tokenizer, model_config, read_metrics
+except ImportError:  # pragma: no cover - run from the repository root as a package
+    from tests.test_train import (  # type: ignore[no-redef]
+        make_corpus,
+        make_tokenizer,
+        model_config,
+        read_metrics,
     )
 
-
-def model_config(path: Path) -> Path:
-    cfg = {
-        "model_type": "qwen2",
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": True,
-    }
-    path.write_text(json.dumps(cfg))
-    return path
-
-
-def read_metrics(path: Path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+WORLD = 2
 
 
 # -- launching ------------------------------------------------------------------------------
