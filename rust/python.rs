@@ -135,25 +135,11 @@ impl PyTokenizer {
         ordinary: bool,
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
-        let pool = parallel::pool(num_threads);
         let out = PyList::empty(py);
-        for range in chunks(&strs) {
-            let part = &strs[range];
-            let tok = &self.inner;
-            let ids = py.detach(|| {
-                pool.install(|| {
-                    part.par_iter()
-                        .with_min_len(4)
-                        .map(|t| tok.encode(t, !ordinary))
-                        .collect::<crate::Result<Vec<Vec<u32>>>>()
-                })
-            });
-            for v in ids.map_err(|e| to_py(py, e))? {
-                out.append(v.into_pyarray(py))?;
-            }
-            py.check_signals()?;
-        }
+        self.encode_chunked(py, &texts, ordinary, num_threads, |ids| {
+            ids.into_iter()
+                .try_for_each(|v| out.append(v.into_pyarray(py)))
+        })?;
         Ok(out)
     }
 
@@ -167,23 +153,12 @@ impl PyTokenizer {
         ordinary: bool,
         num_threads: Option<usize>,
     ) -> PyResult<FlatIds<'py>> {
-        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+        let mut parts: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
+        self.encode_chunked(py, &texts, ordinary, num_threads, |ids| {
+            parts.extend(ids);
+            Ok(())
+        })?;
         let pool = parallel::pool(num_threads);
-        let mut parts: Vec<Vec<u32>> = Vec::with_capacity(strs.len());
-        for range in chunks(&strs) {
-            let part = &strs[range];
-            let tok = &self.inner;
-            let ids = py.detach(|| {
-                pool.install(|| {
-                    part.par_iter()
-                        .with_min_len(4)
-                        .map(|t| tok.encode(t, !ordinary))
-                        .collect::<crate::Result<Vec<Vec<u32>>>>()
-                })
-            });
-            parts.extend(ids.map_err(|e| to_py(py, e))?);
-            py.check_signals()?;
-        }
         // One exact allocation, filled in parallel (no serial regrowth of a 100 MB buffer).
         let mut offsets: Vec<u64> = Vec::with_capacity(parts.len() + 1);
         offsets.push(0);
@@ -312,6 +287,35 @@ impl PyTokenizer {
 }
 
 impl PyTokenizer {
+    /// Encodes `texts` in parallel with the GIL released, a chunk of about `CHUNK_BYTES` at a
+    /// time (Ctrl-C is checked between chunks); hands each chunk's ids, in order, to `sink`.
+    fn encode_chunked<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &[Bound<'py, PyString>],
+        ordinary: bool,
+        num_threads: Option<usize>,
+        mut sink: impl FnMut(Vec<Vec<u32>>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+        let pool = parallel::pool(num_threads);
+        for range in chunks(&strs) {
+            let part = &strs[range];
+            let tok = &self.inner;
+            let ids = py.detach(|| {
+                pool.install(|| {
+                    part.par_iter()
+                        .with_min_len(4)
+                        .map(|t| tok.encode(t, !ordinary))
+                        .collect::<crate::Result<Vec<Vec<u32>>>>()
+                })
+            });
+            sink(ids.map_err(|e| to_py(py, e))?)?;
+            py.check_signals()?;
+        }
+        Ok(())
+    }
+
     fn encode_impl<'py>(
         &self,
         py: Python<'py>,
