@@ -14,6 +14,7 @@ pub struct HugeSlice<T: Copy> {
     len: usize,
     /// The mapping (base, length) when mmap-backed; `None` for the `Vec` fallback.
     map: Option<(*mut u8, usize)>,
+    /// The `Vec` fallback's storage (`ptr` points into it); empty when mmap-backed.
     vec: Vec<T>,
 }
 
@@ -130,7 +131,6 @@ impl<T: Copy> Drop for HugeSlice<T> {
                 libc::munmap(base as *mut libc::c_void, map_len);
             }
         }
-        let _ = &self.vec;
     }
 }
 
