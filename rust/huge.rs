@@ -15,7 +15,7 @@ pub struct HugeSlice<T: Copy> {
     /// The mapping (base, length) when mmap-backed; `None` for the `Vec` fallback.
     map: Option<(*mut u8, usize)>,
     /// The `Vec` fallback's storage (`ptr` points into it); empty when mmap-backed.
-    vec: Vec<T>,
+    _storage: Vec<T>,
 }
 
 // SAFETY: a HugeSlice owns its memory exclusively, like a Vec<T>.
@@ -37,7 +37,7 @@ impl<T: Copy> HugeSlice<T> {
             ptr: vec.as_mut_ptr(),
             len,
             map: None,
-            vec,
+            _storage: vec,
         }
     }
 
@@ -78,7 +78,7 @@ impl<T: Copy> HugeSlice<T> {
             ptr,
             len,
             map: Some((base, map_len)),
-            vec: Vec::new(),
+            _storage: Vec::new(),
         })
     }
 
@@ -113,7 +113,7 @@ impl<T: Copy> Clone for HugeSlice<T> {
                 ptr: vec.as_mut_ptr(),
                 len: 0,
                 map: None,
-                vec,
+                _storage: vec,
             };
         }
         let mut c = HugeSlice::filled(self.len, self[0]);
