@@ -4,7 +4,7 @@ checkpoint (vocab 151936), a 500-step fine-tune and the val_loss verdict.
 
     python examples/qwen_finetune_scenario.py                 # CPU, a small random checkpoint
     python examples/qwen_finetune_scenario.py --init Qwen2.5-Coder-0.5B --device cuda \
-        --tokenizer-json Qwen2.5-Coder-0.5B/tokenizer.json --seq-len 1024 --batch-size 8
+        --tokenizer-json Qwen2.5-Coder-0.5B/tokenizer.json --seq-len 1024 --batch-size 8 --lr 1e-5
 
 Without --tokenizer-json, the Qwen2 vocabulary comes from the tiktoken rank file in the
 `dashscope` wheel (downloaded with pip). Without --init, a small Qwen2-architecture checkpoint
@@ -86,6 +86,12 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="peak learning rate (use ~1e-5 to fine-tune a real checkpoint)",
+    )
     ap.add_argument("--target-val-loss", type=float, default=9.38)
     args = ap.parse_args()
     work = Path(args.work)
@@ -149,7 +155,7 @@ def main() -> int:
         shutil.rmtree(run)
     result = aprx.train.train(
         tokenizer=str(qwen_dir), dataset=str(shards), init=str(init), output=str(run),
-        steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, lr=1e-3,
+        steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
         val_fraction=0.02, val_interval=max(args.steps // 5, 1),
         target_val_loss=args.target_val_loss, device=args.device, preflight_report=report,
     )  # fmt: skip
