@@ -64,6 +64,8 @@ def _child(args: argparse.Namespace) -> None:
         load_weights(model, dict(hf.state_dict()))
         del hf
         model = model.to(device)
+        if args.loss_chunk:
+            model.loss_chunk = args.loss_chunk
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(1)
@@ -143,6 +145,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--loss-chunk", type=int, default=0, help="tokens per loss chunk (0: default)")
     ap.add_argument("--repeats", type=int, default=2, help="round-robin runs per variant")
     args = ap.parse_args()
     if args.variant:

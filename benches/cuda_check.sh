@@ -48,6 +48,6 @@ cp /tmp/scenario/run/report.json "$out/scenario-report.json" 2>/dev/null
 cp /tmp/scenario/run/loss.png "$out/scenario-loss.png" 2>/dev/null
 
 echo "== 3. bench_train on cuda"
-timeout 90 python3 benches/bench_train.py --device cuda --hidden 896 --ffn 4864 --heads 14 \
+timeout 240 python3 benches/bench_train.py --device cuda --hidden 896 --ffn 4864 --heads 14 \
   --kv-heads 2 --layers 4 --seq-len 1024 --batch 8 --steps 6 --threads 8 2>&1 \
   | tee "$out/bench_train.log" | tail -n 12

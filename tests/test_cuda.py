@@ -38,7 +38,7 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(autouse=True)
 def full_fp32_matmuls():
-    """Training turns TF32 on for the process; each test starts from plain fp32."""
+    """Each test starts from plain fp32 matmuls (training turns TF32 on while it runs)."""
     torch.set_float32_matmul_precision("highest")
     yield
     torch.set_float32_matmul_precision("highest")
@@ -69,6 +69,7 @@ def test_cuda_bf16_training_follows_the_cpu_run(env):
     gpu = train(output=str(tmp / "gpu"), device="cuda", **kw)
     assert gpu["device"].startswith("cuda") and gpu["bf16_autocast"] is True
     assert cpu["bf16_autocast"] is False
+    assert torch.get_float32_matmul_precision() == "highest"  # TF32 only while training
     a, b = read_metrics(tmp / "cpu" / "metrics.jsonl"), read_metrics(tmp / "gpu" / "metrics.jsonl")
     # same initial weights and the same first batch: bf16 rounding is the only difference
     assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-2)

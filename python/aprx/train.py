@@ -395,9 +395,11 @@ def train(
     else:
         cfg = dataclasses.replace(train_config, **kwargs) if kwargs else train_config
     ctx = context_from_env(cfg.device)
+    precision = torch.get_float32_matmul_precision()  # CUDA runs use TF32 while training
     try:
         return _train(cfg, ctx, on_step, preflight_report)
     finally:
+        torch.set_float32_matmul_precision(precision)
         ctx.close()
 
 
