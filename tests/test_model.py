@@ -257,3 +257,12 @@ def test_causal_lm_is_causal():
     assert torch.allclose(a[:, :6], b[:, :6], atol=1e-6)
     assert not torch.allclose(a[:, 6:], b[:, 6:])
     assert isinstance(model, CausalLM)
+
+
+def test_default_loss_chunk_per_device():
+    from aprx.model import default_loss_chunk
+
+    v = 151936  # 256 MiB of fp32 logits per chunk on the CPU, 1 GiB on CUDA
+    assert default_loss_chunk(v) == default_loss_chunk(v, device=torch.device("cpu")) == 441
+    assert default_loss_chunk(v, device=torch.device("cuda", 0)) == 1766
+    assert default_loss_chunk(10**9) == 16  # never below 16 tokens

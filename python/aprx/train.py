@@ -468,7 +468,7 @@ def _train(
             model = load_hf_checkpoint(cfg.init, device=device)
         else:
             model = build_model(report.model_config, seed=cfg.seed, device=device)
-        model.loss_chunk = default_loss_chunk(model.config.vocab_size)
+        model.loss_chunk = default_loss_chunk(model.config.vocab_size, device=device)
         model.model.gradient_checkpointing = cfg.grad_checkpointing
         model.train()
         n_params = model.num_parameters()
