@@ -528,133 +528,176 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         let files_ref = &files;
         let field = opts.content_field.as_str();
         let stop_ref = &stop;
-        let reader = scope.spawn(move || {
-            let mut batch = Vec::new();
-            let mut bytes = 0usize;
-            let r = corpus::read_items(files_ref, start_file, skip, field, |item| {
-                if let Item::Record(r) = &item {
-                    bytes += r.data.len();
-                }
-                let flush = matches!(item, Item::FileEnd { .. });
-                batch.push(item);
-                if bytes >= BATCH_BYTES || batch.len() >= BATCH_RECORDS || flush {
-                    bytes = 0;
-                    if tx.send(std::mem::take(&mut batch)).is_err() {
-                        return false;
+        let reader = std::thread::Builder::new()
+            .name("aprx-reader".into())
+            .spawn_scoped(scope, move || {
+                let mut batch = Vec::new();
+                let mut bytes = 0usize;
+                let r = corpus::read_items(files_ref, start_file, skip, field, |item| {
+                    if let Item::Record(r) = &item {
+                        bytes += r.data.len();
                     }
+                    let flush = matches!(item, Item::FileEnd { .. });
+                    batch.push(item);
+                    if bytes >= BATCH_BYTES || batch.len() >= BATCH_RECORDS || flush {
+                        bytes = 0;
+                        if tx.send(std::mem::take(&mut batch)).is_err() {
+                            return false;
+                        }
+                    }
+                    !stop_ref.load(Ordering::Relaxed)
+                });
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
                 }
-                !stop_ref.load(Ordering::Relaxed)
-            });
-            if !batch.is_empty() {
-                let _ = tx.send(batch);
-            }
-            r
-        });
-        // Encoding and writing overlap: a writer thread appends batch k to the shards while
-        // the pool encodes batch k + 1.
-        let (etx, erx) = std::sync::mpsc::sync_channel::<(Vec<Item>, Encoded)>(1);
+                r
+            })
+            .map_err(|e| Error::io(dir, "start its reader thread", &e))?;
+        // Encoding and writing overlap, and so do batches: up to `in_flight` batches are being
+        // encoded or wait to be written at once, so a thread that finishes its part of one
+        // batch starts on the next instead of waiting for the slowest document. The writer
+        // puts them back in order and hands back a permit for each batch it has written.
+        let in_flight = pool.current_num_threads() + 2;
+        let (etx, erx) = std::sync::mpsc::channel::<(usize, Vec<Item>, Encoded)>();
+        let (permit_tx, permit_rx) = std::sync::mpsc::sync_channel::<()>(in_flight);
+        for _ in 0..in_flight {
+            permit_tx
+                .send(())
+                .expect("the permit channel has room for every permit");
+        }
         let wref = &mut w;
-        let writer = scope.spawn(move || -> Result<()> {
-            let w = wref;
-            let files = files_ref;
-            for (batch, encoded) in erx.iter() {
-                for (item, enc) in batch.iter().zip(encoded) {
-                    match item {
-                        Item::Record(r) => {
-                            w.pos_file = r.file as usize;
-                            w.pos_record = r.line - 1;
-                            w.state.current.records = r.line;
-                            w.bytes_done += r.data.len() as u64;
-                            match enc.expect("encoded record") {
-                                Ok(ids) if ids.is_empty() => w.state.current.empty_documents += 1,
-                                Ok(ids) => {
-                                    w.add_doc(&ids)?;
-                                    w.state.current.documents += 1;
-                                }
-                                Err(rej) => {
-                                    let f = &files[r.file as usize];
-                                    let line = rej.line.unwrap_or(r.line);
-                                    if opts.on_error == OnError::Fail {
-                                        return Err(Error::corpus(
-                                            rej.code,
-                                            format!("{}:{line}: {}", f.path.display(), rej.reason),
-                                        ));
+        let writer = std::thread::Builder::new()
+            .name("aprx-writer".into())
+            .spawn_scoped(scope, move || -> Result<()> {
+                let w = wref;
+                let files = files_ref;
+                let mut pending = std::collections::BTreeMap::new();
+                let mut next = 0;
+                let ordered = std::iter::from_fn(|| loop {
+                    if let Some(b) = pending.remove(&next) {
+                        next += 1;
+                        return Some(b);
+                    }
+                    let (seq, batch, encoded) = erx.recv().ok()?;
+                    pending.insert(seq, (batch, encoded));
+                });
+                for (batch, encoded) in ordered {
+                    for (item, enc) in batch.iter().zip(encoded) {
+                        match item {
+                            Item::Record(r) => {
+                                w.pos_file = r.file as usize;
+                                w.pos_record = r.line - 1;
+                                w.state.current.records = r.line;
+                                w.bytes_done += r.data.len() as u64;
+                                match enc.expect("encoded record") {
+                                    Ok(ids) if ids.is_empty() => {
+                                        w.state.current.empty_documents += 1
                                     }
-                                    w.state.current.skipped += 1;
-                                    w.state.skipped.push(Skipped {
-                                        file: f.path.display().to_string(),
-                                        line,
-                                        code: rej.code.to_string(),
-                                        reason: rej.reason,
-                                    });
+                                    Ok(ids) => {
+                                        w.add_doc(&ids)?;
+                                        w.state.current.documents += 1;
+                                    }
+                                    Err(rej) => {
+                                        let f = &files[r.file as usize];
+                                        let line = rej.line.unwrap_or(r.line);
+                                        if opts.on_error == OnError::Fail {
+                                            return Err(Error::corpus(
+                                                rej.code,
+                                                format!(
+                                                    "{}:{line}: {}",
+                                                    f.path.display(),
+                                                    rej.reason
+                                                ),
+                                            ));
+                                        }
+                                        w.state.current.skipped += 1;
+                                        w.state.skipped.push(Skipped {
+                                            file: f.path.display().to_string(),
+                                            line,
+                                            code: rej.code.to_string(),
+                                            reason: rej.reason,
+                                        });
+                                    }
                                 }
                             }
-                        }
-                        Item::Blank { .. } => {
-                            w.state.current.blank_lines += 1;
-                            w.state.current.records += 1;
-                        }
-                        Item::FileEnd {
-                            file,
-                            sha256,
-                            records,
-                        } => {
-                            let f = &files[*file as usize];
-                            w.state.current.path = f.path.display().to_string();
-                            w.state.current.size = f.size;
-                            w.state.current.sha256 = sha256.clone();
-                            w.state.current.records = *records;
-                            w.state.inputs.push(std::mem::take(&mut w.state.current));
-                            w.pos_file = *file as usize + 1;
-                            w.pos_record = 0;
+                            Item::Blank { .. } => {
+                                w.state.current.blank_lines += 1;
+                                w.state.current.records += 1;
+                            }
+                            Item::FileEnd {
+                                file,
+                                sha256,
+                                records,
+                            } => {
+                                let f = &files[*file as usize];
+                                w.state.current.path = f.path.display().to_string();
+                                w.state.current.size = f.size;
+                                w.state.current.sha256 = sha256.clone();
+                                w.state.current.records = *records;
+                                w.state.inputs.push(std::mem::take(&mut w.state.current));
+                                w.pos_file = *file as usize + 1;
+                                w.pos_record = 0;
+                            }
                         }
                     }
+                    w.report(false);
+                    let _ = permit_tx.send(());
                 }
-                w.report(false);
-            }
-            Ok(())
-        });
-        let run = (|| -> Result<()> {
-            for batch in rx.iter() {
+                Ok(())
+            })
+            .map_err(|e| {
+                // Let the reader see the stop and drain what it sends until it does.
+                stop.store(true, Ordering::Relaxed);
+                while rx.recv().is_ok() {}
+                Error::io(dir, "start its writer thread", &e)
+            })?;
+        let encode_batch = |batch: &[Item]| -> Encoded {
+            batch
+                .par_iter()
+                .with_min_len(8)
+                .map(|item| match item {
+                    Item::Record(Record {
+                        invalid: Some(rej), ..
+                    }) => Some(Err(rej.clone())),
+                    Item::Record(r) => Some(
+                        corpus::parse_record(
+                            &r.data,
+                            files[r.file as usize].kind,
+                            &opts.content_field,
+                        )
+                        .and_then(|text| {
+                            let mut out = Vec::with_capacity(text.len() / 3 + 1);
+                            tok.encode_ordinary_with(&text, normalizer, &mut out)
+                                .map_err(|e| Reject {
+                                    code: e.code,
+                                    reason: e.message,
+                                    line: None,
+                                })?;
+                            Ok(out)
+                        }),
+                    ),
+                    _ => None,
+                })
+                .collect()
+        };
+        let run = pool.in_place_scope(|jobs| -> Result<()> {
+            for (seq, batch) in rx.iter().enumerate() {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(Error::interrupted());
                 }
-                let encoded: Encoded = pool.install(|| {
-                    batch
-                        .par_iter()
-                        .with_min_len(8)
-                        .map(|item| match item {
-                            Item::Record(Record {
-                                invalid: Some(rej), ..
-                            }) => Some(Err(rej.clone())),
-                            Item::Record(r) => Some(
-                                corpus::parse_record(
-                                    &r.data,
-                                    files[r.file as usize].kind,
-                                    &opts.content_field,
-                                )
-                                .and_then(|text| {
-                                    let mut out = Vec::with_capacity(text.len() / 3 + 1);
-                                    tok.encode_ordinary_with(&text, normalizer, &mut out)
-                                        .map_err(|e| Reject {
-                                            code: e.code,
-                                            reason: e.message,
-                                            line: None,
-                                        })?;
-                                    Ok(out)
-                                }),
-                            ),
-                            _ => None,
-                        })
-                        .collect()
-                });
-                if etx.send((batch, encoded)).is_err() {
+                if permit_rx.recv().is_err() {
                     // The writer stopped on an error, which its join reports.
                     break;
                 }
+                let etx = etx.clone();
+                let encode_batch = &encode_batch;
+                jobs.spawn(move |_| {
+                    let encoded = encode_batch(&batch);
+                    let _ = etx.send((seq, batch, encoded));
+                });
             }
             Ok(())
-        })();
+        });
         drop(etx);
         let wrote = writer.join().expect("writer thread");
         let run = run.and(wrote);
