@@ -92,18 +92,33 @@ fn main() {
             }
             (n, t.elapsed().as_secs_f64())
         };
+        let faults = minor_faults();
         let (n, s) = if cold {
             std::thread::scope(|sc| sc.spawn(run).join().unwrap())
         } else {
             run()
         };
         eprintln!(
-            "rep {rep}: {} docs {:.1} MB {n} tokens {:.3}s {:.1} MB/s {:.2} M tokens/s",
+            "rep {rep}: {} docs {:.1} MB {n} tokens {:.3}s {:.1} MB/s {:.2} M tokens/s, {} page faults",
             docs.len(),
             bytes as f64 / 1e6,
             s,
             bytes as f64 / s / 1e6,
-            n as f64 / s / 1e6
+            n as f64 / s / 1e6,
+            minor_faults() - faults
         );
     }
+}
+
+/// Minor page faults of the process so far (0 where getrusage is unavailable).
+fn minor_faults() -> i64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we pass.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            return u.ru_minflt;
+        }
+    }
+    0
 }
