@@ -107,6 +107,26 @@ pub struct PieceCache {
     long: HashMap<Box<[u8]>, Ids, FxBuild>,
 }
 
+/// `KEEP_LOW_BYTES[n]`: masks keeping the low `n` bytes of a 16-byte little-endian word, as
+/// its low and high halves (a table load instead of a variable 128-bit shift).
+const KEEP_LOW_BYTES: [(u64, u64); SHORT + 1] = {
+    let mut t = [(0u64, 0u64); SHORT + 1];
+    let mut n = 1;
+    while n <= SHORT {
+        t[n] = if n < 8 {
+            ((1u64 << (8 * n)) - 1, 0)
+        } else if n == 8 {
+            (u64::MAX, 0)
+        } else if n < 16 {
+            (u64::MAX, (1u64 << (8 * (n - 8))) - 1)
+        } else {
+            (u64::MAX, u64::MAX)
+        };
+        n += 1;
+    }
+    t
+};
+
 /// A short piece packed for the table.
 #[derive(Clone, Copy)]
 pub struct ShortKey {
@@ -130,16 +150,28 @@ impl ShortKey {
     #[inline(always)]
     pub fn new(text: &[u8], start: usize, len: usize) -> Self {
         debug_assert!((1..=SHORT).contains(&len));
-        let w = match text.get(start..start + 16) {
-            Some(b) => u128::from_le_bytes(b.try_into().unwrap()),
+        let (lo, hi) = match text.get(start..start + 16) {
+            Some(b) => (
+                u64::from_le_bytes(b[..8].try_into().unwrap()),
+                u64::from_le_bytes(b[8..].try_into().unwrap()),
+            ),
             None => {
                 let mut buf = [0u8; 16];
                 buf[..len].copy_from_slice(&text[start..start + len]);
-                u128::from_le_bytes(buf)
+                (
+                    u64::from_le_bytes(buf[..8].try_into().unwrap()),
+                    u64::from_le_bytes(buf[8..].try_into().unwrap()),
+                )
             }
         };
-        let w = w & (u128::MAX >> (128 - 8 * len));
-        Self::from_words(w as u64, (w >> 64) as u64, len as u32)
+        let (m0, m1) = KEEP_LOW_BYTES[len];
+        Self::from_words(lo & m0, hi & m1, len as u32)
+    }
+
+    /// Whether a slot holding (`k0`, `k1`, `len`) is this key: one branch.
+    #[inline(always)]
+    fn matches(&self, k0: u64, k1: u64, len: u32) -> bool {
+        self.len == len && self.k0 == k0 && self.k1 == k1
     }
 
     #[inline(always)]
@@ -201,8 +233,9 @@ impl VocabTable {
     pub fn get(&self, key: &ShortKey) -> Option<u32> {
         let mut i = (key.hash >> 32) as usize & self.mask;
         loop {
-            let s = &self.slots[i];
-            if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
+            // SAFETY: `i` is masked with `mask` = `slots.len() - 1` (a power of two).
+            let s = unsafe { self.slots.get_unchecked(i) };
+            if key.matches(s.k0, s.k1, s.len) {
                 return Some(s.id);
             }
             if s.len == 0 {
@@ -274,8 +307,9 @@ impl PieceCache {
     pub fn get(&self, key: &ShortKey, out: &mut Vec<u32>) -> bool {
         let mut i = self.index(key.hash);
         loop {
-            let s = &self.slots[i];
-            if s.len == key.len && s.k0 == key.k0 && s.k1 == key.k1 {
+            // SAFETY: `index` and the step below mask with `mask` = `slots.len() - 1`.
+            let s = unsafe { self.slots.get_unchecked(i) };
+            if key.matches(s.k0, s.k1, s.len) {
                 self.emit(s, out);
                 return true;
             }
@@ -389,6 +423,30 @@ pub fn with_cache<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_keys_hold_exactly_the_piece_bytes() {
+        // 0xFF filler after the piece: the masks must keep the piece's bytes and no others.
+        let text: Vec<u8> = (1..=40u8).chain(std::iter::repeat(0xFF).take(16)).collect();
+        for len in 1..=SHORT {
+            for start in [0, 3, 40 - len] {
+                let k = ShortKey::new(&text, start, len);
+                let mut want = [0u8; 16];
+                want[..len].copy_from_slice(&text[start..start + len]);
+                let w = u128::from_le_bytes(want);
+                assert_eq!(
+                    (k.k0, k.k1, k.len),
+                    (w as u64, (w >> 64) as u64, len as u32)
+                );
+            }
+            // a piece at the very end of the text (no 16-byte load possible)
+            let end = &text[..40];
+            let k = ShortKey::new(end, 40 - len, len);
+            let mut want = [0u8; 16];
+            want[..len].copy_from_slice(&end[40 - len..]);
+            assert_eq!(k.k0, u64::from_le_bytes(want[..8].try_into().unwrap()));
+        }
+    }
 
     #[test]
     fn short_keys_distinguish_pieces_and_round_trip() {
