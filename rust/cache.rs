@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn short_keys_hold_exactly_the_piece_bytes() {
         // 0xFF filler after the piece: the masks must keep the piece's bytes and no others.
-        let text: Vec<u8> = (1..=40u8).chain(std::iter::repeat(0xFF).take(16)).collect();
+        let text: Vec<u8> = (1..=40u8).chain(std::iter::repeat_n(0xFF, 16)).collect();
         for len in 1..=SHORT {
             for start in [0, 3, 40 - len] {
                 let k = ShortKey::new(&text, start, len);

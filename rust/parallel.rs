@@ -27,13 +27,13 @@ pub fn default_threads() -> usize {
 }
 
 /// A pool with `threads` threads (default: `default_threads()`), built for this process.
-pub fn pool(threads: Option<usize>) -> Arc<ThreadPool> {
+pub fn pool(threads: Option<usize>) -> crate::Result<Arc<ThreadPool>> {
     let want = threads.filter(|&n| n > 0).unwrap_or_else(default_threads);
     let pid = std::process::id();
     let mut held = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(h) = held.as_ref() {
         if h.pid == pid && h.threads == want {
-            return h.pool.clone();
+            return Ok(h.pool.clone());
         }
     }
     if let Some(old) = held.take() {
@@ -48,12 +48,18 @@ pub fn pool(threads: Option<usize>) -> Arc<ThreadPool> {
             .num_threads(want)
             .thread_name(|i| format!("aprx-{i}"))
             .build()
-            .expect("thread pool"),
+            .map_err(|e| {
+                crate::Error::new(
+                    crate::ErrorKind::Io,
+                    crate::error::codes::IO,
+                    format!("cannot start {want} worker threads: {e}"),
+                )
+            })?,
     );
     *held = Some(Held {
         pid,
         threads: want,
         pool: pool.clone(),
     });
-    pool
+    Ok(pool)
 }

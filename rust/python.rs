@@ -158,7 +158,7 @@ impl PyTokenizer {
             parts.extend(ids);
             Ok(())
         })?;
-        let pool = parallel::pool(num_threads);
+        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
         // One exact allocation, filled in parallel (no serial regrowth of a 100 MB buffer).
         let mut offsets: Vec<u64> = Vec::with_capacity(parts.len() + 1);
         offsets.push(0);
@@ -298,7 +298,7 @@ impl PyTokenizer {
         mut sink: impl FnMut(Vec<Vec<u32>>) -> PyResult<()>,
     ) -> PyResult<()> {
         let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
-        let pool = parallel::pool(num_threads);
+        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
         for range in chunks(&strs) {
             let part = &strs[range];
             let tok = &self.inner;
@@ -325,7 +325,7 @@ impl PyTokenizer {
         let s = text_of(text)?;
         let ids = if s.len() > PARALLEL_TEXT_BYTES {
             // One long text: cut at safe line breaks and encode the parts in parallel.
-            let pool = parallel::pool(None);
+            let pool = parallel::pool(None).map_err(|e| to_py(py, e))?;
             py.detach(|| self.inner.encode_parallel(s, allow_added, &pool))
         } else if s.len() > 4096 {
             py.detach(|| self.inner.encode(s, allow_added))

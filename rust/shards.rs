@@ -520,7 +520,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     };
     w.state.inputs.truncate(start_file);
 
-    let pool = parallel::pool(opts.num_workers);
+    let pool = parallel::pool(opts.num_workers)?;
     let normalizer = opts.normalization.unwrap_or(tok.normalizer());
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(CHANNEL_DEPTH);
     let stop = AtomicBool::new(false);

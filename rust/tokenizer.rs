@@ -613,7 +613,7 @@ impl Tokenizer {
             candidates
         } else {
             use rayon::prelude::*;
-            crate::parallel::pool(None).install(|| {
+            crate::parallel::pool(None)?.install(|| {
                 candidates
                     .into_par_iter()
                     .with_min_len(1024)
