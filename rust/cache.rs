@@ -113,15 +113,8 @@ const KEEP_LOW_BYTES: [(u64, u64); SHORT + 1] = {
     let mut t = [(0u64, 0u64); SHORT + 1];
     let mut n = 1;
     while n <= SHORT {
-        t[n] = if n < 8 {
-            ((1u64 << (8 * n)) - 1, 0)
-        } else if n == 8 {
-            (u64::MAX, 0)
-        } else if n < 16 {
-            (u64::MAX, (1u64 << (8 * (n - 8))) - 1)
-        } else {
-            (u64::MAX, u64::MAX)
-        };
+        let m = u128::MAX >> (128 - 8 * n);
+        t[n] = (m as u64, (m >> 64) as u64);
         n += 1;
     }
     t
@@ -428,23 +421,22 @@ mod tests {
     fn short_keys_hold_exactly_the_piece_bytes() {
         // 0xFF filler after the piece: the masks must keep the piece's bytes and no others.
         let text: Vec<u8> = (1..=40u8).chain(std::iter::repeat_n(0xFF, 16)).collect();
+        let check = |text: &[u8], start: usize, len: usize| {
+            let k = ShortKey::new(text, start, len);
+            let mut want = [0u8; 16];
+            want[..len].copy_from_slice(&text[start..start + len]);
+            let w = u128::from_le_bytes(want);
+            assert_eq!(
+                (k.k0, k.k1, k.len),
+                (w as u64, (w >> 64) as u64, len as u32)
+            );
+        };
         for len in 1..=SHORT {
             for start in [0, 3, 40 - len] {
-                let k = ShortKey::new(&text, start, len);
-                let mut want = [0u8; 16];
-                want[..len].copy_from_slice(&text[start..start + len]);
-                let w = u128::from_le_bytes(want);
-                assert_eq!(
-                    (k.k0, k.k1, k.len),
-                    (w as u64, (w >> 64) as u64, len as u32)
-                );
+                check(&text, start, len);
             }
             // a piece at the very end of the text (no 16-byte load possible)
-            let end = &text[..40];
-            let k = ShortKey::new(end, 40 - len, len);
-            let mut want = [0u8; 16];
-            want[..len].copy_from_slice(&end[40 - len..]);
-            assert_eq!(k.k0, u64::from_le_bytes(want[..8].try_into().unwrap()));
+            check(&text[..40], 40 - len, len);
         }
     }
 

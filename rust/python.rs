@@ -56,10 +56,10 @@ enum IdsArg<'py> {
 /// Texts per GIL-released chunk of a batch: Ctrl-C is checked between chunks.
 const CHUNK_BYTES: usize = 32 << 20;
 
-/// Splits `texts` into consecutive ranges of about CHUNK_BYTES of text.
 /// Texts longer than this are cut and encoded in parallel by `encode` / `encode_ordinary`.
 const PARALLEL_TEXT_BYTES: usize = 4 << 20;
 
+/// Splits `texts` into consecutive ranges of about CHUNK_BYTES of text.
 fn chunks(texts: &[&str]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
