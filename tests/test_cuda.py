@@ -40,8 +40,6 @@ CUDA = torch.device("cuda")
 def full_fp32_matmuls():
     """Each test starts from plain fp32 matmuls (training turns TF32 on while it runs)."""
     torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision("highest")
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -168,8 +166,7 @@ def test_cuda_chunked_loss_peak_memory_at_qwen_vocab():
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs two GPUs")
 def test_nccl_two_ranks_learn_and_resume(env):
-    tmp, _ = env
-    base = tmp
+    base, _ = env
     full = torchrun(_flags(base, base / "full", device="cuda"))
     assert full.returncode == 0, full.stderr[-4000:]
     rep = json.loads((base / "full" / "report.json").read_text())
