@@ -4,7 +4,7 @@ checkpoint (vocab 151936), a 500-step fine-tune and the val_loss verdict.
 
     python examples/qwen_finetune_scenario.py                 # CPU, a small random checkpoint
     python examples/qwen_finetune_scenario.py --init Qwen2.5-Coder-0.5B --device cuda \
-        --tokenizer-json Qwen2.5-Coder-0.5B/tokenizer.json --seq-len 1024 --batch-size 8 --lr 1e-5
+        --tokenizer-json Qwen2.5-Coder-0.5B/tokenizer.json --seq-len 1024 --batch-size 8 --lr 2e-5
 
 Without --tokenizer-json, the Qwen2 vocabulary comes from the tiktoken rank file in the
 `dashscope` wheel (downloaded with pip). Without --init, a small Qwen2-architecture checkpoint
@@ -90,7 +90,7 @@ def main() -> int:
         "--lr",
         type=float,
         default=1e-3,
-        help="peak learning rate (use ~1e-5 to fine-tune a real checkpoint)",
+        help="peak learning rate (e.g. 2e-5 to fine-tune a real checkpoint)",
     )
     ap.add_argument("--target-val-loss", type=float, default=9.38)
     args = ap.parse_args()
