@@ -1,6 +1,7 @@
 //! The BPE model: token bytes, the byte -> id table, merge ranks in a compact open-addressing
-//! table keyed by the (left, right) id pair, and the merge loop (linear scan for short pieces,
-//! a heap for long ones so a 1 MB run of one char stays O(n log n)).
+//! table keyed by the (left, right) id pair, and the merge loop (fixed-size arrays and a
+//! branch-free minimum for pieces of up to 64 symbols, a heap for longer ones so a 1 MB run of
+//! one char stays O(n log n)).
 
 use crate::huge::HugeSlice;
 use std::cmp::Reverse;
@@ -121,8 +122,25 @@ impl MergeTable {
     }
 }
 
-/// Pieces longer than this (in bytes) use the heap-based merge.
-const LINEAR_MAX: usize = 128;
+/// Pieces of up to this many symbols merge in fixed-size arrays (`merge_small`); longer ones
+/// use the heap-based merge.
+const SMALL_MAX: usize = 64;
+
+/// A pair that cannot merge (a dead position, the last symbol, or no merge rule) in
+/// `merge_small`'s keys; every live key is below it.
+const NO_KEY: i32 = i32::MAX;
+
+/// `merge_small`'s key of the pair at `i`: rank over position, so the least key is the
+/// lowest-ranked, leftmost pair. Ranks have 22 bits and positions 6, so keys fit in an i32
+/// (signed, so that SSE2 finds the least of four at once).
+#[inline(always)]
+fn small_key(rank: u32, i: usize) -> i32 {
+    if rank == NO_RANK {
+        NO_KEY
+    } else {
+        ((rank << 6) | i as u32) as i32
+    }
+}
 
 /// Byte-level BPE over ids.
 #[derive(Debug, Clone)]
@@ -152,7 +170,8 @@ impl Bpe {
     /// as HF does for a BPE without `unk_token`; with `unk`, they become `unk`.
     #[inline]
     pub fn encode_piece(&self, piece: &[u8], unk: Option<u32>, out: &mut Vec<u32>) {
-        if piece.len() == 1 {
+        let n = piece.len();
+        if n == 1 {
             let id = self.byte_ids[piece[0] as usize];
             if id != NO_ID {
                 out.push(id);
@@ -161,76 +180,91 @@ impl Bpe {
             }
             return;
         }
-        if piece.len() <= LINEAR_MAX {
-            if let Some(grid) = &self.byte_pair_rank {
-                let mut ranks = [NO_RANK; LINEAR_MAX];
-                for (i, w) in piece.windows(2).enumerate() {
-                    ranks[i] = grid[(w[0] as usize) << 8 | w[1] as usize];
+        if let Some(grid) = &self.byte_pair_rank {
+            // Every byte has a token: the symbols are the bytes' ids and the first ranks come
+            // from the byte-pair grid.
+            let rank0 = |i: usize| grid[(piece[i] as usize) << 8 | piece[i + 1] as usize];
+            let id = |i: usize| self.byte_ids[piece[i] as usize];
+            match n {
+                0 => {}
+                2..=16 => self.merge_small::<16>(n, id, rank0, out),
+                17..=32 => self.merge_small::<32>(n, id, rank0, out),
+                33..=SMALL_MAX => self.merge_small::<SMALL_MAX>(n, id, rank0, out),
+                _ => {
+                    let ids: Vec<u32> = (0..n).map(id).collect();
+                    out.extend(self.merge_heap(&ids));
                 }
-                let start = out.len();
-                out.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
-                self.merge_linear(out, start, ranks);
-                return;
             }
+            return;
         }
-        let start = out.len();
-        for &b in piece {
-            let id = self.byte_ids[b as usize];
-            if id != NO_ID {
-                out.push(id);
-            } else if let Some(u) = unk {
-                out.push(u);
-            }
-        }
-        let n = out.len() - start;
-        if n > LINEAR_MAX {
-            let merged = self.merge_heap(&out[start..]);
-            out.truncate(start);
-            out.extend_from_slice(&merged);
-        } else if n >= 2 {
-            let mut ranks = [NO_RANK; LINEAR_MAX];
-            for i in 0..n - 1 {
-                ranks[i] = self.merges.rank(out[start + i], out[start + i + 1]);
-            }
-            self.merge_linear(out, start, ranks);
+        let ids: Vec<u32> = piece
+            .iter()
+            .filter_map(|&b| match self.byte_ids[b as usize] {
+                NO_ID => unk,
+                id => Some(id),
+            })
+            .collect();
+        let n = ids.len();
+        let rank0 = |i: usize| self.merges.rank(ids[i], ids[i + 1]);
+        match n {
+            0 => {}
+            1 => out.push(ids[0]),
+            2..=SMALL_MAX => self.merge_small::<SMALL_MAX>(n, |i| ids[i], rank0, out),
+            _ => out.extend(self.merge_heap(&ids)),
         }
     }
 
-    /// Merges `v[start..]` (at least two symbols) in place by repeatedly applying the
-    /// lowest-ranked, leftmost pair; `ranks[i]` is the rank of the pair at `i`.
-    #[inline]
-    fn merge_linear(&self, v: &mut Vec<u32>, start: usize, mut ranks: [u32; LINEAR_MAX]) {
-        let sym = &mut v[start..];
-        let mut len = sym.len();
+    /// Merges the `n` symbols `id(0..n)` (2 <= n <= N) by repeatedly applying the
+    /// lowest-ranked, leftmost pair (`rank0(i)`: the rank of the pair at `i` before any
+    /// merge), appending the result to `out`. Symbols stay where they are: merged-away ones
+    /// leave the `live` bit set, so a merge moves nothing, its neighbours are a bit scan
+    /// away, and the lowest pair is a branch-free minimum over N keys.
+    #[inline(always)]
+    fn merge_small<const N: usize>(
+        &self,
+        n: usize,
+        id: impl Fn(usize) -> u32,
+        rank0: impl Fn(usize) -> u32,
+        out: &mut Vec<u32>,
+    ) {
+        debug_assert!((2..=N).contains(&n) && N <= 64);
+        let mut sym = [0u32; N];
+        let mut keys = [NO_KEY; N];
+        for (i, s) in sym[..n].iter_mut().enumerate() {
+            *s = id(i);
+        }
+        for (i, k) in keys[..n - 1].iter_mut().enumerate() {
+            *k = small_key(rank0(i), i);
+        }
+        let mut live: u64 = if n == 64 { !0 } else { (1u64 << n) - 1 };
         loop {
-            let mut best = NO_RANK;
-            let mut at = 0;
-            for (i, &r) in ranks[..len - 1].iter().enumerate() {
-                if r < best {
-                    best = r;
-                    at = i;
-                }
-            }
-            if best == NO_RANK {
+            let best = keys.iter().copied().fold(NO_KEY, i32::min);
+            if best == NO_KEY {
                 break;
             }
-            sym[at] = self.merges.merged(best);
-            sym.copy_within(at + 2..len, at + 1);
-            if at + 2 < len {
-                ranks.copy_within(at + 2..len - 1, at + 1);
-            }
-            len -= 1;
-            if at + 1 < len {
-                ranks[at] = self.merges.rank(sym[at], sym[at + 1]);
-            }
-            if at > 0 {
-                ranks[at - 1] = self.merges.rank(sym[at - 1], sym[at]);
-            }
-            if len == 1 {
-                break;
+            let i = (best & 63) as usize;
+            // The live symbol after i (there is one: only such pairs have keys).
+            let j = (live & !((2u64 << i) - 1)).trailing_zeros() as usize;
+            sym[i] = self.merges.merged(best as u32 >> 6);
+            live &= !(1u64 << j);
+            keys[j % N] = NO_KEY;
+            let after = live & !((2u64 << i) - 1);
+            keys[i] = if after == 0 {
+                NO_KEY
+            } else {
+                let k = after.trailing_zeros() as usize;
+                small_key(self.merges.rank(sym[i], sym[k % N]), i)
+            };
+            let before = live & ((1u64 << i) - 1);
+            if before != 0 {
+                let p = 63 - before.leading_zeros() as usize;
+                keys[p % N] = small_key(self.merges.rank(sym[p % N], sym[i]), p);
             }
         }
-        v.truncate(start + len);
+        while live != 0 {
+            out.push(sym[live.trailing_zeros() as usize % N]);
+            live &= live - 1;
+        }
     }
 
     /// Heap-based merge over a linked list of symbols, O(n log n).
@@ -326,7 +360,7 @@ mod tests {
                 .collect();
             let ids: Vec<u32> = text.iter().map(|&b| bpe.byte_ids[b as usize]).collect();
             let heap = bpe.merge_heap(&ids);
-            if len <= LINEAR_MAX {
+            if len <= SMALL_MAX {
                 let mut lin = Vec::new();
                 bpe.encode_piece(&text, None, &mut lin);
                 assert_eq!(heap, lin, "len {len}");
@@ -335,6 +369,48 @@ mod tests {
             let run = vec![0u32; len];
             let h = bpe.merge_heap(&run);
             assert_eq!(h.len(), len.div_ceil(2));
+        }
+    }
+
+    /// Every byte has a token (so the byte-pair grid is used) and 600 random merges over
+    /// a four-letter alphabet, some of them repeated: the fixed-array merge of every size
+    /// class gives what the heap gives.
+    #[test]
+    fn small_merge_matches_heap_with_the_byte_grid() {
+        let mut byte_ids = [0u32; 256];
+        for (b, id) in byte_ids.iter_mut().enumerate() {
+            *id = b as u32;
+        }
+        let mut seed = 11u64;
+        let mut rnd = |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let mut ids: Vec<u32> = b"abcd".iter().map(|&b| b as u32).collect();
+        let mut merges = Vec::new();
+        for r in 0..600u32 {
+            let a = ids[rnd(ids.len() as u64) as usize];
+            let b = ids[rnd(ids.len() as u64) as usize];
+            merges.push((a, b, 256 + r));
+            ids.push(256 + r);
+        }
+        let bpe = Bpe::new(byte_ids, MergeTable::new(&merges));
+        assert!(bpe.byte_pair_rank.is_some());
+        for len in (2..=70).chain([100, 128, 129, 200]) {
+            for _ in 0..40 {
+                let text: Vec<u8> = (0..len).map(|_| b"abcd"[rnd(4) as usize]).collect();
+                let mut small = Vec::new();
+                bpe.encode_piece(&text, None, &mut small);
+                let ids: Vec<u32> = text.iter().map(|&b| b as u32).collect();
+                assert_eq!(
+                    small,
+                    bpe.merge_heap(&ids),
+                    "{:?}",
+                    String::from_utf8_lossy(&text)
+                );
+            }
         }
     }
 }

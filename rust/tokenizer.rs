@@ -991,6 +991,11 @@ impl Tokenizer {
         self.bpe.encode_piece(bytes, self.unk, out);
     }
 
+    /// The BPE model (byte ids, merge ranks and the merge loop), for benches and tools.
+    pub fn bpe(&self) -> &Bpe {
+        &self.bpe
+    }
+
     /// The pre-tokenizer's pieces of `text` after normalization (no added-token handling).
     pub fn pre_tokenize(&self, text: &str) -> Result<Vec<String>> {
         let norm = self.normalize(text);
