@@ -105,6 +105,16 @@ impl MergeTable {
         }
     }
 
+    /// Starts loading the slot where `rank(a, b)` will look first.
+    #[inline(always)]
+    pub fn prefetch(&self, a: u32, b: u32) {
+        crate::cache::prefetch(
+            self.entries
+                .as_ptr()
+                .wrapping_add(hash64(pair_key(a, b)) & self.mask),
+        );
+    }
+
     /// Id the merge of rank `rank` produces.
     #[inline(always)]
     pub fn merged(&self, rank: u32) -> u32 {
@@ -267,6 +277,120 @@ impl Bpe {
         }
     }
 
+    /// BPE of many short pieces (2..=16 bytes each, `piece(0..count)`) at once, their ids
+    /// appended to `out` one piece after another and each piece's end in `out` pushed to
+    /// `ends`: the same ids as `encode_piece` on each. Merging one piece is a chain of
+    /// dependent merge-table probes, each a likely cache miss (the table is megabytes), so
+    /// the pieces advance in turn, one merge each, and the probes a merge needs are
+    /// prefetched then and made on the piece's next turn: the misses of all the pieces
+    /// overlap instead of following one another.
+    pub fn encode_short_batch<'a>(
+        &self,
+        count: usize,
+        piece: impl Fn(usize) -> &'a [u8],
+        unk: Option<u32>,
+        out: &mut Vec<u32>,
+        ends: &mut Vec<usize>,
+    ) {
+        let Some(grid) = &self.byte_pair_rank else {
+            for k in 0..count {
+                self.encode_piece(piece(k), unk, out);
+                ends.push(out.len());
+            }
+            return;
+        };
+        /// One piece's merge state: symbols stay in place, `live` marks those not merged
+        /// away; `right`/`left` are the neighbours whose pair with `at` must be probed.
+        #[derive(Clone, Copy)]
+        struct Lane {
+            sym: [u32; 16],
+            keys: [i32; 16],
+            live: u32,
+            at: u8,
+            right: u8,
+            left: u8,
+        }
+        const NONE: u8 = u8::MAX;
+        let mut lanes: Vec<Lane> = (0..count)
+            .map(|k| {
+                let p = piece(k);
+                let n = p.len();
+                debug_assert!((2..=16).contains(&n));
+                let mut lane = Lane {
+                    sym: [0; 16],
+                    keys: [NO_KEY; 16],
+                    live: (1u32 << n) - 1,
+                    at: 0,
+                    right: NONE,
+                    left: NONE,
+                };
+                for (i, &b) in p.iter().enumerate() {
+                    lane.sym[i] = self.byte_ids[b as usize];
+                }
+                for i in 0..n - 1 {
+                    lane.keys[i] = small_key(grid[(p[i] as usize) << 8 | p[i + 1] as usize], i);
+                }
+                lane
+            })
+            .collect();
+        let mut active: Vec<usize> = (0..count).collect();
+        while !active.is_empty() {
+            let mut kept = 0;
+            for t in 0..active.len() {
+                let lane = &mut lanes[active[t]];
+                let at = lane.at as usize;
+                if lane.right != NONE {
+                    let r = self
+                        .merges
+                        .rank(lane.sym[at], lane.sym[lane.right as usize]);
+                    lane.keys[at] = small_key(r, at);
+                }
+                if lane.left != NONE {
+                    let p = lane.left as usize;
+                    lane.keys[p] = small_key(self.merges.rank(lane.sym[p], lane.sym[at]), p);
+                }
+                let best = lane.keys.iter().copied().fold(NO_KEY, i32::min);
+                if best == NO_KEY {
+                    continue;
+                }
+                let i = (best & 63) as usize;
+                let j = (lane.live & !((2u32 << i) - 1)).trailing_zeros() as usize;
+                lane.sym[i] = self.merges.merged(best as u32 >> 6);
+                lane.live &= !(1u32 << j);
+                lane.keys[j & 15] = NO_KEY;
+                lane.keys[i] = NO_KEY;
+                lane.at = i as u8;
+                let after = lane.live & !((2u32 << i) - 1);
+                lane.right = if after == 0 {
+                    NONE
+                } else {
+                    let k = after.trailing_zeros() as usize;
+                    self.merges.prefetch(lane.sym[i], lane.sym[k & 15]);
+                    k as u8
+                };
+                let before = lane.live & ((1u32 << i) - 1);
+                lane.left = if before == 0 {
+                    NONE
+                } else {
+                    let p = 31 - before.leading_zeros() as usize;
+                    self.merges.prefetch(lane.sym[p & 15], lane.sym[i]);
+                    p as u8
+                };
+                active[kept] = active[t];
+                kept += 1;
+            }
+            active.truncate(kept);
+        }
+        for lane in &lanes {
+            let mut live = lane.live;
+            while live != 0 {
+                out.push(lane.sym[live.trailing_zeros() as usize & 15]);
+                live &= live - 1;
+            }
+            ends.push(out.len());
+        }
+    }
+
     /// Heap-based merge over a linked list of symbols, O(n log n).
     fn merge_heap(&self, ids: &[u32]) -> Vec<u32> {
         let n = ids.len();
@@ -398,6 +522,23 @@ mod tests {
         }
         let bpe = Bpe::new(byte_ids, MergeTable::new(&merges));
         assert!(bpe.byte_pair_rank.is_some());
+        // The batch of short pieces, lengths 2..=16 mixed, against one piece at a time.
+        let batch: Vec<Vec<u8>> = (0..300)
+            .map(|_| {
+                let len = 2 + rnd(15) as usize;
+                (0..len).map(|_| b"abcd"[rnd(4) as usize]).collect()
+            })
+            .collect();
+        let (mut ids, mut ends) = (vec![7u32], Vec::new());
+        bpe.encode_short_batch(batch.len(), |k| &batch[k], None, &mut ids, &mut ends);
+        let mut start = 1;
+        for (p, &end) in batch.iter().zip(&ends) {
+            let mut one = Vec::new();
+            bpe.encode_piece(p, None, &mut one);
+            assert_eq!(ids[start..end], one[..], "{:?}", String::from_utf8_lossy(p));
+            start = end;
+        }
+        assert_eq!((ids[0], start, ends.len()), (7, ids.len(), batch.len()));
         for len in (2..=70).chain([100, 128, 129, 200]) {
             for _ in 0..40 {
                 let text: Vec<u8> = (0..len).map(|_| b"abcd"[rnd(4) as usize]).collect();

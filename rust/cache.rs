@@ -130,6 +130,18 @@ pub struct ShortKey {
 }
 
 impl ShortKey {
+    /// Whether both keys are of the same piece.
+    #[inline]
+    pub fn same(&self, other: &ShortKey) -> bool {
+        (self.k0, self.k1, self.len) == (other.k0, other.k1, other.len)
+    }
+
+    /// A slot index in a table of `mask + 1` (a power of two) for this key.
+    #[inline]
+    pub fn slot(&self, mask: usize) -> usize {
+        self.hash as usize & mask
+    }
+
     /// A key no piece has (length 0).
     pub const EMPTY: ShortKey = ShortKey {
         k0: 0,
@@ -248,8 +260,9 @@ impl VocabTable {
     }
 }
 
+/// Starts loading the cache line at `p` (a hint: any address, never faults).
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint and never faults, whatever the address.
     unsafe {

@@ -866,7 +866,9 @@ impl Tokenizer {
                         } else {
                             ShortKey::EMPTY
                         };
-                        self.piece(p, 0, p.len(), &key, c, &mut scratch, out)
+                        if !self.piece(p, 0, p.len(), &key, c, &mut scratch, out) {
+                            self.bpe_cold(p, &key, c, &mut scratch, out);
+                        }
                     })
                 }
             }
@@ -878,6 +880,8 @@ impl Tokenizer {
     /// of pieces: the scanner finds the pieces and packs their keys, prefetching the slots
     /// they will probe; then the pieces are looked up in order, by which time their slots are
     /// in cache. Scanning and probing each run in a tight loop, and cache misses overlap.
+    /// Short pieces in neither table wait in `ColdPieces` and are merged together (see
+    /// `Bpe::encode_short_batch`), their ids then put in place.
     #[inline(always)]
     fn scan(
         &self,
@@ -891,6 +895,7 @@ impl Tokenizer {
         let n = text.len();
         let mut ends = [0usize; CHUNK];
         let mut keys = [ShortKey::EMPTY; CHUNK];
+        let mut cold = ColdPieces::default();
         let mut pos = 0;
         while pos < n {
             let first = pos;
@@ -911,14 +916,66 @@ impl Tokenizer {
             let mut start = first;
             for i in 0..k {
                 let end = ends[i];
-                self.piece(text, start, end, &keys[i], c, scratch, out);
+                if !self.piece(text, start, end, &keys[i], c, scratch, out) {
+                    cold.defer(start, end, &keys[i], out.len());
+                }
                 start = end;
             }
+            if cold.due(out.len()) {
+                self.merge_cold(text, &mut cold, c, scratch, out);
+            }
+        }
+        if !cold.places.is_empty() {
+            self.merge_cold(text, &mut cold, c, scratch, out);
         }
     }
 
-    /// Ids of `text[start..end]`, from the tables when they have them. `key` is the piece's
-    /// short key when it has 2..=SHORT bytes (anything otherwise).
+    /// Merges the waiting cold pieces, caches their ids and inserts them into `out` where
+    /// the pieces were met.
+    #[inline(never)]
+    fn merge_cold(
+        &self,
+        text: &[u8],
+        cold: &mut ColdPieces,
+        c: &mut PieceCache,
+        ids: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        ids.clear();
+        cold.ends.clear();
+        let pieces = &cold.pieces;
+        self.bpe.encode_short_batch(
+            pieces.len(),
+            |k| &text[pieces[k].0..pieces[k].1],
+            self.unk,
+            ids,
+            &mut cold.ends,
+        );
+        let span = |k: usize| if k == 0 { 0 } else { cold.ends[k - 1] }..cold.ends[k];
+        for (k, p) in pieces.iter().enumerate() {
+            c.insert_short(&p.2, &ids[span(k)]);
+        }
+        // Open the gaps from the back, so every id moves once.
+        let extra: usize = cold.places.iter().map(|&(_, k)| span(k).len()).sum();
+        let mut src_end = out.len();
+        out.resize(src_end + extra, 0);
+        let mut dst_end = out.len();
+        for &(at, k) in cold.places.iter().rev() {
+            let kept = src_end - at;
+            out.copy_within(at..src_end, dst_end - kept);
+            dst_end -= kept;
+            let piece_ids = &ids[span(k)];
+            dst_end -= piece_ids.len();
+            out[dst_end..dst_end + piece_ids.len()].copy_from_slice(piece_ids);
+            src_end = at;
+        }
+        cold.clear();
+    }
+
+    /// Appends the ids of `text[start..end]` when the tables have them or the piece is not
+    /// short; false, with nothing appended, for a short piece seen for the first time (on
+    /// this thread). `key` is the piece's short key when it has 2..=SHORT bytes (anything
+    /// otherwise).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn piece(
@@ -930,7 +987,7 @@ impl Tokenizer {
         c: &mut PieceCache,
         scratch: &mut Vec<u32>,
         out: &mut Vec<u32>,
-    ) {
+    ) -> bool {
         let n = end - start;
         if n == 1 {
             let id = self.bpe.byte_ids[text[start] as usize];
@@ -939,23 +996,19 @@ impl Tokenizer {
             } else if let Some(u) = self.unk {
                 out.push(u);
             }
-            return;
+            return true;
         }
         if n <= SHORT {
             if let Some(id) = self.short_vocab.get(key) {
                 out.push(id);
-                return;
+                return true;
             }
-            if c.get(key, out) {
-                return;
-            }
-            self.bpe_cold(&text[start..end], key, c, scratch, out);
-            return;
+            return c.get(key, out);
         }
         let bytes = &text[start..end];
         if n <= MAX_CACHED_PIECE {
             if c.get_long(bytes, out) {
-                return;
+                return true;
             }
             scratch.clear();
             self.encode_piece(bytes, scratch);
@@ -964,6 +1017,7 @@ impl Tokenizer {
         } else {
             self.encode_piece(bytes, out);
         }
+        true
     }
 
     /// BPE of a short piece seen for the first time (on this thread), cached.
@@ -1052,6 +1106,68 @@ impl Tokenizer {
 /// combining class 0 (their UTF-8 lead bytes are below 0xCC), and such a char resets the
 /// check's state, so only the runs of non-ASCII chars that contain a lead byte of 0xCC or more
 /// need checking; ASCII is skipped 32 bytes at a time.
+/// Short pieces met for the first time, waiting to be merged together: each distinct piece
+/// once (`pieces`: start, end, key), and where each occurrence's ids go (`places`: position in
+/// the output, index in `pieces`), in output order.
+struct ColdPieces {
+    pieces: Vec<(usize, usize, ShortKey)>,
+    places: Vec<(usize, usize)>,
+    /// `pieces` index + 1 by `ShortKey::slot` (0: none), so a piece repeated while it
+    /// waits is merged once; a collision only costs merging a piece twice.
+    by_slot: [u8; 64],
+    ends: Vec<usize>,
+}
+
+impl Default for ColdPieces {
+    fn default() -> Self {
+        ColdPieces {
+            pieces: Vec::new(),
+            places: Vec::new(),
+            by_slot: [0; 64],
+            ends: Vec::new(),
+        }
+    }
+}
+
+impl ColdPieces {
+    /// Distinct pieces that make a batch worth merging.
+    const BATCH: usize = 16;
+    /// Ids after the first waiting place that make it worth merging now (every merge moves
+    /// the ids after the first place once).
+    const SPAN: usize = 4096;
+
+    #[inline]
+    fn defer(&mut self, start: usize, end: usize, key: &ShortKey, at: usize) {
+        let slot = key.slot(63);
+        let known = self.by_slot[slot] as usize;
+        let k = if known != 0 && self.pieces[known - 1].2.same(key) {
+            known - 1
+        } else {
+            self.pieces.push((start, end, *key));
+            self.by_slot[slot] = self.pieces.len() as u8;
+            self.pieces.len() - 1
+        };
+        self.places.push((at, k));
+    }
+
+    /// Whether to merge now: at the end of a chunk, at most `BATCH + 63` distinct pieces
+    /// wait, so `by_slot` indices fit a byte.
+    #[inline]
+    fn due(&self, out_len: usize) -> bool {
+        self.pieces.len() >= Self::BATCH
+            || self
+                .places
+                .first()
+                .is_some_and(|p| out_len - p.0 >= Self::SPAN)
+    }
+
+    fn clear(&mut self) {
+        self.pieces.clear();
+        self.places.clear();
+        self.by_slot = [0; 64];
+    }
+}
+
 fn nfc_quick_yes(s: &str) -> bool {
     use unicode_normalization::{is_nfc_quick, IsNormalized};
     let b = s.as_bytes();
