@@ -77,13 +77,16 @@ impl Ids {
 
 /// Longest piece kept in the short table.
 pub const SHORT: usize = 16;
-/// Pieces longer than this are not cached (rare; they would bloat the cache).
-pub const MAX_CACHED_PIECE: usize = 64;
+/// Pieces longer than this are not cached (rare; long runs of one character, such as comment
+/// rulers, are cached up to this length because their BPE is the costliest).
+pub const MAX_CACHED_PIECE: usize = 1024;
 const MIN_SLOTS: usize = 1 << 16;
 /// Largest short table (32 bytes a slot: 16 MiB); past half full at this size it is cleared,
 /// bounding memory per thread.
 const MAX_SLOTS: usize = 1 << 19;
+/// The long-piece map is cleared past this many entries or this many bytes (keys and ids).
 const MAX_LONG: usize = 1 << 16;
+const MAX_LONG_BYTES: usize = 16 << 20;
 
 /// One short-table slot. `len == 0` is empty. `n` ids: inline in `a`, `b` when `n <= 2`,
 /// else `a` is an offset into `spill`.
@@ -105,6 +108,7 @@ pub struct PieceCache {
     used: usize,
     spill: Vec<u32>,
     long: HashMap<Box<[u8]>, Ids, FxBuild>,
+    long_bytes: usize,
 }
 
 /// `KEEP_LOW_BYTES[n]`: masks keeping the low `n` bytes of a 16-byte little-endian word, as
@@ -282,6 +286,7 @@ impl PieceCache {
             used: 0,
             spill: Vec::new(),
             long: HashMap::default(),
+            long_bytes: 0,
         }
     }
 
@@ -389,6 +394,7 @@ impl PieceCache {
         self.used = 0;
         self.spill.clear();
         self.long.clear();
+        self.long_bytes = 0;
     }
 
     #[inline]
@@ -403,9 +409,11 @@ impl PieceCache {
     }
 
     pub fn insert_long(&mut self, piece: &[u8], ids: &[u32]) {
-        if self.long.len() >= MAX_LONG {
+        if self.long.len() >= MAX_LONG || self.long_bytes >= MAX_LONG_BYTES {
             self.long.clear();
+            self.long_bytes = 0;
         }
+        self.long_bytes += piece.len() + 4 * ids.len();
         self.long.insert(piece.into(), Ids::from_slice(ids));
     }
 }
