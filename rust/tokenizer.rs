@@ -499,6 +499,7 @@ impl Tokenizer {
             .and_then(Value::as_array)
             .ok_or_else(|| field_err(source, "model.merges must be a list"))?;
         let mut merges = Vec::with_capacity(merges_v.len());
+        let mut joined = String::new();
         for (i, m) in merges_v.iter().enumerate() {
             let (a, b): (&str, &str) = match m {
                 Value::String(s) => {
@@ -532,7 +533,10 @@ impl Tokenizer {
                 })
             };
             let (ia, ib) = (look(a)?, look(b)?);
-            let im = look(&format!("{a}{b}"))?;
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            let im = look(&joined)?;
             merges.push((ia, ib, im));
         }
 
