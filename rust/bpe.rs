@@ -152,6 +152,115 @@ fn small_key(rank: u32, i: usize) -> i32 {
     }
 }
 
+/// One piece's merge state, for pieces of up to N <= 64 symbols. Symbols stay where they
+/// are: merged-away ones leave the `live` set, so a merge moves nothing, its neighbours are a
+/// bit scan away, and the lowest pair is a branch-free minimum over N keys. After a merge,
+/// the pairs of the merged symbol (`at`) with its neighbours (`right`, `left`) are still to be
+/// probed (`probe`), so a batch can prefetch them first.
+#[derive(Clone, Copy)]
+struct Lane<const N: usize> {
+    sym: [u32; N],
+    keys: [i32; N],
+    live: u64,
+    at: u8,
+    right: u8,
+    left: u8,
+}
+
+impl<const N: usize> Lane<N> {
+    const NONE: u8 = u8::MAX;
+
+    /// The `n` symbols `id(0..n)` (2 <= n <= N); `rank0(i)` is the rank of the pair at `i`.
+    #[inline(always)]
+    fn new(n: usize, id: impl Fn(usize) -> u32, rank0: impl Fn(usize) -> u32) -> Self {
+        debug_assert!((2..=N).contains(&n) && N <= 64);
+        let mut lane = Lane {
+            sym: [0; N],
+            keys: [NO_KEY; N],
+            live: u64::MAX >> (64 - n),
+            at: 0,
+            right: Self::NONE,
+            left: Self::NONE,
+        };
+        for (i, s) in lane.sym[..n].iter_mut().enumerate() {
+            *s = id(i);
+        }
+        for (i, k) in lane.keys[..n - 1].iter_mut().enumerate() {
+            *k = small_key(rank0(i), i);
+        }
+        lane
+    }
+
+    /// Applies the lowest-ranked, leftmost merge; false when no pair merges.
+    #[inline(always)]
+    fn merge_next(&mut self, merges: &MergeTable) -> bool {
+        let best = self.keys.iter().copied().fold(NO_KEY, i32::min);
+        if best == NO_KEY {
+            return false;
+        }
+        let i = (best & 63) as usize % N;
+        let above = !(u64::MAX >> (63 - i));
+        // The live symbol after i (there is one: only such pairs have keys).
+        let j = (self.live & above).trailing_zeros() as usize % N;
+        self.sym[i] = merges.merged(best as u32 >> 6);
+        self.live &= !(1u64 << j);
+        self.keys[j] = NO_KEY;
+        self.keys[i] = NO_KEY;
+        self.at = i as u8;
+        let after = self.live & above;
+        self.right = if after == 0 {
+            Self::NONE
+        } else {
+            after.trailing_zeros() as u8
+        };
+        let before = self.live & ((1u64 << i) - 1);
+        self.left = if before == 0 {
+            Self::NONE
+        } else {
+            (63 - before.leading_zeros()) as u8
+        };
+        true
+    }
+
+    /// Starts loading the merge-table slots `probe` will read.
+    #[inline(always)]
+    fn prefetch(&self, merges: &MergeTable) {
+        let at = self.at as usize % N;
+        if self.right != Self::NONE {
+            merges.prefetch(self.sym[at], self.sym[self.right as usize % N]);
+        }
+        if self.left != Self::NONE {
+            merges.prefetch(self.sym[self.left as usize % N], self.sym[at]);
+        }
+    }
+
+    /// Ranks the merged symbol's pairs with its neighbours (after `merge_next`).
+    #[inline(always)]
+    fn probe(&mut self, merges: &MergeTable) {
+        let at = self.at as usize % N;
+        if self.right != Self::NONE {
+            let r = merges.rank(self.sym[at], self.sym[self.right as usize % N]);
+            self.keys[at] = small_key(r, at);
+            self.right = Self::NONE;
+        }
+        if self.left != Self::NONE {
+            let p = self.left as usize % N;
+            self.keys[p] = small_key(merges.rank(self.sym[p], self.sym[at]), p);
+            self.left = Self::NONE;
+        }
+    }
+
+    /// Appends the live symbols to `out`.
+    #[inline(always)]
+    fn emit(&self, out: &mut Vec<u32>) {
+        let mut live = self.live;
+        while live != 0 {
+            out.push(self.sym[live.trailing_zeros() as usize % N]);
+            live &= live - 1;
+        }
+    }
+}
+
 /// Byte-level BPE over ids.
 #[derive(Debug, Clone)]
 pub struct Bpe {
@@ -226,9 +335,7 @@ impl Bpe {
 
     /// Merges the `n` symbols `id(0..n)` (2 <= n <= N) by repeatedly applying the
     /// lowest-ranked, leftmost pair (`rank0(i)`: the rank of the pair at `i` before any
-    /// merge), appending the result to `out`. Symbols stay where they are: merged-away ones
-    /// leave the `live` bit set, so a merge moves nothing, its neighbours are a bit scan
-    /// away, and the lowest pair is a branch-free minimum over N keys.
+    /// merge), appending the result to `out`.
     #[inline(always)]
     fn merge_small<const N: usize>(
         &self,
@@ -237,44 +344,11 @@ impl Bpe {
         rank0: impl Fn(usize) -> u32,
         out: &mut Vec<u32>,
     ) {
-        debug_assert!((2..=N).contains(&n) && N <= 64);
-        let mut sym = [0u32; N];
-        let mut keys = [NO_KEY; N];
-        for (i, s) in sym[..n].iter_mut().enumerate() {
-            *s = id(i);
+        let mut lane = Lane::<N>::new(n, id, rank0);
+        while lane.merge_next(&self.merges) {
+            lane.probe(&self.merges);
         }
-        for (i, k) in keys[..n - 1].iter_mut().enumerate() {
-            *k = small_key(rank0(i), i);
-        }
-        let mut live: u64 = if n == 64 { !0 } else { (1u64 << n) - 1 };
-        loop {
-            let best = keys.iter().copied().fold(NO_KEY, i32::min);
-            if best == NO_KEY {
-                break;
-            }
-            let i = (best & 63) as usize;
-            // The live symbol after i (there is one: only such pairs have keys).
-            let j = (live & !((2u64 << i) - 1)).trailing_zeros() as usize;
-            sym[i] = self.merges.merged(best as u32 >> 6);
-            live &= !(1u64 << j);
-            keys[j % N] = NO_KEY;
-            let after = live & !((2u64 << i) - 1);
-            keys[i] = if after == 0 {
-                NO_KEY
-            } else {
-                let k = after.trailing_zeros() as usize;
-                small_key(self.merges.rank(sym[i], sym[k % N]), i)
-            };
-            let before = live & ((1u64 << i) - 1);
-            if before != 0 {
-                let p = 63 - before.leading_zeros() as usize;
-                keys[p % N] = small_key(self.merges.rank(sym[p % N], sym[i]), p);
-            }
-        }
-        while live != 0 {
-            out.push(sym[live.trailing_zeros() as usize % N]);
-            live &= live - 1;
-        }
+        lane.emit(out);
     }
 
     /// BPE of many short pieces (2..=16 bytes each, `piece(0..count)`) at once, their ids
@@ -299,38 +373,14 @@ impl Bpe {
             }
             return;
         };
-        /// One piece's merge state: symbols stay in place, `live` marks those not merged
-        /// away; `right`/`left` are the neighbours whose pair with `at` must be probed.
-        #[derive(Clone, Copy)]
-        struct Lane {
-            sym: [u32; 16],
-            keys: [i32; 16],
-            live: u32,
-            at: u8,
-            right: u8,
-            left: u8,
-        }
-        const NONE: u8 = u8::MAX;
-        let mut lanes: Vec<Lane> = (0..count)
+        let mut lanes: Vec<Lane<16>> = (0..count)
             .map(|k| {
                 let p = piece(k);
-                let n = p.len();
-                debug_assert!((2..=16).contains(&n));
-                let mut lane = Lane {
-                    sym: [0; 16],
-                    keys: [NO_KEY; 16],
-                    live: (1u32 << n) - 1,
-                    at: 0,
-                    right: NONE,
-                    left: NONE,
-                };
-                for (i, &b) in p.iter().enumerate() {
-                    lane.sym[i] = self.byte_ids[b as usize];
-                }
-                for i in 0..n - 1 {
-                    lane.keys[i] = small_key(grid[(p[i] as usize) << 8 | p[i + 1] as usize], i);
-                }
-                lane
+                Lane::new(
+                    p.len(),
+                    |i| self.byte_ids[p[i] as usize],
+                    |i| grid[(p[i] as usize) << 8 | p[i + 1] as usize],
+                )
             })
             .collect();
         let mut active: Vec<usize> = (0..count).collect();
@@ -338,55 +388,17 @@ impl Bpe {
             let mut kept = 0;
             for t in 0..active.len() {
                 let lane = &mut lanes[active[t]];
-                let at = lane.at as usize;
-                if lane.right != NONE {
-                    let r = self
-                        .merges
-                        .rank(lane.sym[at], lane.sym[lane.right as usize]);
-                    lane.keys[at] = small_key(r, at);
+                lane.probe(&self.merges);
+                if lane.merge_next(&self.merges) {
+                    lane.prefetch(&self.merges);
+                    active[kept] = active[t];
+                    kept += 1;
                 }
-                if lane.left != NONE {
-                    let p = lane.left as usize;
-                    lane.keys[p] = small_key(self.merges.rank(lane.sym[p], lane.sym[at]), p);
-                }
-                let best = lane.keys.iter().copied().fold(NO_KEY, i32::min);
-                if best == NO_KEY {
-                    continue;
-                }
-                let i = (best & 63) as usize;
-                let j = (lane.live & !((2u32 << i) - 1)).trailing_zeros() as usize;
-                lane.sym[i] = self.merges.merged(best as u32 >> 6);
-                lane.live &= !(1u32 << j);
-                lane.keys[j & 15] = NO_KEY;
-                lane.keys[i] = NO_KEY;
-                lane.at = i as u8;
-                let after = lane.live & !((2u32 << i) - 1);
-                lane.right = if after == 0 {
-                    NONE
-                } else {
-                    let k = after.trailing_zeros() as usize;
-                    self.merges.prefetch(lane.sym[i], lane.sym[k & 15]);
-                    k as u8
-                };
-                let before = lane.live & ((1u32 << i) - 1);
-                lane.left = if before == 0 {
-                    NONE
-                } else {
-                    let p = 31 - before.leading_zeros() as usize;
-                    self.merges.prefetch(lane.sym[p & 15], lane.sym[i]);
-                    p as u8
-                };
-                active[kept] = active[t];
-                kept += 1;
             }
             active.truncate(kept);
         }
         for lane in &lanes {
-            let mut live = lane.live;
-            while live != 0 {
-                out.push(lane.sym[live.trailing_zeros() as usize & 15]);
-                live &= live - 1;
-            }
+            lane.emit(out);
             ends.push(out.len());
         }
     }
