@@ -1,6 +1,7 @@
 //! Criterion benches for the Rust core over the interpreter's standard library sources: the
 //! Qwen2 pre-tokenizer scan always; full encoding, warm (cache filled) and cold (a fresh thread
-//! per iteration), when APRX_BENCH_TOKENIZER names a tokenizer.json.
+//! per iteration), and the BPE of the short pieces that are not one token (one at a time, and in
+//! the batches the encoder merges them in), when APRX_BENCH_TOKENIZER names a tokenizer.json.
 
 use aprx::pretok::{PreTokenizer, QWEN2_PATTERN};
 use aprx::Tokenizer;
@@ -71,6 +72,44 @@ fn benches(c: &mut Criterion) {
                         .join()
                         .unwrap()
                 })
+            })
+        });
+        // Distinct 2..=16-byte pieces that BPE splits: what a cold encode merges.
+        let mut pieces: Vec<Vec<u8>> = tok
+            .pre_tokenize(&text)
+            .unwrap()
+            .into_iter()
+            .filter(|p| (2..=16).contains(&p.len()))
+            .map(String::into_bytes)
+            .collect();
+        pieces.sort_unstable();
+        pieces.dedup();
+        let bpe = tok.bpe();
+        pieces.retain(|p| {
+            let mut v = Vec::new();
+            bpe.encode_piece(p, None, &mut v);
+            v.len() > 1
+        });
+        g.throughput(Throughput::Elements(pieces.len() as u64));
+        g.bench_function("cold_pieces_bpe_one_at_a_time", |b| {
+            let mut out = Vec::new();
+            b.iter(|| {
+                out.clear();
+                for p in &pieces {
+                    bpe.encode_piece(p, None, &mut out);
+                }
+                out.len()
+            })
+        });
+        g.bench_function("cold_pieces_bpe_batches_of_16", |b| {
+            let (mut out, mut ends) = (Vec::new(), Vec::new());
+            b.iter(|| {
+                out.clear();
+                for batch in pieces.chunks(16) {
+                    ends.clear();
+                    bpe.encode_short_batch(batch.len(), |k| &batch[k], None, &mut out, &mut ends);
+                }
+                out.len()
             })
         });
     }
