@@ -1,6 +1,7 @@
 //! aprx core: exact byte-level BPE encoding and u32 token shards. Pure Rust; the PyO3
 //! bindings live in `python.rs` behind the `python` feature.
 
+pub mod bitscan;
 pub mod bpe;
 pub mod bytelevel;
 pub mod cache;

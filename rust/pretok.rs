@@ -317,7 +317,7 @@ fn split_one<'t, F: FnMut(&'t str)>(s: &Splitter, text: &'t str, f: &mut F) -> R
 /// `re`, `ve`, `m`, `ll`, `d`, where `s` also matches U+017F (long s), as Unicode case
 /// folding says.
 #[inline]
-fn contraction_ci(s: &[u8], i: usize) -> usize {
+pub(crate) fn contraction_ci(s: &[u8], i: usize) -> usize {
     let n = s.len();
     if i >= n {
         return 0;

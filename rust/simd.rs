@@ -59,6 +59,60 @@ pub fn ascii_others(chunk: &[u8; 16]) -> u32 {
     }
 }
 
+/// The classes the bit-parallel scanner needs, one mask each: non-ASCII, `[A-Za-z]`, `[0-9]`,
+/// CR/LF, other whitespace (`\t \v \f` and space), space alone, apostrophe.
+#[inline(always)]
+pub fn classes(chunk: &[u8; 16]) -> [u32; 7] {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
+    unsafe {
+        use std::arch::x86_64::*;
+        let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
+        let eq = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
+        let in_range = |lo: u8, n: u8| {
+            let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
+            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(n as i8)), t)
+        };
+        let letter = {
+            let t = _mm_sub_epi8(
+                _mm_or_si128(v, _mm_set1_epi8(0x20)),
+                _mm_set1_epi8(b'a' as i8),
+            );
+            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(25)), t)
+        };
+        let sp = eq(b' ');
+        let newline = _mm_or_si128(eq(b'\n'), eq(b'\r'));
+        let space = _mm_or_si128(_mm_or_si128(sp, eq(b'\t')), in_range(11, 1));
+        let m = |x| _mm_movemask_epi8(x) as u32;
+        [
+            m(v),
+            m(letter),
+            m(in_range(b'0', 9)),
+            m(newline),
+            m(space),
+            m(sp),
+            m(eq(b'\'')),
+        ]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        classes_scalar(chunk)
+    }
+}
+
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn classes_scalar(chunk: &[u8; 16]) -> [u32; 7] {
+    [
+        scalar(chunk, |b| b >= 0x80),
+        scalar(chunk, |b| b.is_ascii_alphabetic()),
+        scalar(chunk, |b| b.is_ascii_digit()),
+        scalar(chunk, |b| b == b'\n' || b == b'\r'),
+        scalar(chunk, |b| matches!(b, b'\t' | 11 | 12 | b' ')),
+        scalar(chunk, |b| b == b' '),
+        scalar(chunk, |b| b == b'\''),
+    ]
+}
+
 #[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline(always)]
 fn scalar(chunk: &[u8; 16], f: impl Fn(u8) -> bool) -> u32 {
@@ -78,6 +132,7 @@ mod tests {
         for base in (0..256).step_by(16) {
             for shift in 0..16u8 {
                 let chunk: [u8; 16] = std::array::from_fn(|i| (base + i) as u8 ^ shift);
+                assert_eq!(classes(&chunk), classes_scalar(&chunk));
                 assert_eq!(
                     ascii_letters(&chunk),
                     scalar(&chunk, |b| b.is_ascii_alphabetic())

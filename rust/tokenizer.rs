@@ -2,6 +2,7 @@
 //! directory (`vocab.json` + `merges.txt` + `manifest.json`), reproducing HF `tokenizers`
 //! exactly: added-token splitting, NFC, the Split pre-tokenizer, ByteLevel, BPE by merge rank.
 
+use crate::bitscan;
 use crate::bpe::{Bpe, MergeTable, NO_ID};
 use crate::bytelevel;
 use crate::cache::{self, FxBuild, PieceCache, ShortKey, VocabTable, MAX_CACHED_PIECE, SHORT};
@@ -857,7 +858,8 @@ impl Tokenizer {
             match self.pretok.single_scanner() {
                 Some(Scanner::Gpt2) => self.scan(b, c, &mut scratch, out, pretok::next_gpt2),
                 Some(Scanner::Cl100k(1)) => {
-                    self.scan(b, c, &mut scratch, out, |s, p| pretok::next_cl100k(s, p, 1))
+                    let mut pieces = bitscan::Pieces::default();
+                    self.scan(b, c, &mut scratch, out, |s, p| pieces.next_end(s, p))
                 }
                 Some(Scanner::Cl100k(_)) => {
                     self.scan(b, c, &mut scratch, out, |s, p| pretok::next_cl100k(s, p, 3))
@@ -893,7 +895,7 @@ impl Tokenizer {
         c: &mut PieceCache,
         scratch: &mut Vec<u32>,
         out: &mut Vec<u32>,
-        next: impl Fn(&[u8], usize) -> usize,
+        mut next: impl FnMut(&[u8], usize) -> usize,
     ) {
         const CHUNK: usize = 64;
         let n = text.len();
