@@ -2,20 +2,56 @@
 //! is set when byte `i` is in the class. SSE2 on x86_64 (always present there), a scalar loop
 //! elsewhere; both give the same masks.
 
+/// SSE2 lane tests shared by the masks below (SSE2 is part of the x86_64 baseline).
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// The 16 bytes of `chunk` (an unaligned load).
+    #[inline(always)]
+    pub fn load(chunk: &[u8; 16]) -> __m128i {
+        // SAFETY: SSE2 is baseline on x86_64; the load is unaligned and reads 16 bytes.
+        unsafe { _mm_loadu_si128(chunk.as_ptr() as *const __m128i) }
+    }
+
+    /// Lanes of `v` in `lo..=lo + n`, compared unsigned.
+    #[inline(always)]
+    pub fn in_range(v: __m128i, lo: u8, n: u8) -> __m128i {
+        // SAFETY: SSE2 is baseline on x86_64.
+        unsafe {
+            let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
+            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(n as i8)), t)
+        }
+    }
+
+    /// Lanes of `v` that are ASCII letters.
+    #[inline(always)]
+    pub fn letters(v: __m128i) -> __m128i {
+        // SAFETY: SSE2 is baseline on x86_64.
+        in_range(unsafe { _mm_or_si128(v, _mm_set1_epi8(0x20)) }, b'a', 25)
+    }
+
+    /// Lanes of `v` equal to `b`.
+    #[inline(always)]
+    pub fn eq(v: __m128i, b: u8) -> __m128i {
+        // SAFETY: SSE2 is baseline on x86_64.
+        unsafe { _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)) }
+    }
+
+    /// The high bit of each lane, as a 16-bit mask.
+    #[inline(always)]
+    pub fn mask(v: __m128i) -> u32 {
+        // SAFETY: SSE2 is baseline on x86_64.
+        unsafe { _mm_movemask_epi8(v) as u32 }
+    }
+}
+
 /// `[A-Za-z]`
 #[inline(always)]
 pub fn ascii_letters(chunk: &[u8; 16]) -> u32 {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE2 is part of the x86_64 baseline; the load is unaligned and reads 16 bytes.
-    unsafe {
-        use std::arch::x86_64::*;
-        let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
-        let t = _mm_sub_epi8(
-            _mm_or_si128(v, _mm_set1_epi8(0x20)),
-            _mm_set1_epi8(b'a' as i8),
-        );
-        let is = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(25)), t);
-        _mm_movemask_epi8(is) as u32
+    {
+        sse2::mask(sse2::letters(sse2::load(chunk)))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -28,28 +64,18 @@ pub fn ascii_letters(chunk: &[u8; 16]) -> u32 {
 #[inline(always)]
 pub fn ascii_others(chunk: &[u8; 16]) -> u32 {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
+    // SAFETY: SSE2 is baseline on x86_64.
     unsafe {
         use std::arch::x86_64::*;
-        let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
-        let in_range = |lo: u8, n: u8| {
-            let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
-            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(n as i8)), t)
-        };
-        let letter = {
-            let t = _mm_sub_epi8(
-                _mm_or_si128(v, _mm_set1_epi8(0x20)),
-                _mm_set1_epi8(b'a' as i8),
-            );
-            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(25)), t)
-        };
-        let digit = in_range(b'0', 9);
-        let ctl_space = in_range(9, 4);
-        let space = _mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8));
-        let not_other = _mm_or_si128(_mm_or_si128(letter, digit), _mm_or_si128(ctl_space, space));
+        let v = sse2::load(chunk);
+        let digit = sse2::in_range(v, b'0', 9);
+        let ctl_space = sse2::in_range(v, 9, 4);
+        let not_other = _mm_or_si128(
+            _mm_or_si128(sse2::letters(v), digit),
+            _mm_or_si128(ctl_space, sse2::eq(v, b' ')),
+        );
         // High bit set: non-ASCII, not in this class either.
-        let bad = _mm_or_si128(not_other, v);
-        (!(_mm_movemask_epi8(bad) as u32)) & 0xFFFF
+        (!sse2::mask(_mm_or_si128(not_other, v))) & 0xFFFF
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -64,34 +90,22 @@ pub fn ascii_others(chunk: &[u8; 16]) -> u32 {
 #[inline(always)]
 pub fn classes(chunk: &[u8; 16]) -> [u32; 7] {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
+    // SAFETY: SSE2 is baseline on x86_64.
     unsafe {
-        use std::arch::x86_64::*;
-        let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
-        let eq = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
-        let in_range = |lo: u8, n: u8| {
-            let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
-            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(n as i8)), t)
-        };
-        let letter = {
-            let t = _mm_sub_epi8(
-                _mm_or_si128(v, _mm_set1_epi8(0x20)),
-                _mm_set1_epi8(b'a' as i8),
-            );
-            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(25)), t)
-        };
-        let sp = eq(b' ');
-        let newline = _mm_or_si128(eq(b'\n'), eq(b'\r'));
-        let space = _mm_or_si128(_mm_or_si128(sp, eq(b'\t')), in_range(11, 1));
-        let m = |x| _mm_movemask_epi8(x) as u32;
+        use sse2::{eq, in_range, mask};
+        use std::arch::x86_64::_mm_or_si128;
+        let v = sse2::load(chunk);
+        let sp = eq(v, b' ');
+        let newline = _mm_or_si128(eq(v, b'\n'), eq(v, b'\r'));
+        let space = _mm_or_si128(_mm_or_si128(sp, eq(v, b'\t')), in_range(v, 11, 1));
         [
-            m(v),
-            m(letter),
-            m(in_range(b'0', 9)),
-            m(newline),
-            m(space),
-            m(sp),
-            m(eq(b'\'')),
+            mask(v),
+            mask(sse2::letters(v)),
+            mask(in_range(v, b'0', 9)),
+            mask(newline),
+            mask(space),
+            mask(sp),
+            mask(eq(v, b'\'')),
         ]
     }
     #[cfg(not(target_arch = "x86_64"))]
