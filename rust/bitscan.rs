@@ -19,8 +19,9 @@
 //! Whatever depends on bytes past the window (a contraction near its end, a whitespace run
 //! reaching it, non-ASCII bytes) is left to the next window, which starts at the last start
 //! known for sure; when no start past the first is known (a piece over ~60 bytes, a
-//! non-ASCII char), the caller takes one piece from the scalar scanner. A test checks the
-//! result against the scalar scanner on random and real text.
+//! non-ASCII char), the caller takes one piece from the scalar scanner. Tests check the result
+//! against the scalar scanner on fixed and random text; the conformance tests check the
+//! encoder built on it against HF on the whole standard library.
 
 /// Bytes per window: bit 63 is left free so the end of a full window is a representable bit.
 const WIDTH: usize = 63;

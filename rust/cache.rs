@@ -137,7 +137,7 @@ impl ShortKey {
     /// Whether both keys are of the same piece.
     #[inline]
     pub fn same(&self, other: &ShortKey) -> bool {
-        (self.k0, self.k1, self.len) == (other.k0, other.k1, other.len)
+        self.matches(other.k0, other.k1, other.len)
     }
 
     /// A slot index in a table of `mask + 1` (a power of two) for this key.

@@ -302,20 +302,14 @@ impl PyTokenizer {
         for range in chunks(&strs) {
             let part = &strs[range];
             let tok = &self.inner;
-            let ids = py.detach(|| {
+            let encode = |t: &&str| tok.encode(t, !ordinary);
+            let ids: crate::Result<Vec<Vec<u32>>> = py.detach(|| {
                 if pool.current_num_threads() == 1 {
                     // One thread: encode here, not on the pool's thread, whose fresh malloc
                     // arena would page-fault in every result (~25% of a stdlib encode).
-                    part.iter()
-                        .map(|t| tok.encode(t, !ordinary))
-                        .collect::<crate::Result<Vec<Vec<u32>>>>()
+                    part.iter().map(encode).collect()
                 } else {
-                    pool.install(|| {
-                        part.par_iter()
-                            .with_min_len(4)
-                            .map(|t| tok.encode(t, !ordinary))
-                            .collect::<crate::Result<Vec<Vec<u32>>>>()
-                    })
+                    pool.install(|| part.par_iter().with_min_len(4).map(encode).collect())
                 }
             });
             sink(ids.map_err(|e| to_py(py, e))?)?;

@@ -1107,11 +1107,6 @@ impl Tokenizer {
     }
 }
 
-/// Applies `normalizer` (NFC skipped for ASCII and quick-check-clean text).
-/// Whether `s` passes the NFC quick check. Every code point below U+0300 is NFC-stable with
-/// combining class 0 (their UTF-8 lead bytes are below 0xCC), and such a char resets the
-/// check's state, so only the runs of non-ASCII chars that contain a lead byte of 0xCC or more
-/// need checking; ASCII is skipped 32 bytes at a time.
 /// Short pieces met for the first time, waiting to be merged together: each distinct piece
 /// once (`pieces`: start, end, key), and where each occurrence's ids go (`places`: position in
 /// the output, index in `pieces`), in output order.
@@ -1174,6 +1169,10 @@ impl ColdPieces {
     }
 }
 
+/// Whether `s` passes the NFC quick check. Every code point below U+0300 is NFC-stable with
+/// combining class 0 (their UTF-8 lead bytes are below 0xCC), and such a char resets the
+/// check's state, so only the runs of non-ASCII chars that contain a lead byte of 0xCC or more
+/// need checking; ASCII is skipped 32 bytes at a time.
 fn nfc_quick_yes(s: &str) -> bool {
     use unicode_normalization::{is_nfc_quick, IsNormalized};
     let b = s.as_bytes();
@@ -1208,6 +1207,7 @@ fn nfc_quick_yes(s: &str) -> bool {
     true
 }
 
+/// Applies `normalizer` (NFC skipped for ASCII and quick-check-clean text).
 pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
     match normalizer {
         Normalizer::None => Cow::Borrowed(s),
