@@ -89,15 +89,26 @@ fn main() {
         .unwrap_or(1);
     // COLD=1: every rep on a fresh thread, so with an empty piece cache (profiles the cold path).
     let cold = std::env::var("COLD").as_deref() == Ok("1");
+    // CHECK=1: fold every id into a checksum (outside no timer), to compare two builds' ids.
+    let check = std::env::var("CHECK").as_deref() == Ok("1");
     for rep in 0..reps {
         let run = || {
             let t = Instant::now();
             let mut n = 0;
+            let mut sum = 0u64;
             let mut out = Vec::new();
             for d in &docs {
                 out.clear();
                 tok.encode_into(d, false, &mut out).unwrap();
                 n += out.len();
+                if check {
+                    for &id in &out {
+                        sum = (sum ^ id as u64).wrapping_mul(0x100_0000_01b3);
+                    }
+                }
+            }
+            if check {
+                eprintln!("ids checksum {sum:016x}");
             }
             (n, t.elapsed().as_secs_f64())
         };

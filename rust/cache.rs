@@ -80,17 +80,18 @@ pub const SHORT: usize = 16;
 /// Pieces longer than this are not cached (rare; long runs of one character, such as comment
 /// rulers, are cached up to this length because their BPE is the costliest).
 pub const MAX_CACHED_PIECE: usize = 1024;
-const MIN_SLOTS: usize = 1 << 16;
-/// Largest short table (32 bytes a slot: 16 MiB); past half full at this size it is cleared,
-/// bounding memory per thread.
-const MAX_SLOTS: usize = 1 << 19;
+const MIN_SLOTS: usize = 1 << 10;
+/// Largest short table (32 bytes a slot: 32 MiB), unless the vocabulary alone needs more;
+/// past half full at this size it is cleared (back to the vocabulary), bounding memory per
+/// thread.
+const MAX_SLOTS: usize = 1 << 20;
 /// The long-piece map is cleared past this many entries or this many bytes (keys and ids).
 const MAX_LONG: usize = 1 << 16;
 const MAX_LONG_BYTES: usize = 16 << 20;
 
 /// One short-table slot. `len == 0` is empty. `n` ids: inline in `a`, `b` when `n <= 2`,
 /// else `a` is an offset into `spill`.
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 #[repr(align(32))]
 struct Slot {
     k0: u64,
@@ -191,76 +192,60 @@ impl ShortKey {
     }
 }
 
-/// The pieces of up to `SHORT` bytes that are one vocabulary token, keyed like the cache:
-/// built once per tokenizer, read-only and shared by all threads. A hit is one probe with no
-/// byte comparison beyond the two key words.
+/// The pieces of up to `SHORT` bytes that are one vocabulary token (single bytes included),
+/// laid out as a piece cache: built once per tokenizer, read-only, and copied into every
+/// thread's cache when it starts or is cleared. A thread's cache therefore always holds the
+/// whole short vocabulary, and a piece the cache lacks is one that needs merging.
 #[derive(Debug, Clone)]
 pub struct VocabTable {
-    slots: HugeSlice<VocabSlot>,
-    mask: usize,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(align(32))]
-struct VocabSlot {
-    k0: u64,
-    k1: u64,
-    len: u32,
-    id: u32,
+    slots: HugeSlice<Slot>,
+    used: usize,
 }
 
 impl VocabTable {
-    /// `entries`: (piece bytes, id); pieces outside `2..=SHORT` bytes are skipped.
+    /// `entries`: (piece bytes, id); pieces outside `1..=SHORT` bytes are skipped.
     pub fn new<'a>(entries: impl Iterator<Item = (&'a [u8], u32)> + Clone) -> Self {
-        let n = entries
-            .clone()
-            .filter(|(b, _)| (2..=SHORT).contains(&b.len()))
-            .count();
-        // At most half full: a miss (a piece BPE splits) ends after about two probes.
-        let cap = (n * 2).next_power_of_two().max(16);
-        let mut t = VocabTable {
-            slots: HugeSlice::filled(cap, VocabSlot::default()),
+        let short = |b: &&[u8]| (1..=SHORT).contains(&b.len());
+        let n = entries.clone().filter(|(b, _)| short(b)).count();
+        // At most a third full, so the threads' caches have room before they grow.
+        let cap = (n * 3).next_power_of_two().max(MIN_SLOTS);
+        let mut c = PieceCache {
+            owner: 0,
+            slots: HugeSlice::filled(cap, Slot::default()),
             mask: cap - 1,
+            used: 0,
+            spill: Vec::new(),
+            long: HashMap::default(),
+            long_bytes: 0,
         };
-        for (b, id) in entries.filter(|(b, _)| (2..=SHORT).contains(&b.len())) {
+        for (b, id) in entries.filter(|(b, _)| short(b)) {
             let k = ShortKey::new(b, 0, b.len());
-            let mut i = (k.hash >> 32) as usize & t.mask;
-            while t.slots[i].len != 0 {
-                i = (i + 1) & t.mask;
-            }
-            t.slots[i] = VocabSlot {
-                k0: k.k0,
-                k1: k.k1,
-                len: k.len,
-                id,
-            };
+            c.place(
+                k.hash,
+                Slot {
+                    k0: k.k0,
+                    k1: k.k1,
+                    len: k.len,
+                    n: 1,
+                    a: id,
+                    b: 0,
+                },
+            );
         }
-        t
-    }
-
-    #[inline(always)]
-    pub fn get(&self, key: &ShortKey) -> Option<u32> {
-        let mut i = (key.hash >> 32) as usize & self.mask;
-        loop {
-            // SAFETY: `i` is masked with `mask` = `slots.len() - 1` (a power of two).
-            let s = unsafe { self.slots.get_unchecked(i) };
-            if key.matches(s.k0, s.k1, s.len) {
-                return Some(s.id);
-            }
-            if s.len == 0 {
-                return None;
-            }
-            i = (i + 1) & self.mask;
+        VocabTable {
+            slots: c.slots,
+            used: c.used,
         }
     }
 
-    #[inline(always)]
-    pub fn prefetch(&self, key: &ShortKey) {
-        prefetch(
-            self.slots
-                .as_ptr()
-                .wrapping_add((key.hash >> 32) as usize & self.mask),
-        );
+    /// Entries in the table.
+    pub fn len(&self) -> usize {
+        self.used
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
     }
 }
 
@@ -278,13 +263,14 @@ pub(crate) fn prefetch<T>(p: *const T) {
 }
 
 impl PieceCache {
-    fn new(owner: u64) -> Self {
+    /// A cache for tokenizer `owner`, holding `vocab` to begin with.
+    fn new(owner: u64, vocab: &VocabTable) -> Self {
         PieceCache {
             owner,
-            slots: HugeSlice::filled(MIN_SLOTS, Slot::default()),
-            mask: MIN_SLOTS - 1,
-            used: 0,
-            spill: Vec::new(),
+            slots: vocab.slots.clone(),
+            mask: vocab.slots.len() - 1,
+            used: vocab.used,
+            spill: Vec::with_capacity(1 << 16),
             long: HashMap::default(),
             long_bytes: 0,
         }
@@ -321,7 +307,20 @@ impl PieceCache {
             // SAFETY: `index` and the step below mask with `mask` = `slots.len() - 1`.
             let s = unsafe { self.slots.get_unchecked(i) };
             if key.matches(s.k0, s.k1, s.len) {
-                self.emit(s, out);
+                let len = out.len();
+                if s.n <= 2 && out.capacity() - len >= 2 {
+                    // Both inline words are written and the length moves by `n`: no branch
+                    // on one id or two.
+                    // SAFETY: two u32 of spare capacity were checked just above.
+                    unsafe {
+                        let p = out.as_mut_ptr().add(len);
+                        p.write(s.a);
+                        p.add(1).write(s.b);
+                        out.set_len(len + s.n as usize);
+                    }
+                } else {
+                    self.emit(s, out);
+                }
                 return true;
             }
             if s.len == 0 {
@@ -331,15 +330,16 @@ impl PieceCache {
         }
     }
 
-    pub fn insert_short(&mut self, key: &ShortKey, ids: &[u32]) {
+    /// Caches the ids of a short piece; `vocab` is what a full cache is reset to.
+    pub fn insert_short(&mut self, key: &ShortKey, ids: &[u32], vocab: &VocabTable) {
         if ids.is_empty() {
             return;
         }
         if (self.used + 1) * 2 > self.slots.len() {
-            if self.slots.len() < MAX_SLOTS {
+            if self.slots.len() < MAX_SLOTS.max(2 * vocab.slots.len()) {
                 self.grow();
             } else {
-                self.clear();
+                self.clear(vocab);
             }
         }
         let (a, b) = match *ids {
@@ -389,9 +389,10 @@ impl PieceCache {
         }
     }
 
-    fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|s| *s = Slot::default());
-        self.used = 0;
+    fn clear(&mut self, vocab: &VocabTable) {
+        self.slots = vocab.slots.clone();
+        self.mask = self.slots.len() - 1;
+        self.used = vocab.used;
         self.spill.clear();
         self.long.clear();
         self.long_bytes = 0;
@@ -422,13 +423,14 @@ thread_local! {
     static CACHE: RefCell<Option<PieceCache>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's cache for tokenizer `owner` (reset if it held another's).
+/// Runs `f` with this thread's cache for tokenizer `owner` (reset to `vocab` if it held
+/// another's).
 #[inline]
-pub fn with_cache<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
+pub fn with_cache<R>(owner: u64, vocab: &VocabTable, f: impl FnOnce(&mut PieceCache) -> R) -> R {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|p| p.owner != owner) {
-            *c = Some(PieceCache::new(owner));
+            *c = Some(PieceCache::new(owner, vocab));
         }
         f(c.as_mut().expect("cache"))
     })
@@ -464,7 +466,8 @@ mod tests {
     #[test]
     fn short_keys_distinguish_pieces_and_round_trip() {
         let text = b"abcdefghijklmnopqrstuvwxyz";
-        let mut c = PieceCache::new(1);
+        let vocab = VocabTable::new(std::iter::empty());
+        let mut c = PieceCache::new(1, &vocab);
         let mut out = Vec::new();
         for len in 1..=SHORT {
             for start in 0..text.len() - len + 1 {
@@ -473,7 +476,7 @@ mod tests {
                 let ids: Vec<u32> = (0..(len as u32 % 4 + 1))
                     .map(|x| x + start as u32)
                     .collect();
-                c.insert_short(&k, &ids);
+                c.insert_short(&k, &ids, &vocab);
                 out.clear();
                 assert!(c.get(&k, &mut out));
                 assert_eq!(out, ids);
@@ -488,7 +491,7 @@ mod tests {
         for i in 0..100_000u32 {
             let s = format!("{i:>12}");
             let k = ShortKey::new(s.as_bytes(), 0, 12);
-            c.insert_short(&k, &[i]);
+            c.insert_short(&k, &[i], &vocab);
         }
         let k = ShortKey::new(b"       99999", 0, 12);
         out.clear();

@@ -635,7 +635,12 @@ impl Tokenizer {
         for (b, id) in direct {
             bytes_to_id.insert(b.into_boxed_slice(), id);
         }
-        let short_vocab = VocabTable::new(bytes_to_id.iter().map(|(b, &id)| (&b[..], id)));
+        let short_vocab = VocabTable::new(bytes_to_id.iter().map(|(b, &id)| (&b[..], id)).chain(
+            (0..256).filter_map(|b| {
+                let id = bpe.byte_ids[b];
+                (id != NO_ID).then(|| (&ALL_BYTES[b..b + 1], id))
+            }),
+        ));
 
         let mut special = vec![false; id_to_str.len()];
         for t in added.iter().filter(|t| t.special) {
@@ -852,7 +857,7 @@ impl Tokenizer {
         } else {
             text
         };
-        cache::with_cache(self.uid, |c| {
+        cache::with_cache(self.uid, &self.short_vocab, |c| {
             let mut scratch = Vec::new();
             let b = text.as_bytes();
             match self.pretok.single_scanner() {
@@ -867,7 +872,7 @@ impl Tokenizer {
                 None => {
                     return self.pretok.for_each_piece(text, |piece| {
                         let p = piece.as_bytes();
-                        let key = if (2..=SHORT).contains(&p.len()) {
+                        let key = if (1..=SHORT).contains(&p.len()) {
                             ShortKey::new(p, 0, p.len())
                         } else {
                             ShortKey::EMPTY
@@ -905,13 +910,13 @@ impl Tokenizer {
         let mut pos = 0;
         while pos < n {
             let first = pos;
+            out.reserve(2 * CHUNK);
             let mut k = 0;
             while k < CHUNK && pos < n {
                 let end = next(text, pos);
                 let len = end - pos;
-                if (2..=SHORT).contains(&len) {
+                if len <= SHORT {
                     let key = ShortKey::new(text, pos, len);
-                    self.short_vocab.prefetch(&key);
                     c.prefetch(&key);
                     keys[k] = key;
                 }
@@ -959,7 +964,7 @@ impl Tokenizer {
         );
         let span = |k: usize| if k == 0 { 0 } else { cold.ends[k - 1] }..cold.ends[k];
         for (k, p) in pieces.iter().enumerate() {
-            c.insert_short(&p.2, &ids[span(k)]);
+            c.insert_short(&p.2, &ids[span(k)], &self.short_vocab);
         }
         // Open the gaps from the back, so every id moves once.
         let extra: usize = cold.places.iter().map(|&(_, k)| span(k).len()).sum();
@@ -978,10 +983,10 @@ impl Tokenizer {
         cold.clear();
     }
 
-    /// Appends the ids of `text[start..end]` when the tables have them or the piece is not
-    /// short; false, with nothing appended, for a short piece seen for the first time (on
-    /// this thread). `key` is the piece's short key when it has 2..=SHORT bytes (anything
-    /// otherwise).
+    /// Appends the ids of `text[start..end]` when this thread's cache has them or the piece
+    /// is not short; false, with nothing appended, for a short piece seen for the first time
+    /// (on this thread). `key` is the piece's short key when it has 1..=SHORT bytes
+    /// (anything otherwise).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn piece(
@@ -995,20 +1000,7 @@ impl Tokenizer {
         out: &mut Vec<u32>,
     ) -> bool {
         let n = end - start;
-        if n == 1 {
-            let id = self.bpe.byte_ids[text[start] as usize];
-            if id != NO_ID {
-                out.push(id);
-            } else if let Some(u) = self.unk {
-                out.push(u);
-            }
-            return true;
-        }
         if n <= SHORT {
-            if let Some(id) = self.short_vocab.get(key) {
-                out.push(id);
-                return true;
-            }
             return c.get(key, out);
         }
         let bytes = &text[start..end];
@@ -1039,7 +1031,7 @@ impl Tokenizer {
         scratch.clear();
         self.bpe.encode_piece(bytes, self.unk, scratch);
         out.extend_from_slice(scratch);
-        c.insert_short(key, scratch);
+        c.insert_short(key, scratch, &self.short_vocab);
     }
 
     #[inline]
@@ -1106,6 +1098,17 @@ impl Tokenizer {
         self.special.get(id as usize).copied().unwrap_or(false)
     }
 }
+
+/// Every byte value, for one-byte slices of each.
+const ALL_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Short pieces met for the first time, waiting to be merged together: each distinct piece
 /// once (`pieces`: start, end, key), and where each occurrence's ids go (`places`: position in
