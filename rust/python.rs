@@ -153,12 +153,33 @@ impl PyTokenizer {
         ordinary: bool,
         num_threads: Option<usize>,
     ) -> PyResult<FlatIds<'py>> {
+        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
+        if pool.current_num_threads() == 1 {
+            // One thread: every text's ids appended straight to the one result, on this
+            // thread (no per-text vectors, no second copy).
+            let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+            let bytes: usize = strs.iter().map(|t| t.len()).sum();
+            let mut flat: Vec<u32> = Vec::with_capacity(bytes / 4 + 16);
+            let mut offsets: Vec<u64> = Vec::with_capacity(strs.len() + 1);
+            offsets.push(0);
+            for range in chunks(&strs) {
+                py.detach(|| {
+                    strs[range].iter().try_for_each(|t| {
+                        self.inner.encode_into(t, !ordinary, &mut flat)?;
+                        offsets.push(flat.len() as u64);
+                        Ok(())
+                    })
+                })
+                .map_err(|e| to_py(py, e))?;
+                py.check_signals()?;
+            }
+            return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
+        }
         let mut parts: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
         self.encode_chunked(py, &texts, ordinary, num_threads, |ids| {
             parts.extend(ids);
             Ok(())
         })?;
-        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
         // One exact allocation, filled in parallel (no serial regrowth of a 100 MB buffer).
         let mut offsets: Vec<u64> = Vec::with_capacity(parts.len() + 1);
         offsets.push(0);
