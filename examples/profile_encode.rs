@@ -83,6 +83,64 @@ fn main() {
             );
         }
     }
+    if std::env::var("MODE").as_deref() == Ok("bpe") {
+        // The merging a cold encode does, alone: each distinct piece BPE splits, once.
+        let mut short = std::collections::HashSet::new();
+        let mut long = std::collections::HashSet::new();
+        for d in &docs {
+            for p in tok.pre_tokenize(d).unwrap() {
+                let b = p.into_bytes();
+                if b.len() > 16 {
+                    long.insert(b);
+                } else if b.len() > 1 {
+                    short.insert(b);
+                }
+            }
+        }
+        let bpe = tok.bpe();
+        let split = |p: &Vec<u8>| {
+            let mut v = Vec::new();
+            bpe.encode_piece(p, None, &mut v);
+            v.len() > 1
+        };
+        let short: Vec<Vec<u8>> = short.into_iter().filter(split).collect();
+        let long: Vec<Vec<u8>> = long.into_iter().collect();
+        let nbytes = |v: &[Vec<u8>]| v.iter().map(|p| p.len()).sum::<usize>();
+        // The pieces one after another, as in a text (not each in its own allocation).
+        let buf: Vec<u8> = short.concat();
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for p in &short {
+            spans.push(at..at + p.len());
+            at += p.len();
+        }
+        for _ in 0..3 {
+            let t = Instant::now();
+            let (mut out, mut ends) = (Vec::new(), Vec::new());
+            for b in spans.chunks(16) {
+                bpe.encode_short_batch(b.len(), |k| &buf[b[k].clone()], None, &mut out, &mut ends);
+            }
+            let s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut lo = Vec::new();
+            for p in &long {
+                bpe.encode_piece(p, None, &mut lo);
+            }
+            let l = t.elapsed().as_secs_f64();
+            eprintln!(
+                "bpe only: {} short pieces ({} bytes, {} ids) {:.1} ms, {:.0} ns each; {} long \
+                 ({} bytes) {:.1} ms",
+                short.len(),
+                nbytes(&short),
+                out.len(),
+                s * 1e3,
+                s * 1e9 / short.len() as f64,
+                long.len(),
+                nbytes(&long),
+                l * 1e3
+            );
+        }
+    }
     let reps: usize = std::env::var("REPS")
         .ok()
         .and_then(|v| v.parse().ok())
