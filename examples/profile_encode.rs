@@ -175,7 +175,34 @@ fn main() {
             (n, t.elapsed().as_secs_f64())
         };
         let faults = minor_faults();
-        let (n, s) = if cold {
+        let threads: usize = std::env::var("THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let (n, s) = if threads > 1 {
+            // THREADS=k: the documents dealt round-robin to k fresh threads encoding at once.
+            let t = Instant::now();
+            let n: usize = std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..threads)
+                    .map(|i| {
+                        let docs = &docs;
+                        let tok = &tok;
+                        sc.spawn(move || {
+                            let mut out = Vec::new();
+                            let mut n = 0;
+                            for d in docs.iter().skip(i).step_by(threads) {
+                                out.clear();
+                                tok.encode_into(d, false, &mut out).unwrap();
+                                n += out.len();
+                            }
+                            n
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            (n, t.elapsed().as_secs_f64())
+        } else if cold {
             std::thread::scope(|sc| sc.spawn(run).join().unwrap())
         } else {
             run()
