@@ -1,13 +1,15 @@
-//! A per-thread piece -> ids cache. No locks: each thread owns its cache, tagged with the
-//! tokenizer it belongs to. Pieces of up to 16 bytes (nearly all of them in code) live in a
-//! flat open-addressing table keyed by the piece packed into two u64 words, so a hit is one
-//! probe and two integer compares; one or two ids are stored inline. Longer pieces use a
-//! hash map.
+//! Piece -> ids tables. Pieces of up to 16 bytes (nearly all of them in code) are keyed by the
+//! piece packed into two u64 words, in flat open-addressing tables of 32-byte slots, so a hit is
+//! one probe and two integer compares, with one or two ids inline: `SharedTable`, one per
+//! tokenizer and shared lock-free by the threads (the one-token vocabulary, then the pieces the
+//! threads merge), and `PieceCache`, one per thread, for what the shared table has no room
+//! for. Longer pieces use a per-thread hash map.
 
 use crate::huge::HugeSlice;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// FxHash-style hasher: fast on short byte strings, no DoS resistance needed here.
 #[derive(Default, Clone, Copy)]
@@ -81,10 +83,9 @@ pub const SHORT: usize = 16;
 /// rulers, are cached up to this length because their BPE is the costliest).
 pub const MAX_CACHED_PIECE: usize = 1024;
 const MIN_SLOTS: usize = 1 << 10;
-/// Largest short table (32 bytes a slot: 32 MiB), unless the vocabulary alone needs more;
-/// past half full at this size it is cleared (back to the vocabulary), bounding memory per
-/// thread.
-const MAX_SLOTS: usize = 1 << 20;
+/// Largest per-thread short table (32 bytes a slot: 16 MiB); past half full at this size it is
+/// cleared, bounding memory per thread. Used only once the shared table is full.
+const MAX_SLOTS: usize = 1 << 19;
 /// The long-piece map is cleared past this many entries or this many bytes (keys and ids).
 const MAX_LONG: usize = 1 << 16;
 const MAX_LONG_BYTES: usize = 16 << 20;
@@ -192,60 +193,226 @@ impl ShortKey {
     }
 }
 
-/// The pieces of up to `SHORT` bytes that are one vocabulary token (single bytes included),
-/// laid out as a piece cache: built once per tokenizer, read-only, and copied into every
-/// thread's cache when it starts or is cleared. A thread's cache therefore always holds the
-/// whole short vocabulary, and a piece the cache lacks is one that needs merging.
-#[derive(Debug, Clone)]
-pub struct VocabTable {
+/// The ids of pieces of up to `SHORT` bytes, shared by all threads: built at load with every
+/// piece that is one vocabulary token (single bytes included), then every thread adds the
+/// pieces it merges, until the table is half full; a piece it lacks after that is cached in the
+/// thread's own `PieceCache`. So a piece is one probe whatever it is, the threads never merge
+/// the same piece twice (while there is room), and each vocabulary entry is in memory once.
+///
+/// No locks. A slot is written once: a thread claims an empty one by swapping its `len` from 0
+/// to `LOCKED`, writes the key and ids, then publishes it with a release store of the real
+/// length; a reader loads `len` with acquire and reads the rest only when it is the key's
+/// length, so it sees a slot either empty, being written (skipped), or complete. Two threads
+/// adding the same piece at once may both add it; both entries hold the same ids. Ids beyond
+/// two go to an append-only spill area claimed with an atomic add and written before the slot
+/// is published. Slots and spill are only touched through raw pointers and atomics once the
+/// table is shared, never through references.
+pub struct SharedTable {
     slots: HugeSlice<Slot>,
-    used: usize,
+    mask: usize,
+    /// Entries past which no more are added (half the slots).
+    limit: usize,
+    used: AtomicUsize,
+    spill: HugeSlice<u32>,
+    spill_used: AtomicUsize,
 }
 
-impl VocabTable {
-    /// `entries`: (piece bytes, id); pieces outside `1..=SHORT` bytes are skipped.
+// SAFETY: the slots and spill are written only as described on the type (claim with a
+// compare-exchange, publish with a release store, read after an acquire load), so shared access
+// from several threads has no data race.
+unsafe impl Sync for SharedTable {}
+// SAFETY: the table owns its memory, like a Vec.
+unsafe impl Send for SharedTable {}
+
+impl std::fmt::Debug for SharedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTable")
+            .field("slots", &self.slots.len())
+            .field("used", &self.used.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A claimed slot being written (no key has this length).
+const LOCKED: u32 = u32::MAX;
+/// Spilled ids the shared table can hold (4 MiB).
+const SHARED_SPILL: usize = 1 << 20;
+
+impl SharedTable {
+    /// `entries`: (piece bytes, id) of the pieces that are one token; pieces outside
+    /// `1..=SHORT` bytes are skipped.
     pub fn new<'a>(entries: impl Iterator<Item = (&'a [u8], u32)> + Clone) -> Self {
         let short = |b: &&[u8]| (1..=SHORT).contains(&b.len());
         let n = entries.clone().filter(|(b, _)| short(b)).count();
-        // At most a third full, so the threads' caches have room before they grow.
+        // At most a third full with the vocabulary, leaving room for the merged pieces.
         let cap = (n * 3).next_power_of_two().max(MIN_SLOTS);
-        let mut c = PieceCache {
-            owner: 0,
+        let t = SharedTable {
             slots: HugeSlice::filled(cap, Slot::default()),
             mask: cap - 1,
-            used: 0,
-            spill: Vec::new(),
-            long: HashMap::default(),
-            long_bytes: 0,
+            limit: cap / 2,
+            used: AtomicUsize::new(0),
+            spill: HugeSlice::filled(SHARED_SPILL, 0),
+            spill_used: AtomicUsize::new(0),
         };
         for (b, id) in entries.filter(|(b, _)| short(b)) {
-            let k = ShortKey::new(b, 0, b.len());
-            c.place(
-                k.hash,
-                Slot {
-                    k0: k.k0,
-                    k1: k.k1,
-                    len: k.len,
-                    n: 1,
-                    a: id,
-                    b: 0,
-                },
-            );
+            t.insert(&ShortKey::new(b, 0, b.len()), &[id]);
         }
-        VocabTable {
-            slots: c.slots,
-            used: c.used,
+        t
+    }
+
+    #[inline(always)]
+    fn index(&self, h: u64) -> usize {
+        (h >> 32) as usize & self.mask
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> *mut Slot {
+        // `i` is always masked with `mask` = `slots.len() - 1`.
+        self.slots.raw().wrapping_add(i)
+    }
+
+    #[inline(always)]
+    fn len_of(&self, p: *mut Slot) -> &AtomicU32 {
+        // SAFETY: `p` is a slot of this table (aligned, alive as long as `self`); its `len` is
+        // only accessed atomically once the table is built.
+        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*p).len)) }
+    }
+
+    /// Starts loading the slot `key` probes first.
+    #[inline(always)]
+    pub fn prefetch(&self, key: &ShortKey) {
+        prefetch(self.slot(self.index(key.hash)));
+    }
+
+    /// Appends the ids of `key` to `out`; false when the table lacks the piece.
+    #[inline(always)]
+    pub fn get(&self, key: &ShortKey, out: &mut Vec<u32>) -> bool {
+        let mut i = self.index(key.hash);
+        loop {
+            let p = self.slot(i);
+            let len = self.len_of(p).load(Ordering::Acquire);
+            if len == key.len {
+                // SAFETY: a published slot (its length seen with acquire): written once,
+                // before the release store of `len`, never again.
+                let s = unsafe { p.read() };
+                if s.k0 == key.k0 && s.k1 == key.k1 {
+                    emit_ids(s.a, s.b, s.n, out, |a, n| {
+                        // SAFETY: spilled ids are written before their slot is published and
+                        // lie within the spill area (checked when claimed).
+                        unsafe {
+                            std::slice::from_raw_parts(self.spill.raw().add(a as usize), n as usize)
+                        }
+                    });
+                    return true;
+                }
+            }
+            if len == 0 {
+                return false;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Adds the ids of `key` (not empty); false when the table is full, or its spill area
+    /// for more than two ids.
+    pub fn insert(&self, key: &ShortKey, ids: &[u32]) -> bool {
+        if ids.is_empty() || self.used.load(Ordering::Relaxed) >= self.limit {
+            return false;
+        }
+        let (a, b) = match *ids {
+            [a] => (a, 0),
+            [a, b] => (a, b),
+            _ => {
+                let off = self.spill_used.fetch_add(ids.len(), Ordering::Relaxed);
+                if off + ids.len() > SHARED_SPILL {
+                    return false;
+                }
+                // SAFETY: this thread alone claimed `off..off + len` (atomic add), within the
+                // spill area; no reader looks at it before the slot below is published.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        ids.as_ptr(),
+                        self.spill.raw().add(off),
+                        ids.len(),
+                    )
+                };
+                (off as u32, 0)
+            }
+        };
+        let mut i = self.index(key.hash);
+        loop {
+            let p = self.slot(i);
+            let len = self.len_of(p);
+            let cur = len.load(Ordering::Acquire);
+            if cur == 0 {
+                if len
+                    .compare_exchange(0, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue; // another thread claimed it: look at it again
+                }
+                // SAFETY: the slot is ours (claimed above); readers skip it until published.
+                unsafe {
+                    std::ptr::addr_of_mut!((*p).k0).write(key.k0);
+                    std::ptr::addr_of_mut!((*p).k1).write(key.k1);
+                    std::ptr::addr_of_mut!((*p).n).write(ids.len() as u32);
+                    std::ptr::addr_of_mut!((*p).a).write(a);
+                    std::ptr::addr_of_mut!((*p).b).write(b);
+                }
+                len.store(key.len, Ordering::Release);
+                self.used.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            if cur == key.len {
+                // SAFETY: published, as in `get`.
+                let s = unsafe { p.read() };
+                if s.k0 == key.k0 && s.k1 == key.k1 {
+                    return true;
+                }
+            }
+            i = (i + 1) & self.mask;
         }
     }
 
     /// Entries in the table.
     pub fn len(&self) -> usize {
-        self.used
+        self.used.load(Ordering::Relaxed)
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.used == 0
+        self.len() == 0
+    }
+}
+
+/// Appends ids held as (`a`, `b`, `n`) (see `Slot`); `spilled(a, n)` gives the ids when
+/// `n > 2`.
+#[inline(always)]
+fn emit_ids<'s>(
+    a: u32,
+    b: u32,
+    n: u32,
+    out: &mut Vec<u32>,
+    spilled: impl FnOnce(u32, u32) -> &'s [u32],
+) {
+    let len = out.len();
+    if n <= 2 && out.capacity() - len >= 2 {
+        // Both inline words are written and the length moves by `n`: no branch on one id or
+        // two.
+        // SAFETY: two u32 of spare capacity were checked just above.
+        unsafe {
+            let p = out.as_mut_ptr().add(len);
+            p.write(a);
+            p.add(1).write(b);
+            out.set_len(len + n as usize);
+        }
+    } else if n <= 2 {
+        out.push(a);
+        if n == 2 {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(spilled(a, n));
     }
 }
 
@@ -263,14 +430,13 @@ pub(crate) fn prefetch<T>(p: *const T) {
 }
 
 impl PieceCache {
-    /// A cache for tokenizer `owner`, holding `vocab` to begin with.
-    fn new(owner: u64, vocab: &VocabTable) -> Self {
+    fn new(owner: u64) -> Self {
         PieceCache {
             owner,
-            slots: vocab.slots.clone(),
-            mask: vocab.slots.len() - 1,
-            used: vocab.used,
-            spill: Vec::with_capacity(1 << 16),
+            slots: HugeSlice::filled(MIN_SLOTS, Slot::default()),
+            mask: MIN_SLOTS - 1,
+            used: 0,
+            spill: Vec::new(),
             long: HashMap::default(),
             long_bytes: 0,
         }
@@ -279,18 +445,6 @@ impl PieceCache {
     #[inline(always)]
     fn index(&self, h: u64) -> usize {
         (h >> 32) as usize & self.mask
-    }
-
-    #[inline(always)]
-    fn emit(&self, s: &Slot, out: &mut Vec<u32>) {
-        match s.n {
-            1 => out.push(s.a),
-            2 => {
-                out.push(s.a);
-                out.push(s.b)
-            }
-            n => out.extend_from_slice(&self.spill[s.a as usize..(s.a + n) as usize]),
-        }
     }
 
     /// Starts loading the main-table slot `key` probes first.
@@ -307,20 +461,9 @@ impl PieceCache {
             // SAFETY: `index` and the step below mask with `mask` = `slots.len() - 1`.
             let s = unsafe { self.slots.get_unchecked(i) };
             if key.matches(s.k0, s.k1, s.len) {
-                let len = out.len();
-                if s.n <= 2 && out.capacity() - len >= 2 {
-                    // Both inline words are written and the length moves by `n`: no branch
-                    // on one id or two.
-                    // SAFETY: two u32 of spare capacity were checked just above.
-                    unsafe {
-                        let p = out.as_mut_ptr().add(len);
-                        p.write(s.a);
-                        p.add(1).write(s.b);
-                        out.set_len(len + s.n as usize);
-                    }
-                } else {
-                    self.emit(s, out);
-                }
+                emit_ids(s.a, s.b, s.n, out, |a, n| {
+                    &self.spill[a as usize..(a + n) as usize]
+                });
                 return true;
             }
             if s.len == 0 {
@@ -330,16 +473,16 @@ impl PieceCache {
         }
     }
 
-    /// Caches the ids of a short piece; `vocab` is what a full cache is reset to.
-    pub fn insert_short(&mut self, key: &ShortKey, ids: &[u32], vocab: &VocabTable) {
+    /// Caches the ids of a short piece.
+    pub fn insert_short(&mut self, key: &ShortKey, ids: &[u32]) {
         if ids.is_empty() {
             return;
         }
         if (self.used + 1) * 2 > self.slots.len() {
-            if self.slots.len() < MAX_SLOTS.max(2 * vocab.slots.len()) {
+            if self.slots.len() < MAX_SLOTS {
                 self.grow();
             } else {
-                self.clear(vocab);
+                self.clear();
             }
         }
         let (a, b) = match *ids {
@@ -389,10 +532,9 @@ impl PieceCache {
         }
     }
 
-    fn clear(&mut self, vocab: &VocabTable) {
-        self.slots = vocab.slots.clone();
-        self.mask = self.slots.len() - 1;
-        self.used = vocab.used;
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = Slot::default());
+        self.used = 0;
         self.spill.clear();
         self.long.clear();
         self.long_bytes = 0;
@@ -423,14 +565,13 @@ thread_local! {
     static CACHE: RefCell<Option<PieceCache>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's cache for tokenizer `owner` (reset to `vocab` if it held
-/// another's).
+/// Runs `f` with this thread's cache for tokenizer `owner` (reset if it held another's).
 #[inline]
-pub fn with_cache<R>(owner: u64, vocab: &VocabTable, f: impl FnOnce(&mut PieceCache) -> R) -> R {
+pub fn with_cache<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|p| p.owner != owner) {
-            *c = Some(PieceCache::new(owner, vocab));
+            *c = Some(PieceCache::new(owner));
         }
         f(c.as_mut().expect("cache"))
     })
@@ -464,10 +605,63 @@ mod tests {
     }
 
     #[test]
+    fn shared_table_is_consistent_under_concurrent_inserts() {
+        let vocab: Vec<(Vec<u8>, u32)> = (0..3000u32)
+            .map(|i| (format!("v{i}").into_bytes(), i))
+            .collect();
+        let t = SharedTable::new(vocab.iter().map(|(b, id)| (&b[..], *id)));
+        assert_eq!(t.len(), 3000);
+        // The ids a piece gets: one, two or several (spilled), from the piece alone.
+        let ids_of = |i: u32| -> Vec<u32> { (0..i % 5 + 1).map(|j| i * 7 + j).collect() };
+        let piece = |i: u32| format!("p{i:>9}");
+        // Four threads add overlapping ranges of pieces and read back what any of them added.
+        std::thread::scope(|sc| {
+            for w in 0..4u32 {
+                let t = &t;
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    for i in (w * 500)..(w * 500 + 3000) {
+                        let p = piece(i);
+                        let k = ShortKey::new(p.as_bytes(), 0, p.len());
+                        out.clear();
+                        if t.get(&k, &mut out) {
+                            assert_eq!(out, ids_of(i));
+                        } else {
+                            assert!(t.insert(&k, &ids_of(i)));
+                            out.clear();
+                            assert!(t.get(&k, &mut out));
+                            assert_eq!(out, ids_of(i));
+                        }
+                    }
+                });
+            }
+        });
+        let mut out = Vec::new();
+        for i in 0..4500u32 {
+            let p = piece(i);
+            out.clear();
+            assert!(t.get(&ShortKey::new(p.as_bytes(), 0, p.len()), &mut out));
+            assert_eq!(out, ids_of(i));
+        }
+        for (b, id) in &vocab {
+            out.clear();
+            assert!(t.get(&ShortKey::new(b, 0, b.len()), &mut out));
+            assert_eq!(out, [*id]);
+        }
+        let absent = b"not there";
+        assert!(!t.get(&ShortKey::new(absent, 0, absent.len()), &mut out));
+        // Past half full, nothing more is added (the caller keeps it per thread).
+        let mut i = 10_000u32;
+        while t.insert(&ShortKey::new(piece(i).as_bytes(), 0, 10), &[1]) {
+            i += 1;
+        }
+        assert!(t.len() >= t.slots.len() / 2);
+    }
+
+    #[test]
     fn short_keys_distinguish_pieces_and_round_trip() {
         let text = b"abcdefghijklmnopqrstuvwxyz";
-        let vocab = VocabTable::new(std::iter::empty());
-        let mut c = PieceCache::new(1, &vocab);
+        let mut c = PieceCache::new(1);
         let mut out = Vec::new();
         for len in 1..=SHORT {
             for start in 0..text.len() - len + 1 {
@@ -476,7 +670,7 @@ mod tests {
                 let ids: Vec<u32> = (0..(len as u32 % 4 + 1))
                     .map(|x| x + start as u32)
                     .collect();
-                c.insert_short(&k, &ids, &vocab);
+                c.insert_short(&k, &ids);
                 out.clear();
                 assert!(c.get(&k, &mut out));
                 assert_eq!(out, ids);
@@ -491,7 +685,7 @@ mod tests {
         for i in 0..100_000u32 {
             let s = format!("{i:>12}");
             let k = ShortKey::new(s.as_bytes(), 0, 12);
-            c.insert_short(&k, &[i], &vocab);
+            c.insert_short(&k, &[i]);
         }
         let k = ShortKey::new(b"       99999", 0, 12);
         out.clear();

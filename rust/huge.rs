@@ -24,6 +24,14 @@ unsafe impl<T: Copy + Send> Send for HugeSlice<T> {}
 unsafe impl<T: Copy + Sync> Sync for HugeSlice<T> {}
 
 impl<T: Copy> HugeSlice<T> {
+    /// The elements' base pointer, not derived from a reference: for tables whose slots
+    /// threads write through raw pointers and atomics (`cache::SharedTable`), never through
+    /// `Deref`.
+    #[inline(always)]
+    pub fn raw(&self) -> *mut T {
+        self.ptr
+    }
+
     /// `len` copies of `value`.
     pub fn filled(len: usize, value: T) -> Self {
         let bytes = len * std::mem::size_of::<T>();

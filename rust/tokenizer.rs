@@ -5,7 +5,7 @@
 use crate::bitscan;
 use crate::bpe::{Bpe, MergeTable, NO_ID};
 use crate::bytelevel;
-use crate::cache::{self, FxBuild, PieceCache, ShortKey, VocabTable, MAX_CACHED_PIECE, SHORT};
+use crate::cache::{self, FxBuild, PieceCache, SharedTable, ShortKey, MAX_CACHED_PIECE, SHORT};
 use crate::error::{codes, Error, ErrorKind, Result};
 use crate::pretok::{self, PreTokenizer, Scanner, GPT2_PATTERN};
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -70,7 +70,8 @@ pub struct Tokenizer {
     /// raw bytes -> id of whole pieces that are one token (see `from_value`); those of up to
     /// `SHORT` bytes also in `short_vocab`.
     bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild>,
-    short_vocab: VocabTable,
+    /// Short pieces' ids, shared by the threads: the one-token pieces, then merged ones.
+    short_vocab: SharedTable,
     raw_added: Option<AddedMatcher>,
     norm_added: Option<AddedMatcher>,
     /// id -> whether it is a special added token (skipped by `skip_special` decoding).
@@ -635,7 +636,7 @@ impl Tokenizer {
         for (b, id) in direct {
             bytes_to_id.insert(b.into_boxed_slice(), id);
         }
-        let short_vocab = VocabTable::new(bytes_to_id.iter().map(|(b, &id)| (&b[..], id)).chain(
+        let short_vocab = SharedTable::new(bytes_to_id.iter().map(|(b, &id)| (&b[..], id)).chain(
             (0..256).filter_map(|b| {
                 let id = bpe.byte_ids[b];
                 (id != NO_ID).then(|| (&ALL_BYTES[b..b + 1], id))
@@ -857,7 +858,7 @@ impl Tokenizer {
         } else {
             text
         };
-        cache::with_cache(self.uid, &self.short_vocab, |c| {
+        cache::with_cache(self.uid, |c| {
             let mut scratch = Vec::new();
             let b = text.as_bytes();
             match self.pretok.single_scanner() {
@@ -917,7 +918,7 @@ impl Tokenizer {
                 let len = end - pos;
                 if len <= SHORT {
                     let key = ShortKey::new(text, pos, len);
-                    c.prefetch(&key);
+                    self.short_vocab.prefetch(&key);
                     keys[k] = key;
                 }
                 ends[k] = end;
@@ -964,7 +965,7 @@ impl Tokenizer {
         );
         let span = |k: usize| if k == 0 { 0 } else { cold.ends[k - 1] }..cold.ends[k];
         for (k, p) in pieces.iter().enumerate() {
-            c.insert_short(&p.2, &ids[span(k)], &self.short_vocab);
+            self.cache_short(c, &p.2, &ids[span(k)]);
         }
         // Open the gaps from the back, so every id moves once.
         let extra: usize = cold.places.iter().map(|&(_, k)| span(k).len()).sum();
@@ -1001,7 +1002,7 @@ impl Tokenizer {
     ) -> bool {
         let n = end - start;
         if n <= SHORT {
-            return c.get(key, out);
+            return self.short_vocab.get(key, out) || c.get(key, out);
         }
         let bytes = &text[start..end];
         if n <= MAX_CACHED_PIECE {
@@ -1031,7 +1032,16 @@ impl Tokenizer {
         scratch.clear();
         self.bpe.encode_piece(bytes, self.unk, scratch);
         out.extend_from_slice(scratch);
-        c.insert_short(key, scratch, &self.short_vocab);
+        self.cache_short(c, key, scratch);
+    }
+
+    /// Caches a merged short piece: in the shared table while it has room, else in this
+    /// thread's cache.
+    #[inline]
+    fn cache_short(&self, c: &mut PieceCache, key: &ShortKey, ids: &[u32]) {
+        if !self.short_vocab.insert(key, ids) {
+            c.insert_short(key, ids);
+        }
     }
 
     #[inline]
