@@ -278,6 +278,18 @@ impl SharedTable {
         unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*p).len)) }
     }
 
+    /// The slot at `p` if it holds `key`, given its length `len` loaded with acquire.
+    #[inline(always)]
+    fn holding(&self, p: *mut Slot, len: u32, key: &ShortKey) -> Option<Slot> {
+        if len != key.len {
+            return None; // empty, being written, or another length
+        }
+        // SAFETY: a published slot (its length seen with acquire): written once, before the
+        // release store of `len`, never again.
+        let s = unsafe { p.read() };
+        key.matches(s.k0, s.k1, s.len).then_some(s)
+    }
+
     /// Starts loading the slot `key` probes first.
     #[inline(always)]
     pub fn prefetch(&self, key: &ShortKey) {
@@ -291,20 +303,15 @@ impl SharedTable {
         loop {
             let p = self.slot(i);
             let len = self.len_of(p).load(Ordering::Acquire);
-            if len == key.len {
-                // SAFETY: a published slot (its length seen with acquire): written once,
-                // before the release store of `len`, never again.
-                let s = unsafe { p.read() };
-                if s.k0 == key.k0 && s.k1 == key.k1 {
-                    emit_ids(s.a, s.b, s.n, out, |a, n| {
-                        // SAFETY: spilled ids are written before their slot is published and
-                        // lie within the spill area (checked when claimed).
-                        unsafe {
-                            std::slice::from_raw_parts(self.spill.raw().add(a as usize), n as usize)
-                        }
-                    });
-                    return true;
-                }
+            if let Some(s) = self.holding(p, len, key) {
+                emit_ids(s.a, s.b, s.n, out, |a, n| {
+                    // SAFETY: spilled ids are written before their slot is published and lie
+                    // within the spill area (checked when claimed).
+                    unsafe {
+                        std::slice::from_raw_parts(self.spill.raw().add(a as usize), n as usize)
+                    }
+                });
+                return true;
             }
             if len == 0 {
                 return false;
@@ -363,25 +370,17 @@ impl SharedTable {
                 self.used.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
-            if cur == key.len {
-                // SAFETY: published, as in `get`.
-                let s = unsafe { p.read() };
-                if s.k0 == key.k0 && s.k1 == key.k1 {
-                    return true;
-                }
+            if self.holding(p, cur, key).is_some() {
+                return true;
             }
             i = (i + 1) & self.mask;
         }
     }
 
     /// Entries in the table.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.used.load(Ordering::Relaxed)
-    }
-
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -445,12 +444,6 @@ impl PieceCache {
     #[inline(always)]
     fn index(&self, h: u64) -> usize {
         (h >> 32) as usize & self.mask
-    }
-
-    /// Starts loading the main-table slot `key` probes first.
-    #[inline(always)]
-    pub fn prefetch(&self, key: &ShortKey) {
-        prefetch(self.slots.as_ptr().wrapping_add(self.index(key.hash)));
     }
 
     /// Appends the cached ids of `key` to `out`; false on a miss.
@@ -651,11 +644,14 @@ mod tests {
         let absent = b"not there";
         assert!(!t.get(&ShortKey::new(absent, 0, absent.len()), &mut out));
         // Past half full, nothing more is added (the caller keeps it per thread).
-        let mut i = 10_000u32;
-        while t.insert(&ShortKey::new(piece(i).as_bytes(), 0, 10), &[1]) {
-            i += 1;
-        }
+        let added = (0..t.slots.len() as u32)
+            .take_while(|&i| t.insert(&ShortKey::new(piece(10_000 + i).as_bytes(), 0, 10), &[1]))
+            .count();
+        assert!(added < t.slots.len());
         assert!(t.len() >= t.slots.len() / 2);
+        let more = piece(2_000_000);
+        assert!(!t.insert(&ShortKey::new(more.as_bytes(), 0, 10), &[1]));
+        assert!(!t.get(&ShortKey::new(more.as_bytes(), 0, 10), &mut out));
     }
 
     #[test]

@@ -77,6 +77,23 @@ fn chunks(texts: &[&str]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// Runs `work` on each chunk of `texts` (see `chunks`) with the GIL released, hands its result
+/// to `done` with the GIL held, and checks for Ctrl-C between chunks.
+fn each_chunk<'s, T: Send>(
+    py: Python<'_>,
+    texts: &[&'s str],
+    mut work: impl FnMut(&[&'s str]) -> crate::Result<T> + Send,
+    mut done: impl FnMut(T) -> PyResult<()>,
+) -> PyResult<()> {
+    for range in chunks(texts) {
+        let part = &texts[range];
+        let r = py.detach(|| work(part));
+        done(r.map_err(|e| to_py(py, e))?)?;
+        py.check_signals()?;
+    }
+    Ok(())
+}
+
 /// `encode_batch_flat`'s result: all ids, and offsets into them per text.
 type FlatIds<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>);
 
@@ -162,17 +179,18 @@ impl PyTokenizer {
             let mut flat: Vec<u32> = Vec::with_capacity(bytes / 4 + 16);
             let mut offsets: Vec<u64> = Vec::with_capacity(strs.len() + 1);
             offsets.push(0);
-            for range in chunks(&strs) {
-                py.detach(|| {
-                    strs[range].iter().try_for_each(|t| {
+            each_chunk(
+                py,
+                &strs,
+                |part| {
+                    part.iter().try_for_each(|t| {
                         self.inner.encode_into(t, !ordinary, &mut flat)?;
                         offsets.push(flat.len() as u64);
                         Ok(())
                     })
-                })
-                .map_err(|e| to_py(py, e))?;
-                py.check_signals()?;
-            }
+                },
+                |()| Ok(()),
+            )?;
             return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
         }
         let mut parts: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
@@ -320,11 +338,12 @@ impl PyTokenizer {
     ) -> PyResult<()> {
         let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
         let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
-        for range in chunks(&strs) {
-            let part = &strs[range];
-            let tok = &self.inner;
-            let encode = |t: &&str| tok.encode(t, !ordinary);
-            let ids: crate::Result<Vec<Vec<u32>>> = py.detach(|| {
+        let tok = &self.inner;
+        let encode = |t: &&str| tok.encode(t, !ordinary);
+        each_chunk(
+            py,
+            &strs,
+            |part| {
                 if pool.current_num_threads() == 1 {
                     // One thread: encode here, not on the pool's thread, whose fresh malloc
                     // arena would page-fault in every result (~25% of a stdlib encode).
@@ -332,11 +351,9 @@ impl PyTokenizer {
                 } else {
                     pool.install(|| part.par_iter().with_min_len(4).map(encode).collect())
                 }
-            });
-            sink(ids.map_err(|e| to_py(py, e))?)?;
-            py.check_signals()?;
-        }
-        Ok(())
+            },
+            &mut sink,
+        )
     }
 
     fn encode_impl<'py>(

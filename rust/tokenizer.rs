@@ -984,9 +984,9 @@ impl Tokenizer {
         cold.clear();
     }
 
-    /// Appends the ids of `text[start..end]` when this thread's cache has them or the piece
-    /// is not short; false, with nothing appended, for a short piece seen for the first time
-    /// (on this thread). `key` is the piece's short key when it has 1..=SHORT bytes
+    /// Appends the ids of `text[start..end]` when the shared table or this thread's cache has
+    /// them, or the piece is not short; false, with nothing appended, for a short piece no
+    /// thread has merged yet. `key` is the piece's short key when it has 1..=SHORT bytes
     /// (anything otherwise).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
