@@ -212,9 +212,24 @@ pub struct SharedTable {
     mask: usize,
     /// Entries past which no more are added (half the slots).
     limit: usize,
-    used: AtomicUsize,
     spill: HugeSlice<u32>,
-    spill_used: AtomicUsize,
+    /// The two counters threads write, each on cache lines of its own: every lookup reads
+    /// the fields above, and a counter beside them would send their line from core to core
+    /// at each insert.
+    used: Padded<AtomicUsize>,
+    spill_used: Padded<AtomicUsize>,
+}
+
+/// A value alone on its cache lines (128 bytes: adjacent-line prefetchers pair lines).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 // SAFETY: the slots and spill are written only as described on the type (claim with a
@@ -250,9 +265,9 @@ impl SharedTable {
             slots: HugeSlice::filled(cap, Slot::default()),
             mask: cap - 1,
             limit: cap / 2,
-            used: AtomicUsize::new(0),
             spill: HugeSlice::filled(SHARED_SPILL, 0),
-            spill_used: AtomicUsize::new(0),
+            used: Padded(AtomicUsize::new(0)),
+            spill_used: Padded(AtomicUsize::new(0)),
         };
         for (b, id) in entries.filter(|(b, _)| short(b)) {
             t.insert(&ShortKey::new(b, 0, b.len()), &[id]);
