@@ -676,6 +676,17 @@ def test_refuses_existing_output_then_overwrite(tmp_path, corpus, tok, tok_dir, 
     (other / "notes.txt").write_text("mine")
     encode_corpus(src, tok, other)
     assert (other / "notes.txt").read_text() == "mine"
+    # Files an overwriting run set aside to delete, and had not deleted when it stopped, are
+    # not another run's output: the next run deletes them.
+    left = tmp_path / "left"
+    left.mkdir()
+    (left / ".aprx-old-shard-00003.bin").write_bytes(b"\0" * 8)
+    encode_corpus(src, tok, left)
+    assert sorted(p.name for p in left.iterdir()) == [
+        "manifest.json",
+        "shard-00000.bin",
+        "shard-00000.idx",
+    ]
     # --overwrite replaces everything of the old run: no stale shards survive.
     r = run_cli(
         [
