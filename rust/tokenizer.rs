@@ -1230,7 +1230,7 @@ pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
             if nfc_quick_yes(s) {
                 Cow::Borrowed(s)
             } else {
-                Cow::Owned(nfc_as_hf(s))
+                Cow::Owned(nfc_where_needed(s))
             }
         }
     }
@@ -1279,6 +1279,54 @@ fn is_nfc_inert_in_hf(c: char) -> bool {
                 }
             })
             .is_ok()
+}
+
+/// Index of the first non-ASCII byte of `b` at or after `i` (`b.len()` if none), eight bytes
+/// at a time.
+fn next_non_ascii(b: &[u8], mut i: usize) -> usize {
+    while i + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap()) & 0x8080_8080_8080_8080;
+        if w != 0 {
+            return i + w.trailing_zeros() as usize / 8;
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&x| x >= 0x80)
+        .map_or(b.len(), |k| i + k)
+}
+
+/// `nfc_as_hf(s)`, normalizing only where the text may change: each run of non-ASCII chars
+/// that fails the quick check, with the ASCII char before it. Between two ASCII chars NFC
+/// cannot change anything or carry anything across (both are starters, no composition joins
+/// ASCII chars, and no char composes with a following ASCII one), so the parts normalize on
+/// their own; a run passing the quick check holds nothing that composes with the char before
+/// it. A source file with one combining accent costs a few chars of NFC, not the whole file.
+fn nfc_where_needed(s: &str) -> String {
+    use unicode_normalization::{is_nfc_quick, IsNormalized};
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len() + 8);
+    let (mut done, mut i) = (0, 0);
+    loop {
+        let run = next_non_ascii(b, i);
+        if run == b.len() {
+            break;
+        }
+        let end = b[run..]
+            .iter()
+            .position(|&x| x < 0x80)
+            .map_or(b.len(), |k| run + k);
+        if is_nfc_quick(s[run..end].chars()) != IsNormalized::Yes {
+            let from = run.saturating_sub(1).max(done);
+            out.push_str(&s[done..from]);
+            out.push_str(&nfc_as_hf(&s[from..end]));
+            done = end;
+        }
+        i = end;
+    }
+    out.push_str(&s[done..]);
+    out
 }
 
 /// NFC exactly as HF computes it: the code points HF treats as inert starters split the text,
@@ -1517,6 +1565,53 @@ mod tests {
                     "{t:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn nfc_of_the_changing_runs_equals_nfc_of_the_whole_text() {
+        // Random text over ASCII, precomposed and combining chars, Hangul jamo and chars HF
+        // treats as inert: normalizing only the runs that may change gives the same text.
+        let alphabet = [
+            "a",
+            "e",
+            "x",
+            " ",
+            "\n",
+            "'",
+            "\u{e9}",
+            "\u{301}",
+            "\u{316}",
+            "\u{302}",
+            "\u{1100}",
+            "\u{1161}",
+            "\u{11a8}",
+            "\u{ac00}",
+            "\u{212b}",
+            "\u{1DFA}",
+            "\u{11935}",
+            "\u{11930}",
+            "\u{113C2}",
+            "\u{30A}",
+            "\u{4e2d}",
+            "\u{5d0}",
+            "\u{5b8}",
+            "\u{5b7}",
+            "\u{f900}",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        for _ in 0..20000 {
+            let n = rnd(24);
+            let t: String = (0..n).map(|_| alphabet[rnd(alphabet.len())]).collect();
+            assert_eq!(nfc_where_needed(&t), nfc_as_hf(&t), "{t:?}");
+            let nfc = normalize_with(Normalizer::Nfc, &t);
+            assert_eq!(nfc, nfc_as_hf(&t), "{t:?}");
         }
     }
 
