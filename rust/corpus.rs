@@ -414,13 +414,16 @@ pub struct Reject {
     pub line: Option<u64>,
 }
 
-/// Extracts the document text of a record: the whole data for text files, the `field` of the
-/// JSON object for JSONL.
-pub fn parse_record<'a>(
-    data: &'a [u8],
+/// Extracts the document text of a record (the whole data for text files and Parquet rows,
+/// the `field` of the JSON object for JSONL) and returns `f` of it. `f` gets the text where it
+/// lies: in the record, or, for a JSON string with escapes (every line break in code is one),
+/// in the parser's buffer of the unescaped text, so the text is never copied again.
+pub fn with_record<R>(
+    data: &[u8],
     kind: InputKind,
     field: &str,
-) -> std::result::Result<std::borrow::Cow<'a, str>, Reject> {
+    f: impl FnOnce(&str) -> R,
+) -> std::result::Result<R, Reject> {
     let text = std::str::from_utf8(data).map_err(|e| {
         let at = e.valid_up_to();
         let line = data[..at].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
@@ -431,10 +434,10 @@ pub fn parse_record<'a>(
         }
     })?;
     if kind == InputKind::Text || kind == InputKind::Parquet {
-        return Ok(std::borrow::Cow::Borrowed(text));
+        return Ok(f(text));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let found = FieldSeed { field }
+    let found = FieldSeed { field, f }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| Reject {
@@ -443,7 +446,7 @@ pub fn parse_record<'a>(
             line: None,
         })?;
     match found {
-        Field::Text(s) => Ok(s),
+        Field::Text(r) => Ok(r),
         Field::Missing => Err(Reject {
             code: codes::CORPUS_FIELD_MISSING,
             reason: format!("no {field:?} field"),
@@ -462,44 +465,57 @@ pub fn parse_record<'a>(
     }
 }
 
-enum Field<'a> {
-    Text(std::borrow::Cow<'a, str>),
+/// The document text of a record, copied (see `with_record`).
+#[cfg(test)]
+pub fn parse_record(
+    data: &[u8],
+    kind: InputKind,
+    field: &str,
+) -> std::result::Result<String, Reject> {
+    with_record(data, kind, field, str::to_owned)
+}
+
+enum Field<R> {
+    /// What the caller's function made of the field's text.
+    Text(R),
     Missing,
     WrongType(&'static str),
     NotObject(&'static str),
 }
 
-/// Deserializes a JSON object, keeping only `field` (other values are skipped unparsed).
-struct FieldSeed<'f> {
+/// Deserializes a JSON object, keeping only `field` (other values are skipped unparsed), and
+/// hands the field's text to `f`.
+struct FieldSeed<'f, F> {
     field: &'f str,
+    f: F,
 }
 
-impl<'de, 'f> DeserializeSeed<'de> for FieldSeed<'f> {
-    type Value = Field<'de>;
+impl<'de, 'f, R, F: FnOnce(&str) -> R> DeserializeSeed<'de> for FieldSeed<'f, F> {
+    type Value = Field<R>;
     fn deserialize<D: de::Deserializer<'de>>(
         self,
         d: D,
-    ) -> std::result::Result<Field<'de>, D::Error> {
+    ) -> std::result::Result<Field<R>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-/// The value of the wanted field: a string (borrowed when it has no escapes) or its type.
-struct ValueSeed;
+/// The value of the wanted field: `f` of its text when it is a string, else its type.
+struct ValueSeed<F>(F);
 
-impl<'de> DeserializeSeed<'de> for ValueSeed {
-    type Value = Field<'de>;
+impl<'de, R, F: FnOnce(&str) -> R> DeserializeSeed<'de> for ValueSeed<F> {
+    type Value = Field<R>;
     fn deserialize<D: de::Deserializer<'de>>(
         self,
         d: D,
-    ) -> std::result::Result<Field<'de>, D::Error> {
+    ) -> std::result::Result<Field<R>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 macro_rules! wrong_type {
     ($($m:ident: $t:ty => $name:expr),*) => {
-        $(fn $m<E: de::Error>(self, _: $t) -> std::result::Result<Field<'de>, E> {
+        $(fn $m<E: de::Error>(self, _: $t) -> std::result::Result<Field<R>, E> {
             Ok(Field::WrongType($name))
         })*
     };
@@ -508,73 +524,67 @@ macro_rules! wrong_type {
 /// A whole line that is a JSON scalar: not an object (APRX-C201), not a field of the wrong type.
 macro_rules! not_object {
     ($($m:ident: $t:ty => $name:expr),*) => {
-        $(fn $m<E: de::Error>(self, _: $t) -> std::result::Result<Field<'de>, E> {
+        $(fn $m<E: de::Error>(self, _: $t) -> std::result::Result<Field<R>, E> {
             Ok(Field::NotObject($name))
         })*
     };
 }
 
-impl<'de> Visitor<'de> for ValueSeed {
-    type Value = Field<'de>;
+impl<'de, R, F: FnOnce(&str) -> R> Visitor<'de> for ValueSeed<F> {
+    type Value = Field<R>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Field<'de>, E> {
-        Ok(Field::Text(std::borrow::Cow::Borrowed(v)))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Field<'de>, E> {
-        Ok(Field::Text(std::borrow::Cow::Owned(v.to_string())))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Field<'de>, E> {
-        Ok(Field::Text(std::borrow::Cow::Owned(v)))
+    // Borrowed text (no escapes) and unescaped text both arrive here, as `&str`.
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Field<R>, E> {
+        Ok(Field::Text((self.0)(v)))
     }
     wrong_type!(visit_bool: bool => "a boolean", visit_i64: i64 => "a number",
                 visit_u64: u64 => "a number", visit_f64: f64 => "a number");
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<Field<'de>, E> {
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Field<R>, E> {
         Ok(Field::WrongType("null"))
     }
-    fn visit_seq<A: de::SeqAccess<'de>>(
-        self,
-        mut a: A,
-    ) -> std::result::Result<Field<'de>, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Field<R>, A::Error> {
         while a.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Field::WrongType("an array"))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Field<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Field<R>, A::Error> {
         while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Field::WrongType("an object"))
     }
 }
 
-impl<'de, 'f> Visitor<'de> for FieldSeed<'f> {
-    type Value = Field<'de>;
+impl<'de, 'f, R, F: FnOnce(&str) -> R> Visitor<'de> for FieldSeed<'f, F> {
+    type Value = Field<R>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Field<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Field<R>, A::Error> {
+        let mut f = Some(self.f);
         let mut found = Field::Missing;
         while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.field && matches!(found, Field::Missing) {
-                found = a.next_value_seed(ValueSeed)?;
-            } else {
-                a.next_value::<IgnoredAny>()?;
+            // The first occurrence of the field counts (`f` is taken then), later ones are
+            // skipped.
+            match (key == self.field, f.take()) {
+                (true, Some(f)) => found = a.next_value_seed(ValueSeed(f))?,
+                (_, f_back) => {
+                    f = f_back;
+                    a.next_value::<IgnoredAny>()?;
+                }
             }
         }
         Ok(found)
     }
-    fn visit_seq<A: de::SeqAccess<'de>>(
-        self,
-        mut a: A,
-    ) -> std::result::Result<Field<'de>, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Field<R>, A::Error> {
         while a.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Field::NotObject("array"))
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Field<'de>, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Field<R>, E> {
         Ok(Field::NotObject("string"))
     }
     not_object!(visit_bool: bool => "boolean", visit_i64: i64 => "number",
                 visit_u64: u64 => "number", visit_f64: f64 => "number");
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<Field<'de>, E> {
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Field<R>, E> {
         Ok(Field::NotObject("null"))
     }
 }
@@ -603,9 +613,7 @@ mod tests {
     }
 
     fn text(data: &str) -> std::result::Result<String, &'static str> {
-        parse_record(data.as_bytes(), InputKind::Jsonl, "content")
-            .map(|c| c.into_owned())
-            .map_err(|r| r.code)
+        parse_record(data.as_bytes(), InputKind::Jsonl, "content").map_err(|r| r.code)
     }
 
     #[test]
@@ -624,6 +632,31 @@ mod tests {
             Err(codes::CORPUS_JSON)
         );
         assert_eq!(text("[1, 2]"), Err(codes::CORPUS_JSON));
+        // The first occurrence of the field counts; later ones are only checked as JSON.
+        assert_eq!(
+            text(r#"{"content": "a\tb", "content": "c"}"#).unwrap(),
+            "a\tb"
+        );
+        assert_eq!(
+            text(r#"{"content": 5, "content": "c"}"#),
+            Err(codes::CORPUS_FIELD_TYPE)
+        );
+        assert_eq!(
+            text(r#"{"content": "a", "content": "c\x"}"#),
+            Err(codes::CORPUS_JSON)
+        );
+        // The caller's function sees the unescaped text in place, once.
+        let mut calls = 0;
+        let n = with_record(
+            br#"{"content": "x\u00e9\n"}"#,
+            InputKind::Jsonl,
+            "content",
+            |s| {
+                calls += 1;
+                s.chars().count()
+            },
+        );
+        assert_eq!((n.unwrap(), calls), (3, 1));
         // A line that is a JSON scalar is not an object (C201), not a mistyped field (C204).
         for line in ["5", "-1.5", "true", "null", r#""content""#] {
             let r = parse_record(line.as_bytes(), InputKind::Jsonl, "content").unwrap_err();

@@ -745,21 +745,22 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                         invalid: Some(rej), ..
                     }) => Some(Err(rej.clone())),
                     Item::Record(r) => Some(
-                        corpus::parse_record(
+                        corpus::with_record(
                             &r.data,
                             files[r.file as usize].kind,
                             &opts.content_field,
+                            |text| {
+                                let mut out = Vec::with_capacity(text.len() / 3 + 1);
+                                tok.encode_ordinary_with(text, normalizer, &mut out)
+                                    .map_err(|e| Reject {
+                                        code: e.code,
+                                        reason: e.message,
+                                        line: None,
+                                    })?;
+                                Ok(out)
+                            },
                         )
-                        .and_then(|text| {
-                            let mut out = Vec::with_capacity(text.len() / 3 + 1);
-                            tok.encode_ordinary_with(&text, normalizer, &mut out)
-                                .map_err(|e| Reject {
-                                    code: e.code,
-                                    reason: e.message,
-                                    line: None,
-                                })?;
-                            Ok(out)
-                        }),
+                        .and_then(|r| r),
                     ),
                     _ => None,
                 })
