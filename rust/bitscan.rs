@@ -249,13 +249,7 @@ mod tests {
             "a", "Z", "s", "t", "S", "r", "e", "v", "l", "L", "d", "m", "1", "0", " ", " ", "\t",
             "\n", "\r", "(", ".", "'", "'", "\u{b}", "\u{c}", "é", "—", "\u{a0}", "ſ", "#",
         ];
-        let mut seed = 0x1234_5678_9abc_def0u64;
-        let mut rnd = |m: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % m as u64) as usize
-        };
+        let mut rnd = crate::test_rng::draws(0x1234_5678_9abc_def0u64);
         for round in 0..20000 {
             let len = rnd(if round % 10 == 0 { 400 } else { 90 });
             // Skewed draws: some runs of one char, to reach window edges in every state.

@@ -12,6 +12,8 @@ pub mod parallel;
 pub mod pretok;
 pub mod shards;
 pub mod simd;
+#[cfg(test)]
+mod test_rng;
 pub mod tiktoken;
 pub mod tokenizer;
 

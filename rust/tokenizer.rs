@@ -1599,13 +1599,7 @@ mod tests {
             "\u{5b7}",
             "\u{f900}",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = |m: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % m as u64) as usize
-        };
+        let mut rnd = crate::test_rng::draws(0x9e37_79b9_7f4a_7c15u64);
         for _ in 0..20000 {
             let n = rnd(24);
             let t: String = (0..n).map(|_| alphabet[rnd(alphabet.len())]).collect();
