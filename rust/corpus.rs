@@ -1,6 +1,6 @@
 //! Corpus readers: input discovery (files and directories, in a stable sorted order) and a
 //! streaming reader that yields records (JSONL lines or whole text files) in batches, hashing
-//! every input file as it goes. JSON parsing happens later, in parallel, in `parse_record`.
+//! every input file as it goes. JSON parsing happens later, in parallel, in `with_record`.
 
 use crate::error::{codes, Error, Result};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};

@@ -546,7 +546,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             ));
         }
     }
-    if !opts.overwrite {
+    if old_files.is_empty() {
         old_files = set_aside(dir, &[])?; // left by an overwriting run that stopped
     }
     let resumed = state.is_some();
