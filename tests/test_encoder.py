@@ -627,6 +627,8 @@ def test_batch_threads_match_single(name: str) -> None:
     ours = _ours(name)
     texts = [t for kind in sorted(HARD) for t in HARD[kind]]
     texts += [t for _, t in fx.stdlib_sources()[::60]]
+    # Denser than a token per two bytes (one per digit): past the room a batch result starts with.
+    texts += ["0123456789" * 400, "1+2" * 700]
     for ordinary in (False, True):
         single = [ours.encode_ordinary(t) if ordinary else ours.encode(t) for t in texts]
         for threads in (1, 2, None):
