@@ -1182,57 +1182,11 @@ impl ColdPieces {
     }
 }
 
-/// Whether `s` passes the NFC quick check. Every code point below U+0300 is NFC-stable with
-/// combining class 0 (their UTF-8 lead bytes are below 0xCC), and such a char resets the
-/// check's state, so only the runs of non-ASCII chars that contain a lead byte of 0xCC or more
-/// need checking; ASCII is skipped 32 bytes at a time.
-fn nfc_quick_yes(s: &str) -> bool {
-    use unicode_normalization::{is_nfc_quick, IsNormalized};
-    let b = s.as_bytes();
-    let n = b.len();
-    let mut i = 0;
-    while i < n {
-        if i + 32 <= n {
-            let w = |k: usize| u64::from_le_bytes(b[i + k..i + k + 8].try_into().unwrap());
-            if (w(0) | w(8) | w(16) | w(24)) & 0x8080_8080_8080_8080 == 0 {
-                i += 32;
-                continue;
-            }
-        }
-        if i + 8 <= n {
-            let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-            if w & 0x8080_8080_8080_8080 == 0 {
-                i += 8;
-                continue;
-            }
-        }
-        if b[i] < 0xCC {
-            i += 1;
-            continue;
-        }
-        // `i` is a lead byte (continuation bytes are below 0xC0): check up to the next ASCII.
-        let end = b[i..].iter().position(|&x| x < 0x80).map_or(n, |k| i + k);
-        if is_nfc_quick(s[i..end].chars()) != IsNormalized::Yes {
-            return false;
-        }
-        i = end;
-    }
-    true
-}
-
-/// Applies `normalizer` (NFC skipped for ASCII and quick-check-clean text).
+/// Applies `normalizer` (NFC only where the text may change, see `nfc_where_needed`).
 pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
     match normalizer {
         Normalizer::None => Cow::Borrowed(s),
-        Normalizer::Nfc => {
-            // Quick-check "Yes" under our newer tables implies HF's older NFC leaves the text
-            // alone too (its combining classes and compositions are a subset of ours).
-            if nfc_quick_yes(s) {
-                Cow::Borrowed(s)
-            } else {
-                Cow::Owned(nfc_where_needed(s))
-            }
-        }
+        Normalizer::Nfc => nfc_where_needed(s),
     }
 }
 
@@ -1281,13 +1235,18 @@ fn is_nfc_inert_in_hf(c: char) -> bool {
             .is_ok()
 }
 
-/// Index of the first non-ASCII byte of `b` at or after `i` (`b.len()` if none), eight bytes
-/// at a time.
+/// Index of the first non-ASCII byte of `b` at or after `i` (`b.len()` if none), 32 bytes
+/// at a time, then 8.
 fn next_non_ascii(b: &[u8], mut i: usize) -> usize {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let w = |k: usize| u64::from_le_bytes(b[k..k + 8].try_into().unwrap());
+    while i + 32 <= b.len() && (w(i) | w(i + 8) | w(i + 16) | w(i + 24)) & HIGH == 0 {
+        i += 32;
+    }
     while i + 8 <= b.len() {
-        let w = u64::from_le_bytes(b[i..i + 8].try_into().unwrap()) & 0x8080_8080_8080_8080;
-        if w != 0 {
-            return i + w.trailing_zeros() as usize / 8;
+        let high = w(i) & HIGH;
+        if high != 0 {
+            return i + high.trailing_zeros() as usize / 8;
         }
         i += 8;
     }
@@ -1297,16 +1256,20 @@ fn next_non_ascii(b: &[u8], mut i: usize) -> usize {
         .map_or(b.len(), |k| i + k)
 }
 
-/// `nfc_as_hf(s)`, normalizing only where the text may change: each run of non-ASCII chars
-/// that fails the quick check, with the ASCII char before it. Between two ASCII chars NFC
-/// cannot change anything or carry anything across (both are starters, no composition joins
-/// ASCII chars, and no char composes with a following ASCII one), so the parts normalize on
-/// their own; a run passing the quick check holds nothing that composes with the char before
-/// it. A source file with one combining accent costs a few chars of NFC, not the whole file.
-fn nfc_where_needed(s: &str) -> String {
+/// `nfc_as_hf(s)`, in one pass that normalizes only where the text may change: each run of
+/// non-ASCII chars that fails the quick check, with the ASCII char before it. Between two
+/// ASCII chars NFC cannot change anything or carry anything across (both are starters, no
+/// composition joins ASCII chars, and no char composes with a following ASCII one), so the
+/// parts normalize on their own; a run passing the quick check holds nothing that composes
+/// with the char before it. The text comes back borrowed when every run passes, which is when
+/// the whole text passes the quick check (an ASCII char resets its state); quick-check "Yes"
+/// under our newer tables implies HF's older NFC leaves the text alone too (its combining
+/// classes and compositions are a subset of ours). A source file with one combining accent
+/// costs a few chars of NFC, not the whole file.
+fn nfc_where_needed(s: &str) -> Cow<'_, str> {
     use unicode_normalization::{is_nfc_quick, IsNormalized};
     let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len() + 8);
+    let mut out: Option<String> = None;
     let (mut done, mut i) = (0, 0);
     loop {
         let run = next_non_ascii(b, i);
@@ -1318,15 +1281,21 @@ fn nfc_where_needed(s: &str) -> String {
             .position(|&x| x < 0x80)
             .map_or(b.len(), |k| run + k);
         if is_nfc_quick(s[run..end].chars()) != IsNormalized::Yes {
+            let o = out.get_or_insert_with(|| String::with_capacity(s.len() + 8));
             let from = run.saturating_sub(1).max(done);
-            out.push_str(&s[done..from]);
-            out.push_str(&nfc_as_hf(&s[from..end]));
+            o.push_str(&s[done..from]);
+            o.push_str(&nfc_as_hf(&s[from..end]));
             done = end;
         }
         i = end;
     }
-    out.push_str(&s[done..]);
-    out
+    match out {
+        None => Cow::Borrowed(s),
+        Some(mut o) => {
+            o.push_str(&s[done..]);
+            Cow::Owned(o)
+        }
+    }
 }
 
 /// NFC exactly as HF computes it: the code points HF treats as inert starters split the text,
@@ -1560,7 +1529,7 @@ mod tests {
                 }
                 let t = &s[cut..];
                 assert_eq!(
-                    nfc_quick_yes(t),
+                    matches!(nfc_where_needed(t), Cow::Borrowed(_)),
                     is_nfc_quick(t.chars()) == IsNormalized::Yes,
                     "{t:?}"
                 );
@@ -1604,8 +1573,7 @@ mod tests {
             let n = rnd(24);
             let t: String = (0..n).map(|_| alphabet[rnd(alphabet.len())]).collect();
             assert_eq!(nfc_where_needed(&t), nfc_as_hf(&t), "{t:?}");
-            let nfc = normalize_with(Normalizer::Nfc, &t);
-            assert_eq!(nfc, nfc_as_hf(&t), "{t:?}");
+            assert_eq!(normalize_with(Normalizer::Nfc, &t), nfc_as_hf(&t), "{t:?}");
         }
     }
 
