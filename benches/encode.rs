@@ -74,12 +74,13 @@ fn benches(c: &mut Criterion) {
                 })
             })
         });
-        // Distinct 2..=16-byte pieces that BPE splits: what a cold encode merges.
+        // Distinct pieces of 2..=BATCHED_LONG bytes that BPE splits: what a cold encode
+        // merges in batches.
         let mut pieces: Vec<Vec<u8>> = tok
             .pre_tokenize(&text)
             .unwrap()
             .into_iter()
-            .filter(|p| (2..=16).contains(&p.len()))
+            .filter(|p| (2..=aprx::bpe::BATCHED_LONG).contains(&p.len()))
             .map(String::into_bytes)
             .collect();
         pieces.sort_unstable();

@@ -90,7 +90,7 @@ fn main() {
         for d in &docs {
             for p in tok.pre_tokenize(d).unwrap() {
                 let b = p.into_bytes();
-                if b.len() > 16 {
+                if b.len() > aprx::bpe::BATCHED_LONG {
                     long.insert(b);
                 } else if b.len() > 1 {
                     short.insert(b);
@@ -128,9 +128,10 @@ fn main() {
             }
             let l = t.elapsed().as_secs_f64();
             eprintln!(
-                "bpe only: {} short pieces ({} bytes, {} ids) {:.1} ms, {:.0} ns each; {} long \
-                 ({} bytes) {:.1} ms",
+                "bpe only: {} pieces of up to {} bytes ({} bytes, {} ids) {:.1} ms, {:.0} ns each; \
+                 {} longer ({} bytes) {:.1} ms",
                 short.len(),
+                aprx::bpe::BATCHED_LONG,
                 nbytes(&short),
                 out.len(),
                 s * 1e3,

@@ -132,6 +132,10 @@ impl MergeTable {
     }
 }
 
+/// Longest piece `Bpe::encode_short_batch` merges in lanes with other pieces (longer ones
+/// merge alone).
+pub const BATCHED_LONG: usize = 32;
+
 /// Pieces of up to this many symbols merge in fixed-size arrays (`merge_small`); longer ones
 /// use the heap-based merge.
 const SMALL_MAX: usize = 64;
@@ -351,13 +355,15 @@ impl Bpe {
         lane.emit(out);
     }
 
-    /// BPE of many short pieces (2..=16 bytes each, `piece(0..count)`) at once, their ids
+    /// BPE of many pieces at once (`piece(0..count)`, each at least two bytes), their ids
     /// appended to `out` one piece after another and each piece's end in `out` pushed to
     /// `ends`: the same ids as `encode_piece` on each. Merging one piece is a chain of
     /// dependent merge-table probes, each a likely cache miss (the table is megabytes), so
     /// the pieces advance in turn, one merge each, and the probes a merge needs are
     /// prefetched then and made on the piece's next turn: the misses of all the pieces
-    /// overlap instead of following one another.
+    /// overlap instead of following one another. Pieces of up to 16 bytes merge in 16-symbol
+    /// lanes and those of 17..=32 bytes (long identifiers) in 32-symbol lanes, both kinds in
+    /// the same rounds; longer ones merge alone.
     pub fn encode_short_batch<'a>(
         &self,
         count: usize,
@@ -373,34 +379,57 @@ impl Bpe {
             }
             return;
         };
-        let mut lanes: Vec<Lane<16>> = (0..count)
-            .map(|k| {
-                let p = piece(k);
-                Lane::new(
-                    p.len(),
-                    |i| self.byte_ids[p[i] as usize],
-                    |i| grid[(p[i] as usize) << 8 | p[i + 1] as usize],
-                )
-            })
-            .collect();
-        let mut active: Vec<usize> = (0..count).collect();
-        while !active.is_empty() {
-            let mut kept = 0;
-            for t in 0..active.len() {
-                let lane = &mut lanes[active[t]];
-                lane.probe(&self.merges);
-                if lane.merge_next(&self.merges) {
-                    lane.prefetch(&self.merges);
-                    active[kept] = active[t];
-                    kept += 1;
-                }
-            }
-            active.truncate(kept);
+        fn lane<const N: usize>(bpe: &Bpe, grid: &[u32], p: &[u8]) -> Lane<N> {
+            Lane::new(
+                p.len(),
+                |i| bpe.byte_ids[p[i] as usize],
+                |i| grid[(p[i] as usize) << 8 | p[i + 1] as usize],
+            )
         }
-        for lane in &lanes {
-            lane.emit(out);
+        let mut short: Vec<Lane<16>> = Vec::with_capacity(count);
+        let mut long: Vec<Lane<32>> = Vec::new();
+        for k in 0..count {
+            let p = piece(k);
+            match p.len() {
+                2..=16 => short.push(lane(self, grid, p)),
+                17..=BATCHED_LONG => long.push(lane(self, grid, p)),
+                _ => {}
+            }
+        }
+        let mut active_short: Vec<u32> = (0..short.len() as u32).collect();
+        let mut active_long: Vec<u32> = (0..long.len() as u32).collect();
+        while !(active_short.is_empty() && active_long.is_empty()) {
+            self.merge_round(&mut short, &mut active_short);
+            self.merge_round(&mut long, &mut active_long);
+        }
+        let (mut s, mut l) = (short.iter(), long.iter());
+        for k in 0..count {
+            let p = piece(k);
+            match p.len() {
+                2..=16 => s.next().expect("a lane per short piece").emit(out),
+                17..=BATCHED_LONG => l.next().expect("a lane per long piece").emit(out),
+                _ => self.encode_piece(p, unk, out),
+            }
             ends.push(out.len());
         }
+    }
+
+    /// One round of `encode_short_batch`: each active lane makes the probes its last merge
+    /// prefetched and its next merge, prefetching that one's probes; lanes with nothing left
+    /// to merge leave `active`.
+    #[inline(always)]
+    fn merge_round<const N: usize>(&self, lanes: &mut [Lane<N>], active: &mut Vec<u32>) {
+        let mut kept = 0;
+        for t in 0..active.len() {
+            let lane = &mut lanes[active[t] as usize];
+            lane.probe(&self.merges);
+            if lane.merge_next(&self.merges) {
+                lane.prefetch(&self.merges);
+                active[kept] = active[t];
+                kept += 1;
+            }
+        }
+        active.truncate(kept);
     }
 
     /// Heap-based merge over a linked list of symbols, O(n log n).
@@ -534,10 +563,11 @@ mod tests {
         }
         let bpe = Bpe::new(byte_ids, MergeTable::new(&merges));
         assert!(bpe.byte_pair_rank.is_some());
-        // The batch of short pieces, lengths 2..=16 mixed, against one piece at a time.
+        // A batch of pieces, lengths 2..=40 mixed (both lane sizes and pieces merged
+        // alone), against one piece at a time.
         let batch: Vec<Vec<u8>> = (0..300)
             .map(|_| {
-                let len = 2 + rnd(15) as usize;
+                let len = (if rnd(3) == 0 { 17 + rnd(24) } else { 2 + rnd(15) }) as usize;
                 (0..len).map(|_| b"abcd"[rnd(4) as usize]).collect()
             })
             .collect();

@@ -3,7 +3,7 @@
 //! exactly: added-token splitting, NFC, the Split pre-tokenizer, ByteLevel, BPE by merge rank.
 
 use crate::bitscan;
-use crate::bpe::{Bpe, MergeTable, NO_ID};
+use crate::bpe::{Bpe, MergeTable, BATCHED_LONG, NO_ID};
 use crate::bytelevel;
 use crate::cache::{self, FxBuild, PieceCache, SharedTable, ShortKey, MAX_CACHED_PIECE, SHORT};
 use crate::error::{codes, Error, ErrorKind, Result};
@@ -892,7 +892,7 @@ impl Tokenizer {
     /// of pieces: the scanner finds the pieces and packs their keys, prefetching the slots
     /// they will probe; then the pieces are looked up in order, by which time their slots are
     /// in cache. Scanning and probing each run in a tight loop, and cache misses overlap.
-    /// Short pieces in neither table wait in `ColdPieces` and are merged together (see
+    /// Pieces left to merge (see `piece`) wait in `ColdPieces` and are merged together (see
     /// `Bpe::encode_short_batch`), their ids then put in place.
     #[inline(always)]
     fn scan(
@@ -965,7 +965,7 @@ impl Tokenizer {
         );
         let span = |k: usize| if k == 0 { 0 } else { cold.ends[k - 1] }..cold.ends[k];
         for (k, p) in pieces.iter().enumerate() {
-            self.cache_short(c, &p.2, &ids[span(k)]);
+            self.cache_merged(c, &text[p.0..p.1], &p.2, &ids[span(k)]);
         }
         // Open the gaps from the back, so every id moves once.
         let extra: usize = cold.places.iter().map(|&(_, k)| span(k).len()).sum();
@@ -984,10 +984,11 @@ impl Tokenizer {
         cold.clear();
     }
 
-    /// Appends the ids of `text[start..end]` when the shared table or this thread's cache has
-    /// them, or the piece is not short; false, with nothing appended, for a short piece no
-    /// thread has merged yet. `key` is the piece's short key when it has 1..=SHORT bytes
-    /// (anything otherwise).
+    /// Appends the ids of `text[start..end]` when the shared table or this thread's caches
+    /// have them, or the piece is longer than `BATCHED_LONG`; false, with nothing appended,
+    /// for a piece left to merge: a short one no thread has merged yet, or one of
+    /// `SHORT + 1..=BATCHED_LONG` bytes this thread has not met and the vocabulary lacks.
+    /// `key` is the piece's short key when it has 1..=SHORT bytes (anything otherwise).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn piece(
@@ -1009,6 +1010,14 @@ impl Tokenizer {
             if c.get_long(bytes, out) {
                 return true;
             }
+            if n <= BATCHED_LONG {
+                if let Some(&id) = self.bytes_to_id.get(bytes) {
+                    out.push(id);
+                    c.insert_long(bytes, &[id]);
+                    return true;
+                }
+                return false;
+            }
             scratch.clear();
             self.encode_piece(bytes, scratch);
             out.extend_from_slice(scratch);
@@ -1019,7 +1028,8 @@ impl Tokenizer {
         true
     }
 
-    /// BPE of a short piece seen for the first time (on this thread), cached.
+    /// BPE of a piece `piece` left to merge (seen for the first time on this thread),
+    /// cached.
     #[inline(never)]
     fn bpe_cold(
         &self,
@@ -1032,14 +1042,16 @@ impl Tokenizer {
         scratch.clear();
         self.bpe.encode_piece(bytes, self.unk, scratch);
         out.extend_from_slice(scratch);
-        self.cache_short(c, key, scratch);
+        self.cache_merged(c, bytes, key, scratch);
     }
 
-    /// Caches a merged short piece: in the shared table while it has room, else in this
-    /// thread's cache.
+    /// Caches a merged piece: a short one in the shared table while it has room, else in
+    /// this thread's cache; a longer one in this thread's long-piece map.
     #[inline]
-    fn cache_short(&self, c: &mut PieceCache, key: &ShortKey, ids: &[u32]) {
-        if !self.short_vocab.insert(key, ids) {
+    fn cache_merged(&self, c: &mut PieceCache, bytes: &[u8], key: &ShortKey, ids: &[u32]) {
+        if bytes.len() > SHORT {
+            c.insert_long(bytes, ids);
+        } else if !self.short_vocab.insert(key, ids) {
             c.insert_short(key, ids);
         }
     }
@@ -1150,16 +1162,24 @@ impl ColdPieces {
     /// the ids after the first place once).
     const SPAN: usize = 4096;
 
+    /// Defers the piece `start..end` met when `out` held `at` ids; `key` is its short key
+    /// when it is short (a long piece, `SHORT + 1..=BATCHED_LONG` bytes, is not looked up
+    /// among the waiting ones: it repeats rarely, and merging it twice gives the same ids).
     #[inline]
     fn defer(&mut self, start: usize, end: usize, key: &ShortKey, at: usize) {
-        let slot = key.slot(63);
-        let known = self.by_slot[slot] as usize;
-        let k = if known != 0 && self.pieces[known - 1].2.same(key) {
-            known - 1
-        } else {
-            self.pieces.push((start, end, *key));
-            self.by_slot[slot] = self.pieces.len() as u8;
+        let k = if end - start > SHORT {
+            self.pieces.push((start, end, ShortKey::EMPTY));
             self.pieces.len() - 1
+        } else {
+            let slot = key.slot(63);
+            let known = self.by_slot[slot] as usize;
+            if known != 0 && self.pieces[known - 1].2.same(key) {
+                known - 1
+            } else {
+                self.pieces.push((start, end, *key));
+                self.by_slot[slot] = self.pieces.len() as u8;
+                self.pieces.len() - 1
+            }
         };
         self.places.push((at, k));
     }
