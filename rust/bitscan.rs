@@ -53,13 +53,7 @@ fn classify(s: &[u8], pos: usize, len: usize) -> Classes {
             &buf
         }
     };
-    let mut m = [0u64; 7];
-    for (q, chunk) in bytes.chunks_exact(16).enumerate() {
-        let c = crate::simd::classes(chunk.try_into().unwrap());
-        for (k, &x) in c.iter().enumerate() {
-            m[k] |= (x as u64) << (16 * q);
-        }
-    }
+    let m = crate::simd::classes64(bytes);
     let in_len = u64::MAX >> (64 - len);
     let non_ascii = m[0] & in_len;
     let valid = if non_ascii == 0 {
