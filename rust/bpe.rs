@@ -567,7 +567,11 @@ mod tests {
         // alone), against one piece at a time.
         let batch: Vec<Vec<u8>> = (0..300)
             .map(|_| {
-                let len = (if rnd(3) == 0 { 17 + rnd(24) } else { 2 + rnd(15) }) as usize;
+                let len = (if rnd(3) == 0 {
+                    17 + rnd(24)
+                } else {
+                    2 + rnd(15)
+                }) as usize;
                 (0..len).map(|_| b"abcd"[rnd(4) as usize]).collect()
             })
             .collect();
