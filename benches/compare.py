@@ -22,7 +22,10 @@ How it measures:
   unless ``--no-warmup``, one call on ``"warm-up"`` made first through the same API and thread
   count, so tables a tokenizer builds lazily on first use and thread-pool start-up are not
   charged to the documents; that string warms no document's cache); the best of ``--repeat``
-  repetitions is reported, repetitions interleaved across encoders;
+  repetitions is reported, repetitions interleaved across encoders (a round runs every
+  encoder once); each ratio is also given round by round (median and range of the ratio
+  within each round, whose measurements ran seconds apart), as the machine's speed swings
+  between rounds;
 * ids are counted from the timed call's own output, then (untimed) hashed per document and
   compared with the reference; an encoder with mismatching documents is shown but never counts
   as the fastest peer;
@@ -58,6 +61,7 @@ import os
 import platform
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -735,6 +739,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def exact(c: Dict[str, Any]) -> bool:
         return c.get("mismatch_count") in (0, None)
 
+    def per_round(name: str, n: int) -> List[Optional[float]]:
+        """M tok/s of each round's measurement (None where it failed)."""
+        return [
+            None if "error" in r else r["tokens"] / r["seconds"] / 1e6
+            for r in runs.get((name, n), [])
+        ]
+
+    def round_ratios(num: List[List[Optional[float]]], den: List[List[Optional[float]]]) -> str:
+        """Median and range over rounds of (best of `num`) / (best of `den`), each round's
+        measurements taken seconds apart: less moved by the machine's slow swings than a
+        ratio of bests taken minutes apart."""
+        rs = []
+        for i in range(args.repeat):
+            a = [v[i] for v in num if i < len(v) and v[i]]
+            b = [v[i] for v in den if i < len(v) and v[i]]
+            if a and b:
+                rs.append(max(a) / max(b))
+        if not rs:
+            return "n/a"
+        return (
+            f"median {statistics.median(rs):.2f}x, range {min(rs):.2f}-{max(rs):.2f}x "
+            f"over {len(rs)} rounds"
+        )
+
     ratios: Dict[str, Any] = {}
     lines.append("")
     lines.append("ratios:")
@@ -774,6 +802,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{r_cpu:.2f}x  ({a_cpu[1]} {a_cpu[0]['mtoks_per_cpu_s']:.2f} vs {p_cpu[1]} "
                 f"{p_cpu[0]['mtoks_per_cpu_s']:.2f})"
             )
+            per = round_ratios(
+                [per_round(n, 1) for _, n in a1], [per_round(n, 1) for _, n in p_exact]
+            )
+            ratios["aprx_1t_vs_fastest_peer_1t"]["per_round"] = per
+            lines.append(f"    same round by round (best aprx / best exact peer): {per}")
             faster_wrong = [
                 cn for cn in p1 if not exact(cn[0]) and cn[0]["mtoks"] > p_best[0]["mtoks"]
             ]
@@ -795,9 +828,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 verdict = (
                     f"; target >= {target}) {'PASS' if r >= target else 'MISS'}" if target else ")"
                 )
+                per = round_ratios([per_round(name, high)], [per_round(name, 1)])
+                ratios[f"{name} {high}t/1t"]["per_round"] = per
                 lines.append(
                     f"  aprx {high}-thread / 1-thread: {r:.2f}x  ({name}: {hi['mtoks']:.2f} vs "
-                    f"{lo['mtoks']:.2f} M tok/s{verdict}"
+                    f"{lo['mtoks']:.2f} M tok/s{verdict}; round by round: {per}"
                 )
     if ("encode-corpus", cw) in results and ok("encode-corpus", cw):
         c = results[("encode-corpus", cw)]
