@@ -349,8 +349,17 @@ impl PyTokenizer {
             |part| {
                 if pool.current_num_threads() == 1 {
                     // One thread: encode here, not on the pool's thread, whose fresh malloc
-                    // arena would page-fault in every result (~25% of a stdlib encode).
-                    part.iter().map(encode).collect()
+                    // arena would page-fault in every result (~25% of a stdlib encode), each
+                    // text straight into its result (room for a token per two bytes, then
+                    // shrunk), not into a scratch buffer copied out.
+                    part.iter()
+                        .map(|t| {
+                            let mut o = Vec::with_capacity(t.len() / 2 + 16);
+                            tok.encode_into(t, !ordinary, &mut o)?;
+                            o.shrink_to_fit();
+                            Ok(o)
+                        })
+                        .collect()
                 } else if !kept {
                     // Results only copied on (into one array): exact sizes, from the workers.
                     pool.install(|| part.par_iter().with_min_len(4).map(encode).collect())
