@@ -564,8 +564,10 @@ impl PieceCache {
             self.long.clear();
             self.long_bytes = 0;
         }
-        self.long_bytes += piece.len() + 4 * ids.len();
-        self.long.insert(piece.into(), Ids::from_slice(ids));
+        // A piece merged twice (a long piece repeated while it waited) is counted once.
+        if self.long.insert(piece.into(), Ids::from_slice(ids)).is_none() {
+            self.long_bytes += piece.len() + 4 * ids.len();
+        }
     }
 }
 

@@ -1028,8 +1028,7 @@ impl Tokenizer {
         true
     }
 
-    /// BPE of a piece `piece` left to merge (seen for the first time on this thread),
-    /// cached.
+    /// BPE of a piece left to merge (see `piece`), cached.
     #[inline(never)]
     fn bpe_cold(
         &self,
