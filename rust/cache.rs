@@ -565,7 +565,11 @@ impl PieceCache {
             self.long_bytes = 0;
         }
         // A piece merged twice (a long piece repeated while it waited) is counted once.
-        if self.long.insert(piece.into(), Ids::from_slice(ids)).is_none() {
+        if self
+            .long
+            .insert(piece.into(), Ids::from_slice(ids))
+            .is_none()
+        {
             self.long_bytes += piece.len() + 4 * ids.len();
         }
     }
