@@ -108,7 +108,7 @@ fn benches(c: &mut Criterion) {
                 out.clear();
                 for batch in pieces.chunks(16) {
                     ends.clear();
-                    bpe.encode_short_batch(batch.len(), |k| &batch[k], None, &mut out, &mut ends);
+                    bpe.merge_batch(batch.len(), |k| &batch[k], None, &mut out, &mut ends);
                 }
                 out.len()
             })

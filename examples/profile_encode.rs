@@ -73,6 +73,27 @@ fn main() {
                 .map(|d| aprx::bitscan::piece_ends(d.as_bytes()).len())
                 .sum();
             let b = t.elapsed().as_secs_f64();
+            // The bit-parallel scanner's windows: how many, how far each one advances.
+            let (mut windows, mut advance) = (0usize, 0usize);
+            for d in &docs {
+                let s = d.as_bytes();
+                let mut pos = 0;
+                while pos < s.len() {
+                    let (_, next) = aprx::bitscan::window(s, pos);
+                    pos = if next == 0 {
+                        aprx::pretok::next_cl100k(s, pos, 1) // one piece, scalar
+                    } else {
+                        windows += 1;
+                        advance += next;
+                        pos + next
+                    };
+                }
+            }
+            eprintln!(
+                "bit-parallel windows: {windows}, {:.1} bytes and {:.1} pieces each on average",
+                advance as f64 / windows as f64,
+                m as f64 / windows as f64
+            );
             eprintln!(
                 "scan only: scalar scanner {n} pieces {:.3}s {:.1} MB/s; bit-parallel {m} pieces \
                  {:.3}s {:.1} MB/s",
@@ -85,7 +106,7 @@ fn main() {
     }
     if std::env::var("MODE").as_deref() == Ok("bpe") {
         // The merging a cold encode does, alone: each distinct piece BPE splits, once.
-        let mut short = std::collections::HashSet::new();
+        let mut batched = std::collections::HashSet::new();
         let mut long = std::collections::HashSet::new();
         for d in &docs {
             for p in tok.pre_tokenize(d).unwrap() {
@@ -93,7 +114,7 @@ fn main() {
                 if b.len() > aprx::bpe::BATCHED_LONG {
                     long.insert(b);
                 } else if b.len() > 1 {
-                    short.insert(b);
+                    batched.insert(b);
                 }
             }
         }
@@ -103,14 +124,14 @@ fn main() {
             bpe.encode_piece(p, None, &mut v);
             v.len() > 1
         };
-        let short: Vec<Vec<u8>> = short.into_iter().filter(split).collect();
+        let batched: Vec<Vec<u8>> = batched.into_iter().filter(split).collect();
         let long: Vec<Vec<u8>> = long.into_iter().collect();
         let nbytes = |v: &[Vec<u8>]| v.iter().map(|p| p.len()).sum::<usize>();
         // The pieces one after another, as in a text (not each in its own allocation).
-        let buf: Vec<u8> = short.concat();
+        let buf: Vec<u8> = batched.concat();
         let mut spans = Vec::new();
         let mut at = 0;
-        for p in &short {
+        for p in &batched {
             spans.push(at..at + p.len());
             at += p.len();
         }
@@ -118,7 +139,7 @@ fn main() {
             let t = Instant::now();
             let (mut out, mut ends) = (Vec::new(), Vec::new());
             for b in spans.chunks(16) {
-                bpe.encode_short_batch(b.len(), |k| &buf[b[k].clone()], None, &mut out, &mut ends);
+                bpe.merge_batch(b.len(), |k| &buf[b[k].clone()], None, &mut out, &mut ends);
             }
             let s = t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -130,12 +151,12 @@ fn main() {
             eprintln!(
                 "bpe only: {} pieces of up to {} bytes ({} bytes, {} ids) {:.1} ms, {:.0} ns each; \
                  {} longer ({} bytes) {:.1} ms",
-                short.len(),
+                batched.len(),
                 aprx::bpe::BATCHED_LONG,
-                nbytes(&short),
+                nbytes(&batched),
                 out.len(),
                 s * 1e3,
-                s * 1e9 / short.len() as f64,
+                s * 1e9 / batched.len() as f64,
                 long.len(),
                 nbytes(&long),
                 l * 1e3

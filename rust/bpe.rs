@@ -132,7 +132,7 @@ impl MergeTable {
     }
 }
 
-/// Longest piece `Bpe::encode_short_batch` merges in lanes with other pieces (longer ones
+/// Longest piece `Bpe::merge_batch` merges in lanes with other pieces (longer ones
 /// merge alone).
 pub const BATCHED_LONG: usize = 32;
 
@@ -364,7 +364,7 @@ impl Bpe {
     /// overlap instead of following one another. Pieces of up to 16 bytes merge in 16-symbol
     /// lanes and those of 17..=32 bytes (long identifiers) in 32-symbol lanes, both kinds in
     /// the same rounds; longer ones merge alone.
-    pub fn encode_short_batch<'a>(
+    pub fn merge_batch<'a>(
         &self,
         count: usize,
         piece: impl Fn(usize) -> &'a [u8],
@@ -414,7 +414,7 @@ impl Bpe {
         }
     }
 
-    /// One round of `encode_short_batch`: each active lane makes the probes its last merge
+    /// One round of `merge_batch`: each active lane makes the probes its last merge
     /// prefetched and its next merge, prefetching that one's probes; lanes with nothing left
     /// to merge leave `active`.
     #[inline(always)]
@@ -576,7 +576,7 @@ mod tests {
             })
             .collect();
         let (mut ids, mut ends) = (vec![7u32], Vec::new());
-        bpe.encode_short_batch(batch.len(), |k| &batch[k], None, &mut ids, &mut ends);
+        bpe.merge_batch(batch.len(), |k| &batch[k], None, &mut ids, &mut ends);
         let mut start = 1;
         for (p, &end) in batch.iter().zip(&ends) {
             let mut one = Vec::new();

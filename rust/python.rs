@@ -347,43 +347,35 @@ impl PyTokenizer {
             py,
             &strs,
             |part| {
-                if pool.current_num_threads() == 1 {
-                    // One thread: encode here, not on the pool's thread, whose fresh malloc
-                    // arena would page-fault in every result (~25% of a stdlib encode), each
-                    // text straight into its result (room for a token per two bytes, then
-                    // shrunk), not into a scratch buffer copied out.
-                    part.iter()
-                        .map(|t| {
-                            let mut o = Vec::with_capacity(t.len() / 2 + 16);
-                            tok.encode_into(t, !ordinary, &mut o)?;
-                            o.shrink_to_fit();
-                            Ok(o)
-                        })
-                        .collect()
-                } else if !kept {
+                if !kept && pool.current_num_threads() > 1 {
                     // Results only copied on (into one array): exact sizes, from the workers.
-                    pool.install(|| part.par_iter().with_min_len(4).map(encode).collect())
+                    return pool.install(|| part.par_iter().with_min_len(4).map(encode).collect());
+                }
+                // The results' memory is taken here, on the calling thread, whose heap has
+                // room already (a fresh pool thread's arena page-faults in every page it hands
+                // out: 24 ms of a 160 ms stdlib pass), with room for a token per two bytes
+                // (code has one per four); each text is encoded straight into its result (no
+                // scratch buffer copied out), here on one thread, by the workers on several,
+                // and the results are then shrunk.
+                let mut outs: Vec<Vec<u32>> = part
+                    .iter()
+                    .map(|t| Vec::with_capacity(t.len() / 2 + 16))
+                    .collect();
+                let fill = |(t, o): (&&str, &mut Vec<u32>)| tok.encode_into(t, !ordinary, o);
+                if pool.current_num_threads() == 1 {
+                    part.iter().zip(outs.iter_mut()).try_for_each(fill)?;
                 } else {
-                    // Results that become the arrays: their memory is taken here, on the
-                    // calling thread, whose heap has room already (a fresh pool thread's arena
-                    // page-faults in every page it hands out: 24 ms of a 160 ms stdlib pass),
-                    // with room for a token per two bytes (code has one per four); the workers
-                    // fill it.
-                    let mut outs: Vec<Vec<u32>> = part
-                        .iter()
-                        .map(|t| Vec::with_capacity(t.len() / 2 + 16))
-                        .collect();
                     pool.install(|| {
                         part.par_iter()
                             .zip(outs.par_iter_mut())
                             .with_min_len(4)
-                            .try_for_each(|(t, o)| tok.encode_into(t, !ordinary, o))
+                            .try_for_each(fill)
                     })?;
-                    for o in &mut outs {
-                        o.shrink_to_fit();
-                    }
-                    Ok(outs)
                 }
+                for o in &mut outs {
+                    o.shrink_to_fit();
+                }
+                Ok(outs)
             },
             &mut sink,
         )

@@ -220,7 +220,7 @@ mod tests {
     use super::*;
 
     /// Every path to the 64-byte masks (AVX2 when this CPU has it, SSE2) gives the scalar
-    /// masks, on every byte value at every position.
+    /// masks: on four windows that hold every byte value once, then on random windows.
     #[test]
     fn masks_of_64_bytes_match_the_scalar_definition() {
         let mut rnd = crate::test_rng::draws(0x5eed_0f64_b17e_5eedu64);

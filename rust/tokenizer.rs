@@ -893,7 +893,7 @@ impl Tokenizer {
     /// they will probe; then the pieces are looked up in order, by which time their slots are
     /// in cache. Scanning and probing each run in a tight loop, and cache misses overlap.
     /// Pieces left to merge (see `piece`) wait in `ColdPieces` and are merged together (see
-    /// `Bpe::encode_short_batch`), their ids then put in place.
+    /// `Bpe::merge_batch`), their ids then put in place.
     #[inline(always)]
     fn scan(
         &self,
@@ -956,7 +956,7 @@ impl Tokenizer {
         ids.clear();
         cold.ends.clear();
         let pieces = &cold.pieces;
-        self.bpe.encode_short_batch(
+        self.bpe.merge_batch(
             pieces.len(),
             |k| &text[pieces[k].0..pieces[k].1],
             self.unk,
@@ -1010,13 +1010,8 @@ impl Tokenizer {
             if c.get_long(bytes, out) {
                 return true;
             }
-            if n <= BATCHED_LONG {
-                if let Some(&id) = self.bytes_to_id.get(bytes) {
-                    out.push(id);
-                    c.insert_long(bytes, &[id]);
-                    return true;
-                }
-                return false;
+            if n <= BATCHED_LONG && !self.bytes_to_id.contains_key(bytes) {
+                return false; // merged later, with the other waiting pieces
             }
             scratch.clear();
             self.encode_piece(bytes, scratch);
