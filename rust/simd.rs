@@ -2,6 +2,21 @@
 //! is set when byte `i` is in the class. SSE2 on x86_64 (always present there), a scalar loop
 //! elsewhere; both give the same masks.
 
+/// Whether this CPU has the x86-64-v3 features (AVX2, BMI1/2, LZCNT, POPCNT, FMA, MOVBE) that the
+/// hot loops' second copies are compiled for (see `Bpe::merge_batch`). The wheel stays
+/// baseline x86_64; each check is a load of the standard library's cached CPUID bits.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_x86_64_v3() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("bmi1")
+        && std::is_x86_feature_detected!("bmi2")
+        && std::is_x86_feature_detected!("lzcnt")
+        && std::is_x86_feature_detected!("popcnt")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("movbe")
+}
+
 /// SSE2 lane tests shared by the masks below (SSE2 is part of the x86_64 baseline).
 #[cfg(target_arch = "x86_64")]
 mod sse2 {

@@ -863,10 +863,7 @@ impl Tokenizer {
             let b = text.as_bytes();
             match self.pretok.single_scanner() {
                 Some(Scanner::Gpt2) => self.scan(b, c, &mut scratch, out, pretok::next_gpt2),
-                Some(Scanner::Cl100k(1)) => {
-                    let mut pieces = bitscan::Pieces::default();
-                    self.scan(b, c, &mut scratch, out, |s, p| pieces.next_end(s, p))
-                }
+                Some(Scanner::Cl100k(1)) => self.scan_bitscan(b, c, &mut scratch, out),
                 Some(Scanner::Cl100k(_)) => {
                     self.scan(b, c, &mut scratch, out, |s, p| pretok::next_cl100k(s, p, 3))
                 }
@@ -886,6 +883,40 @@ impl Tokenizer {
             }
             Ok(())
         })
+    }
+
+    /// `scan` with the bit-parallel scanner (`bitscan`), the hot loop of a Qwen2 encode: run
+    /// from a copy compiled for x86-64-v3 where the CPU has it.
+    fn scan_bitscan(
+        &self,
+        text: &[u8],
+        c: &mut PieceCache,
+        scratch: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_x86_64_v3() {
+            // SAFETY: the CPU has the features `scan_bitscan_v3` is compiled for (checked above).
+            return unsafe { self.scan_bitscan_v3(text, c, scratch, out) };
+        }
+        let mut pieces = bitscan::Pieces::default();
+        self.scan(text, c, scratch, out, |s, p| pieces.next_end(s, p))
+    }
+
+    /// `scan_bitscan` compiled for x86-64-v3 (BMI bit scans, AVX2 moves). Same ids. The
+    /// scanner's closure is written here, not shared with the baseline copy, so that it is
+    /// compiled with these features too and inlined.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,fma,movbe")]
+    unsafe fn scan_bitscan_v3(
+        &self,
+        text: &[u8],
+        c: &mut PieceCache,
+        scratch: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        let mut pieces = bitscan::Pieces::default();
+        self.scan(text, c, scratch, out, |s, p| pieces.next_end(s, p))
     }
 
     /// Drives a hand-written scanner over `text`, encoding each piece. Two phases per chunk
@@ -1457,6 +1488,91 @@ mod tests {
             .unwrap();
         assert_eq!(e.code, codes::JSON);
         assert!(e.message.contains("line 1"));
+    }
+
+    /// Both copies of the bit-parallel scan loop (baseline, and x86-64-v3 where this CPU
+    /// has it) give the ids of the piece-by-piece encode, on random code-like text and a
+    /// vocabulary of 400 random merges (so pieces go through the cold batch, with both lane
+    /// sizes, and through the caches). Each copy runs on a fresh tokenizer.
+    #[test]
+    fn both_copies_of_the_scan_loop_encode_alike() {
+        let mut rnd = crate::test_rng::draws(0x0dd_c0ffee_u64);
+        let alphabet = b"ab ";
+        let mut vocab = Map::new();
+        for b in 0..=255u8 {
+            vocab.insert(bytelevel::byte_to_char(b).to_string(), json!(b as u32));
+        }
+        let mut tokens: Vec<String> = alphabet
+            .iter()
+            .map(|&b| bytelevel::byte_to_char(b).to_string())
+            .collect();
+        let mut merges = Vec::new();
+        while merges.len() < 400 {
+            let a = tokens[rnd(tokens.len())].clone();
+            let b = tokens[rnd(tokens.len())].clone();
+            let ab = format!("{a}{b}");
+            if vocab.contains_key(&ab) || ab.chars().skip(1).any(|c| c == 'Ġ') {
+                continue; // Qwen2 pieces have spaces only in front
+            }
+            vocab.insert(ab.clone(), json!(256 + merges.len()));
+            merges.push(json!([a, b]));
+            tokens.push(ab);
+        }
+        let mut j = small_json();
+        j["model"]["vocab"] = Value::Object(vocab);
+        j["model"]["merges"] = Value::Array(merges);
+        j["added_tokens"][0]["id"] = json!(256 + 400);
+        let text: String = (0..20_000)
+            .map(|_| match rnd(40) {
+                0 => '\n',
+                1 => '(',
+                2 => '7',
+                3 => '\'',
+                4 => 'é',
+                5 | 6 => ' ',
+                _ => alphabet[rnd(2)] as char, // letter runs of all lengths, some over 32
+            })
+            .collect();
+        let want: Vec<u32> = {
+            let t = Tokenizer::from_value(&j, "merges").unwrap();
+            let mut ids = Vec::new();
+            for p in t.pre_tokenize(&text).unwrap() {
+                t.bpe().encode_piece(p.as_bytes(), None, &mut ids);
+            }
+            ids
+        };
+        let run = |v3: bool| {
+            let t = Tokenizer::from_value(&j, "merges").unwrap();
+            let b = text.as_bytes();
+            cache::with_cache(t.uid, |c| {
+                let (mut scratch, mut out) = (Vec::new(), Vec::new());
+                if v3 {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: only asked for where the CPU has the features.
+                    unsafe {
+                        t.scan_bitscan_v3(b, c, &mut scratch, &mut out)
+                    }
+                } else {
+                    let mut pieces = bitscan::Pieces::default();
+                    t.scan(b, c, &mut scratch, &mut out, |s, p| pieces.next_end(s, p));
+                }
+                out
+            })
+        };
+        let check = |got: Vec<u32>, copy: &str| {
+            let at = got.iter().zip(&want).position(|(a, b)| a != b);
+            assert!(
+                got.len() == want.len() && at.is_none(),
+                "{copy}: {} ids for {}, first difference at {at:?}",
+                got.len(),
+                want.len()
+            );
+        };
+        check(run(false), "baseline");
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_x86_64_v3() {
+            check(run(true), "x86-64-v3");
+        }
     }
 
     #[test]
