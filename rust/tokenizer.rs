@@ -12,6 +12,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -728,7 +729,7 @@ impl Tokenizer {
     /// exact-size allocation each and no regrowth.
     pub fn encode(&self, text: &str, allow_added: bool) -> Result<Vec<u32>> {
         thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+            static SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
         }
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
@@ -859,48 +860,48 @@ impl Tokenizer {
             text
         };
         cache::with_cache(self.uid, |c| {
-            let mut scratch = Vec::new();
-            let b = text.as_bytes();
-            match self.pretok.single_scanner() {
-                Some(Scanner::Gpt2) => self.scan(b, c, &mut scratch, out, pretok::next_gpt2),
-                Some(Scanner::Cl100k(1)) => self.scan_bitscan(b, c, &mut scratch, out),
-                Some(Scanner::Cl100k(_)) => {
-                    self.scan(b, c, &mut scratch, out, |s, p| pretok::next_cl100k(s, p, 3))
-                }
-                None => {
-                    return self.pretok.for_each_piece(text, |piece| {
-                        let p = piece.as_bytes();
-                        let key = if (1..=SHORT).contains(&p.len()) {
-                            ShortKey::new(p, 0, p.len())
-                        } else {
-                            ShortKey::EMPTY
-                        };
-                        if !self.piece(p, 0, p.len(), &key, c, &mut scratch, out) {
-                            self.bpe_cold(p, &key, c, &mut scratch, out);
+            WORK.with_borrow_mut(|w| {
+                let b = text.as_bytes();
+                match self.pretok.single_scanner() {
+                    Some(Scanner::Gpt2) => self.scan(b, c, w, out, pretok::next_gpt2),
+                    Some(Scanner::Cl100k(1)) => self.scan_bitscan(b, c, w, out),
+                    Some(Scanner::Cl100k(_)) => {
+                        self.scan(b, c, w, out, |s, p| pretok::next_cl100k(s, p, 3))
+                    }
+                    None => {
+                        let scratch = &mut w.scratch;
+                        let r = self.pretok.for_each_piece(text, |piece| {
+                            let p = piece.as_bytes();
+                            let key = if (1..=SHORT).contains(&p.len()) {
+                                ShortKey::new(p, 0, p.len())
+                            } else {
+                                ShortKey::EMPTY
+                            };
+                            if !self.piece(p, 0, p.len(), &key, c, scratch, out) {
+                                self.bpe_cold(p, &key, c, scratch, out);
+                            }
+                        });
+                        if scratch.capacity() > 1 << 16 {
+                            *scratch = Vec::new(); // not kept after one huge piece
                         }
-                    })
+                        return r;
+                    }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 
     /// `scan` with the bit-parallel scanner (`bitscan`), the hot loop of a Qwen2 encode: run
     /// from a copy compiled for x86-64-v3 where the CPU has it.
-    fn scan_bitscan(
-        &self,
-        text: &[u8],
-        c: &mut PieceCache,
-        scratch: &mut Vec<u32>,
-        out: &mut Vec<u32>,
-    ) {
+    fn scan_bitscan(&self, text: &[u8], c: &mut PieceCache, w: &mut Work, out: &mut Vec<u32>) {
         #[cfg(target_arch = "x86_64")]
         if crate::simd::has_x86_64_v3() {
             // SAFETY: the CPU has the features `scan_bitscan_v3` is compiled for (checked above).
-            return unsafe { self.scan_bitscan_v3(text, c, scratch, out) };
+            return unsafe { self.scan_bitscan_v3(text, c, w, out) };
         }
         let mut pieces = bitscan::Pieces::default();
-        self.scan(text, c, scratch, out, |s, p| pieces.next_end(s, p))
+        self.scan(text, c, w, out, |s, p| pieces.next_end(s, p))
     }
 
     /// `scan_bitscan` compiled for x86-64-v3 (BMI bit scans, AVX2 moves). Same ids. The
@@ -912,11 +913,11 @@ impl Tokenizer {
         &self,
         text: &[u8],
         c: &mut PieceCache,
-        scratch: &mut Vec<u32>,
+        w: &mut Work,
         out: &mut Vec<u32>,
     ) {
         let mut pieces = bitscan::Pieces::default();
-        self.scan(text, c, scratch, out, |s, p| pieces.next_end(s, p))
+        self.scan(text, c, w, out, |s, p| pieces.next_end(s, p))
     }
 
     /// Drives a hand-written scanner over `text`, encoding each piece. Two phases per chunk
@@ -930,7 +931,7 @@ impl Tokenizer {
         &self,
         text: &[u8],
         c: &mut PieceCache,
-        scratch: &mut Vec<u32>,
+        w: &mut Work,
         out: &mut Vec<u32>,
         mut next: impl FnMut(&[u8], usize) -> usize,
     ) {
@@ -938,7 +939,8 @@ impl Tokenizer {
         let n = text.len();
         let mut ends = [0usize; CHUNK];
         let mut keys = [ShortKey::EMPTY; CHUNK];
-        let mut cold = ColdPieces::default();
+        let Work { cold, scratch } = w;
+        cold.clear(); // empty after every scan; cleared again in case one was cut short
         let mut pos = 0;
         while pos < n {
             let first = pos;
@@ -965,11 +967,11 @@ impl Tokenizer {
                 start = end;
             }
             if cold.due(out.len()) {
-                self.merge_cold(text, &mut cold, c, scratch, out);
+                self.merge_cold(text, cold, c, scratch, out);
             }
         }
         if !cold.places.is_empty() {
-            self.merge_cold(text, &mut cold, c, scratch, out);
+            self.merge_cold(text, cold, c, scratch, out);
         }
     }
 
@@ -1169,18 +1171,38 @@ struct ColdPieces {
     ends: Vec<usize>,
 }
 
+/// A thread's buffers for `scan`: the waiting cold pieces and the merged ids. Kept from one
+/// text to the next (in `WORK`), so their memory is taken once per thread, not grown again
+/// for every text.
+#[derive(Default)]
+struct Work {
+    cold: ColdPieces,
+    scratch: Vec<u32>,
+}
+
+thread_local! {
+    static WORK: RefCell<Work> = const {
+        RefCell::new(Work {
+            cold: ColdPieces::EMPTY,
+            scratch: Vec::new(),
+        })
+    };
+}
+
 impl Default for ColdPieces {
     fn default() -> Self {
-        ColdPieces {
-            pieces: Vec::new(),
-            places: Vec::new(),
-            by_slot: [0; 64],
-            ends: Vec::new(),
-        }
+        ColdPieces::EMPTY
     }
 }
 
 impl ColdPieces {
+    const EMPTY: ColdPieces = ColdPieces {
+        pieces: Vec::new(),
+        places: Vec::new(),
+        by_slot: [0; 64],
+        ends: Vec::new(),
+    };
+
     /// Distinct pieces that make a batch worth merging.
     const BATCH: usize = 16;
     /// Ids after the first waiting place that make it worth merging now (every merge moves
@@ -1545,16 +1567,16 @@ mod tests {
             let t = Tokenizer::from_value(&j, "merges").unwrap();
             let b = text.as_bytes();
             cache::with_cache(t.uid, |c| {
-                let (mut scratch, mut out) = (Vec::new(), Vec::new());
+                let (mut w, mut out) = (Work::default(), Vec::new());
                 if v3 {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: only asked for where the CPU has the features.
                     unsafe {
-                        t.scan_bitscan_v3(b, c, &mut scratch, &mut out)
+                        t.scan_bitscan_v3(b, c, &mut w, &mut out)
                     }
                 } else {
                     let mut pieces = bitscan::Pieces::default();
-                    t.scan(b, c, &mut scratch, &mut out, |s, p| pieces.next_end(s, p));
+                    t.scan(b, c, &mut w, &mut out, |s, p| pieces.next_end(s, p));
                 }
                 out
             })
