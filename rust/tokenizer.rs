@@ -637,12 +637,19 @@ impl Tokenizer {
         for (b, id) in direct {
             bytes_to_id.insert(b.into_boxed_slice(), id);
         }
-        let short_vocab = SharedTable::new(bytes_to_id.iter().map(|(b, &id)| (&b[..], id)).chain(
-            (0..256).filter_map(|b| {
+        // In id order: a BPE vocabulary's ids follow its merges, the most frequent first (and
+        // single bytes before them), so the pieces met most often take the first slot they
+        // probe, and the later, rarer ones are the ones pushed along.
+        let mut one_token: Vec<(&[u8], u32)> = bytes_to_id
+            .iter()
+            .map(|(b, &id)| (&b[..], id))
+            .chain((0..256).filter_map(|b| {
                 let id = bpe.byte_ids[b];
                 (id != NO_ID).then(|| (&ALL_BYTES[b..b + 1], id))
-            }),
-        ));
+            }))
+            .collect();
+        one_token.sort_unstable_by_key(|&(b, id)| (id, b));
+        let short_vocab = SharedTable::new(one_token.iter().copied());
 
         let mut special = vec![false; id_to_str.len()];
         for t in added.iter().filter(|t| t.special) {
