@@ -648,7 +648,7 @@ impl Tokenizer {
                 (id != NO_ID).then(|| (&ALL_BYTES[b..b + 1], id))
             }))
             .collect();
-        one_token.sort_unstable_by_key(|&(b, id)| (id, b));
+        one_token.sort_unstable_by_key(|&(_, id)| id);
         let short_vocab = SharedTable::new(one_token.iter().copied());
 
         let mut special = vec![false; id_to_str.len()];
