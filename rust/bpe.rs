@@ -395,6 +395,7 @@ impl Bpe {
         self.merge_batch_with(count, piece, unk, out, ends)
     }
 
+    /// The body of `merge_batch`, inlined into each of its copies.
     #[inline(always)]
     fn merge_batch_with<'a>(
         &self,
