@@ -380,19 +380,19 @@ impl Bpe {
         self.merge_batch_with(count, piece, unk, out, ends)
     }
 
-    /// `merge_batch` compiled for x86-64-v3: each merge's minimum over the lane's keys is a
-    /// few AVX2 instructions, and the bit scans are single instructions. Same ids.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,fma,movbe")]
-    unsafe fn merge_batch_v3<'a>(
-        &self,
-        count: usize,
-        piece: impl Fn(usize) -> &'a [u8],
-        unk: Option<u32>,
-        out: &mut Vec<u32>,
-        ends: &mut Vec<usize>,
-    ) {
-        self.merge_batch_with(count, piece, unk, out, ends)
+    crate::simd::x86_64_v3_fn! {
+        /// `merge_batch` compiled for x86-64-v3: each merge's minimum over the lane's keys is
+        /// a few AVX2 instructions, and the bit scans are single instructions. Same ids.
+        unsafe fn merge_batch_v3<'a>(
+            &self,
+            count: usize,
+            piece: impl Fn(usize) -> &'a [u8],
+            unk: Option<u32>,
+            out: &mut Vec<u32>,
+            ends: &mut Vec<usize>,
+        ) {
+            self.merge_batch_with(count, piece, unk, out, ends)
+        }
     }
 
     /// The body of `merge_batch`, inlined into each of its copies.

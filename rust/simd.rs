@@ -2,8 +2,19 @@
 //! is set when byte `i` is in the class. SSE2 on x86_64 (always present there), a scalar loop
 //! elsewhere; both give the same masks.
 
-/// Whether this CPU has the x86-64-v3 features (AVX2, BMI1/2, LZCNT, POPCNT, FMA, MOVBE) that the
-/// hot loops' second copies are compiled for (see `Bpe::merge_batch`). The wheel stays
+/// Marks a function as the x86-64-v3 copy of a hot loop: compiled for AVX2, BMI1/2, LZCNT,
+/// POPCNT, FMA and MOVBE, on x86_64 only. Call it only where `has_x86_64_v3()` is true; the
+/// feature list here and the checks there are the same list, kept side by side.
+macro_rules! x86_64_v3_fn {
+    ($($item:tt)*) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,fma,movbe")]
+        $($item)*
+    };
+}
+pub(crate) use x86_64_v3_fn;
+
+/// Whether this CPU has the features `x86_64_v3_fn!` copies are compiled for. The wheel stays
 /// baseline x86_64; each check is a load of the standard library's cached CPUID bits.
 #[cfg(target_arch = "x86_64")]
 #[inline]

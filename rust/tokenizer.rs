@@ -911,20 +911,20 @@ impl Tokenizer {
         self.scan(text, c, w, out, |s, p| pieces.next_end(s, p))
     }
 
-    /// `scan_bitscan` compiled for x86-64-v3 (BMI bit scans, AVX2 moves). Same ids. The
-    /// scanner's closure is written here, not shared with the baseline copy, so that it is
-    /// compiled with these features too and inlined.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,fma,movbe")]
-    unsafe fn scan_bitscan_v3(
-        &self,
-        text: &[u8],
-        c: &mut PieceCache,
-        w: &mut Work,
-        out: &mut Vec<u32>,
-    ) {
-        let mut pieces = bitscan::Pieces::default();
-        self.scan(text, c, w, out, |s, p| pieces.next_end(s, p))
+    crate::simd::x86_64_v3_fn! {
+        /// `scan_bitscan` compiled for x86-64-v3 (BMI bit scans, AVX2 moves). Same ids. The
+        /// scanner's closure is written here, not shared with the baseline copy, so that it is
+        /// compiled with these features too and inlined.
+        unsafe fn scan_bitscan_v3(
+            &self,
+            text: &[u8],
+            c: &mut PieceCache,
+            w: &mut Work,
+            out: &mut Vec<u32>,
+        ) {
+            let mut pieces = bitscan::Pieces::default();
+            self.scan(text, c, w, out, |s, p| pieces.next_end(s, p))
+        }
     }
 
     /// Drives a hand-written scanner over `text`, encoding each piece. Two phases per chunk
@@ -1181,25 +1181,20 @@ struct ColdPieces {
 /// A thread's buffers for `scan`: the waiting cold pieces and the merged ids. Kept from one
 /// text to the next (in `WORK`), so their memory is taken once per thread, not grown again
 /// for every text.
-#[derive(Default)]
 struct Work {
     cold: ColdPieces,
     scratch: Vec<u32>,
 }
 
-thread_local! {
-    static WORK: RefCell<Work> = const {
-        RefCell::new(Work {
-            cold: ColdPieces::EMPTY,
-            scratch: Vec::new(),
-        })
+impl Work {
+    const EMPTY: Work = Work {
+        cold: ColdPieces::EMPTY,
+        scratch: Vec::new(),
     };
 }
 
-impl Default for ColdPieces {
-    fn default() -> Self {
-        ColdPieces::EMPTY
-    }
+thread_local! {
+    static WORK: RefCell<Work> = const { RefCell::new(Work::EMPTY) };
 }
 
 impl ColdPieces {
@@ -1574,7 +1569,7 @@ mod tests {
             let t = Tokenizer::from_value(&j, "merges").unwrap();
             let b = text.as_bytes();
             cache::with_cache(t.uid, |c| {
-                let (mut w, mut out) = (Work::default(), Vec::new());
+                let (mut w, mut out) = (Work::EMPTY, Vec::new());
                 if v3 {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: only asked for where the CPU has the features.
