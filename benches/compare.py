@@ -539,7 +539,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--peers", type=_parse_peers, default=list(PEERS), help="all|none|a,b")
     ap.add_argument("--limit-docs", type=int, default=None, help="first N stdlib documents")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
-    ap.add_argument("--corpus-workers", type=int, default=2, help="encode-corpus num_workers")
+    ap.add_argument(
+        "--corpus-workers",
+        type=_parse_threads,
+        default=[2],
+        help="encode-corpus num_workers, e.g. 2 or 2,16 (the 100 M tok/s target is for 2)",
+    )
     ap.add_argument("--no-corpus", action="store_true", help="skip the encode-corpus run")
     ap.add_argument(
         "--no-warmup",
@@ -646,10 +651,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 runs.setdefault((enc.name, n), []).append(r)
                 msg = r.get("error") or f"{r['tokens'] / r['seconds'] / 1e6:.2f} M tok/s"
                 log(f"[{rep + 1}/{args.repeat}] {enc.name} {n}t: {msg}")
-            if corpus:
+            for cw in args.corpus_workers if corpus else []:
                 spec = {
                     "encoder": "encode-corpus",
-                    "threads": args.corpus_workers,
+                    "threads": cw,
                     "docs": str(docs_path),
                     "corpus_out": str(tmp / "shards"),
                     "warmup": not args.no_warmup,
@@ -658,9 +663,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "reference": str(ref_path) if ref_path else None,
                 }
                 r = _spawn(spec, args.timeout)
-                runs.setdefault(("encode-corpus", args.corpus_workers), []).append(r)
+                runs.setdefault(("encode-corpus", cw), []).append(r)
                 msg = r.get("error") or f"{r['tokens'] / r['seconds'] / 1e6:.2f} M tok/s"
-                log(f"[{rep + 1}/{args.repeat}] encode-corpus {args.corpus_workers}w: {msg}")
+                log(f"[{rep + 1}/{args.repeat}] encode-corpus {cw}w: {msg}")
 
     machine_end = _machine().get("loadavg")
     results = {key: _best(rs) for key, rs in runs.items()}
@@ -696,10 +701,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows.append(
             [label] + [_fmt_cell(cells.get(n)) for n in th] + [_fmt_mismatch(cells, len(texts))]
         )
-    cw = args.corpus_workers
-    if ("encode-corpus", cw) in results:
+    for cw in args.corpus_workers:
+        if ("encode-corpus", cw) not in results:
+            continue
         cell = results[("encode-corpus", cw)]
-        row = ["aprx encode-corpus (JSONL -> shards)"]
+        row = [f"aprx encode-corpus {cw} workers (JSONL -> shards)"]
         row += [_fmt_cell(cell) if n == cw else "-" for n in th]
         row.append(_fmt_mismatch({cw: cell}, len(texts)))
         rows.append(row)
@@ -834,15 +840,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     f"  aprx {high}-thread / 1-thread: {r:.2f}x  ({name}: {hi['mtoks']:.2f} vs "
                     f"{lo['mtoks']:.2f} M tok/s{verdict}; round by round: {per}"
                 )
-    if ("encode-corpus", cw) in results and ok("encode-corpus", cw):
+    for cw in args.corpus_workers:
+        if not (("encode-corpus", cw) in results and ok("encode-corpus", cw)):
+            continue
         c = results[("encode-corpus", cw)]
         pipe = c.get("pipeline_seconds")
         extra = f"; {c['tokens'] / pipe / 1e6:.2f} by the manifest's own clock" if pipe else ""
-        ratios["encode_corpus_mtoks"] = {"value": c["mtoks"], "target": TARGET_CORPUS_MTOKS}
+        # The target is for two workers (this 2-core machine); other counts show scaling.
+        target = TARGET_CORPUS_MTOKS if cw == 2 else None
+        key = "encode_corpus_mtoks" if cw == 2 else f"encode_corpus_mtoks_{cw}w"
+        ratios[key] = {"value": c["mtoks"], "target": target}
+        verdict = (
+            f"(target >= {target:g}) {'PASS' if c['mtoks'] >= target else 'MISS'}"
+            if target
+            else "(no target)"
+        )
         lines.append(
             f"  encode-corpus ({cw} workers, JSONL in, shards + manifest out): "
-            f"{c['mtoks']:.2f} M tok/s (target >= {TARGET_CORPUS_MTOKS:g}) "
-            f"{'PASS' if c['mtoks'] >= TARGET_CORPUS_MTOKS else 'MISS'}  "
+            f"{c['mtoks']:.2f} M tok/s {verdict}  "
             f"[{c['tokens']:,} tokens in {c['seconds']:.2f}s wall, tokenizer preloaded "
             f"({c['load_seconds']:.2f}s){extra}]"
         )

@@ -3,6 +3,7 @@
 //! every input file as it goes. JSON parsing happens later, in parallel, in `with_record`.
 
 use crate::error::{codes, Error, Result};
+use crate::offload::Offload;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -143,14 +144,51 @@ pub fn task_slice(files: Vec<InputFile>, num_tasks: u32, index: u32) -> Vec<Inpu
 /// A reader that hashes every byte it passes on and counts them.
 pub struct HashingReader<R> {
     inner: R,
-    pub hasher: Sha256,
+    hasher: FileHasher,
     pub bytes: u64,
+}
+
+/// Files of at least this many bytes are hashed on a thread of their own (`Offload`); smaller
+/// ones inline, as a thread per file would cost more than it saves.
+const OFFLOAD_HASH_BYTES: u64 = 4 << 20;
+
+enum FileHasher {
+    Inline(Sha256),
+    Background(Offload<std::io::Sink>),
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Hashes on a thread of its own when `size` (the file's) is large.
+    pub fn new(inner: R, size: u64) -> std::io::Result<Self> {
+        let hasher = if size >= OFFLOAD_HASH_BYTES {
+            FileHasher::Background(Offload::new("aprx-hash-input", std::io::sink())?)
+        } else {
+            FileHasher::Inline(Sha256::new())
+        };
+        Ok(HashingReader {
+            inner,
+            hasher,
+            bytes: 0,
+        })
+    }
+
+    /// The SHA-256 of everything read, as hex.
+    pub fn finish(self) -> std::io::Result<String> {
+        let digest: [u8; 32] = match self.hasher {
+            FileHasher::Inline(h) => h.finalize().into(),
+            FileHasher::Background(o) => o.finish()?.1,
+        };
+        Ok(hex(&digest))
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        match &mut self.hasher {
+            FileHasher::Inline(h) => h.update(&buf[..n]),
+            FileHasher::Background(o) => o.write(&buf[..n])?,
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -193,11 +231,8 @@ pub fn read_items(
     for (fi, f) in files.iter().enumerate().skip(start_file) {
         let skip = if fi == start_file { skip_records } else { 0 };
         let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
-        let mut hr = HashingReader {
-            inner: file,
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
+        let mut hr =
+            HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
         let fi32 = fi as u32;
         let records = match f.kind {
             InputKind::Text => {
@@ -247,7 +282,7 @@ pub fn read_items(
         };
         // Hash what the decoder did not need (trailing bytes) so the digest covers the file.
         std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
-        let sha256 = hex(&hr.hasher.finalize());
+        let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
         if !emit(Item::FileEnd {
             file: fi32,
             sha256,
@@ -360,18 +395,37 @@ fn read_lines(
     emit: &mut impl FnMut(Item) -> bool,
 ) -> Result<Option<u64>> {
     let mut line_no = 0u64;
+    let read_error = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::InvalidData
+            || e.kind() == std::io::ErrorKind::UnexpectedEof
+            || e.kind() == std::io::ErrorKind::Other
+        {
+            compression_error(path, &e)
+        } else {
+            Error::io(path, "read", &e)
+        }
+    };
     loop {
-        let mut buf = Vec::new();
-        let n = r.read_until(b'\n', &mut buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData
-                || e.kind() == std::io::ErrorKind::UnexpectedEof
-                || e.kind() == std::io::ErrorKind::Other
-            {
-                compression_error(path, &e)
-            } else {
-                Error::io(path, "read", &e)
+        // A line within the reader's buffer is copied once, into a buffer of its size; one
+        // that runs past it is completed by `read_until`.
+        loop {
+            match r.fill_buf() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(e)),
+                Ok(_) => break,
             }
-        })?;
+        }
+        let available = r.fill_buf().map_err(read_error)?; // buffered: no read
+
+        let (mut buf, taken) = match memchr::memchr(b'\n', available) {
+            Some(i) => (available[..=i].to_vec(), i + 1),
+            None => (available.to_vec(), available.len()),
+        };
+        r.consume(taken);
+        if buf.last() != Some(&b'\n') && !buf.is_empty() {
+            r.read_until(b'\n', &mut buf).map_err(read_error)?;
+        }
+        let n = buf.len();
         if n == 0 {
             return Ok(Some(line_no));
         }

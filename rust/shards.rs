@@ -8,14 +8,14 @@
 
 use crate::corpus::{self, hex, InputFile, InputKind, Item, Record, Reject};
 use crate::error::{codes, Error, Result};
+use crate::offload::Offload;
 use crate::parallel;
 use crate::tokenizer::{Normalizer, Tokenizer};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -123,12 +123,34 @@ struct Progress {
 /// The shard being written.
 struct OpenShard {
     n: usize,
-    bin: BufWriter<File>,
-    hasher: Sha256,
+    /// The `.bin` file, written and hashed on a thread of its own.
+    bin: Offload<ShardFile>,
     tokens: u64,
     ends: Vec<u64>,
-    /// Bytes of the file already handed to the kernel for writing back (`start_writeback`).
+}
+
+/// A shard's `.bin` file as `Offload` writes it: handed to the kernel for writing back every
+/// `WRITEBACK_BYTES`.
+struct ShardFile {
+    file: File,
+    written: u64,
+    /// Bytes already handed to the kernel for writing back (`start_writeback`).
     flushing: u64,
+}
+
+impl Write for ShardFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.flushing >= WRITEBACK_BYTES {
+            start_writeback(&self.file, self.flushing, self.written);
+            self.flushing = self.written;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Bytes written between two requests to start writing a shard back to disk.
@@ -230,14 +252,19 @@ impl<'a> Writer<'a> {
         if self.open.is_none() {
             let n = self.state.shards.len();
             let path = self.dir.join(format!("{}.tmp", shard_name(n).0));
-            let f = File::create(&path).map_err(|e| Error::io(&path, "create", &e))?;
+            let file = File::create(&path).map_err(|e| Error::io(&path, "create", &e))?;
+            let shard_file = ShardFile {
+                file,
+                written: 0,
+                flushing: 0,
+            };
+            let bin = Offload::new("aprx-shard-out", shard_file)
+                .map_err(|e| Error::io(&path, "start its writing thread", &e))?;
             self.open = Some(OpenShard {
                 n,
-                bin: BufWriter::with_capacity(4 << 20, f),
-                hasher: Sha256::new(),
+                bin,
                 tokens: 0,
                 ends: Vec::new(),
-                flushing: 0,
             });
         }
         let shard = self.open.as_mut().expect("open shard");
@@ -247,17 +274,11 @@ impl<'a> Writer<'a> {
         } else {
             unreachable!("big-endian hosts are not supported")
         };
-        shard.hasher.update(bytes);
-        if let Err(e) = shard.bin.write_all(bytes) {
+        if let Err(e) = shard.bin.write(bytes) {
             let path = self.dir.join(format!("{}.tmp", shard_name(shard.n).0));
             return Err(Error::io(&path, "write", &e));
         }
         shard.tokens += ids.len() as u64;
-        let in_file = shard.tokens * 4 - shard.bin.buffer().len() as u64;
-        if in_file - shard.flushing >= WRITEBACK_BYTES {
-            start_writeback(shard.bin.get_ref(), shard.flushing, in_file);
-            shard.flushing = in_file;
-        }
         self.state.tokens += ids.len() as u64;
         self.tokens_this_run += ids.len() as u64;
         Ok(())
@@ -270,11 +291,13 @@ impl<'a> Writer<'a> {
         let (bin, idx) = shard_name(shard.n);
         let bin_tmp = self.dir.join(format!("{bin}.tmp"));
         let idx_tmp = self.dir.join(format!("{idx}.tmp"));
-        let f = shard
+        let (f, digest) = shard
             .bin
-            .into_inner()
-            .map_err(|e| Error::io(&bin_tmp, "write", e.error()))?;
-        f.sync_all().map_err(|e| Error::io(&bin_tmp, "sync", &e))?;
+            .finish()
+            .map_err(|e| Error::io(&bin_tmp, "write", &e))?;
+        f.file
+            .sync_all()
+            .map_err(|e| Error::io(&bin_tmp, "sync", &e))?;
         let mut idx_bytes = Vec::with_capacity(shard.ends.len() * 8);
         for e in &shard.ends {
             idx_bytes.extend_from_slice(&e.to_le_bytes());
@@ -292,7 +315,7 @@ impl<'a> Writer<'a> {
             index: idx,
             tokens: shard.tokens,
             documents: shard.ends.len() as u64,
-            sha256: hex(&shard.hasher.finalize()),
+            sha256: hex(&digest),
         });
         Ok(())
     }

@@ -1,0 +1,113 @@
+"""Worker scaling: aprx's `encode_batch` and `encode-corpus` at several thread / worker counts,
+on the standard library written `--copies` times over as one JSONL file (so a many-core machine
+gets a corpus long enough to keep its workers busy), each measurement in a fresh process with a
+freshly loaded tokenizer (cold tables, as in `compare.py`), rounds interleaved.
+
+    python benches/scaling.py                              # 1,2 workers, 1 copy, 3 rounds
+    python benches/scaling.py --copies 3 --workers 1,2,4,8,16 --rounds 3
+
+Prints, per mode and count, the best and the median rate in M tokens/s and the cores used (CPU
+time / wall time) in the best run. Ids are not checked here (`compare.py` checks them against
+HF); the token totals of the two modes must agree, and the script fails if they do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+MODES = ("encode_batch", "encode-corpus")
+
+
+def _child(mode: str, workers: int, tmp: Path) -> Dict[str, float]:
+    import aprx
+    from aprx.corpus import encode_corpus
+
+    docs = tmp / "docs.jsonl"
+    tok = aprx.Tokenizer.from_file(tmp / "tokenizer")
+    tok.encode_batch(["warm-up"] * 2, ordinary=True, num_threads=2)
+    if mode == "encode_batch":
+        with open(docs, encoding="utf-8") as f:
+            texts = [json.loads(line)["content"] for line in f]
+        c0, t0 = time.process_time(), time.perf_counter()
+        ids = tok.encode_batch(texts, ordinary=True, num_threads=workers)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        tokens = sum(len(x) for x in ids)
+    else:
+        c0, t0 = time.process_time(), time.perf_counter()
+        manifest = encode_corpus(
+            docs, tok, tmp / "shards", num_workers=workers, overwrite=True, eos_policy="none"
+        )
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        tokens = manifest["total_tokens"]
+    return {"tokens": tokens, "seconds": wall, "cpu_seconds": cpu}
+
+
+def _counts(value: str) -> List[int]:
+    counts = [int(v) for v in value.split(",") if v.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected counts >= 1 such as 1,2,4: {value!r}")
+    return counts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=_counts, default=[1, 2], help="e.g. 1,2,4,8,16")
+    ap.add_argument("--copies", type=int, default=1, help="times the stdlib is written")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; best and median reported")
+    ap.add_argument("--_child", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        mode, workers, tmp = args._child
+        print(json.dumps(_child(mode, int(workers), Path(tmp))))
+        return 0
+
+    sys.path.insert(0, str(TESTS))
+    import fixtures
+
+    from aprx.importer import import_hf
+
+    texts = fixtures.stdlib_texts()
+    with tempfile.TemporaryDirectory(prefix="aprx-scaling-") as tmp_s:
+        tmp = Path(tmp_s)
+        with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
+            for _ in range(args.copies):
+                for t in texts:
+                    f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
+        import_hf(fixtures.qwen2_tokenizer_json(), tmp / "tokenizer", include_added_tokens=True)
+        size = (tmp / "docs.jsonl").stat().st_size
+        print(f"{len(texts)} stdlib documents x {args.copies}, {size / 1e6:.1f} MB of JSONL")
+        runs: Dict[Tuple[str, int], List[Dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for workers in args.workers:
+                for mode in MODES:
+                    cmd = [sys.executable, __file__, "--_child", mode, str(workers), str(tmp)]
+                    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    runs.setdefault((mode, workers), []).append(
+                        json.loads(out.stdout.strip().splitlines()[-1])
+                    )
+    totals = {r["tokens"] for rs in runs.values() for r in rs}
+    if len(totals) != 1:
+        print(f"token totals differ between runs: {sorted(totals)}", file=sys.stderr)
+        return 1
+    for (mode, workers), rs in sorted(runs.items()):
+        best = min(rs, key=lambda r: r["seconds"])
+        median = statistics.median(r["seconds"] for r in rs)
+        print(
+            f"{mode:13s} {workers:3d} workers: best {best['tokens'] / best['seconds'] / 1e6:7.1f}"
+            f" M tok/s, median {best['tokens'] / median / 1e6:7.1f}, cores "
+            f"{best['cpu_seconds'] / best['seconds']:.2f} ({int(best['tokens']):,} tokens)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
