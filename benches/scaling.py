@@ -90,7 +90,10 @@ def main() -> int:
             for workers in args.workers:
                 for mode in MODES:
                     cmd = [sys.executable, __file__, "--_child", mode, str(workers), str(tmp)]
-                    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode != 0:
+                        print(f"{mode} {workers} workers failed:\n{out.stderr}", file=sys.stderr)
+                        return 1
                     runs.setdefault((mode, workers), []).append(
                         json.loads(out.stdout.strip().splitlines()[-1])
                     )

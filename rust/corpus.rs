@@ -3,6 +3,7 @@
 //! every input file as it goes. JSON parsing happens later, in parallel, in `with_record`.
 
 use crate::error::{codes, Error, Result};
+use crate::jsonl;
 use crate::offload::Offload;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -490,6 +491,41 @@ pub fn with_record<R>(
     if kind == InputKind::Text || kind == InputKind::Parquet {
         return Ok(f(text));
     }
+    // The fast path (`jsonl::field_text`) answers for nearly every line; serde_json for the
+    // rest, with the precise error when there is one. The text buffer is the thread's, taken
+    // out while `f` runs (a nested call, from work stolen while `f` waits, gets a new one).
+    let mut f = Some(f);
+    let mut buf = JSON_TEXT.with_borrow_mut(std::mem::take);
+    buf.clear();
+    let fast = jsonl::field_text(text.as_bytes(), field.as_bytes(), &mut buf)
+        .then(|| std::str::from_utf8(&buf).ok())
+        .flatten()
+        .map(|t| f.take().expect("called once")(t));
+    if buf.capacity() <= MAX_KEPT_TEXT {
+        JSON_TEXT.with_borrow_mut(|b| *b = buf);
+    }
+    match (fast, f) {
+        (Some(r), _) => Ok(r),
+        (None, Some(f)) => serde_field(text, field, f),
+        (None, None) => unreachable!("`f` is taken only when the fast path answers"),
+    }
+}
+
+thread_local! {
+    /// The unescaped text of the JSONL line being encoded on this thread.
+    static JSON_TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A thread keeps its text buffer up to this size (one huge document's is dropped).
+const MAX_KEPT_TEXT: usize = 16 << 20;
+
+/// `with_record` for a JSONL line through serde_json: `f` of the `field` member's text, or
+/// why the line has none.
+pub(crate) fn serde_field<R>(
+    text: &str,
+    field: &str,
+    f: impl FnOnce(&str) -> R,
+) -> std::result::Result<R, Reject> {
     let mut de = serde_json::Deserializer::from_str(text);
     let found = FieldSeed { field, f }
         .deserialize(&mut de)

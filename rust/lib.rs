@@ -8,6 +8,7 @@ pub mod cache;
 pub mod corpus;
 pub mod error;
 pub mod huge;
+pub mod jsonl;
 pub mod offload;
 pub mod parallel;
 pub mod pretok;
