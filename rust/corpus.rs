@@ -417,7 +417,6 @@ fn read_lines(
             }
         }
         let available = r.fill_buf().map_err(read_error)?; // buffered: no read
-
         let (mut buf, taken) = match memchr::memchr(b'\n', available) {
             Some(i) => (available[..=i].to_vec(), i + 1),
             None => (available.to_vec(), available.len()),

@@ -41,34 +41,27 @@ impl<'a> Parser<'a> {
     /// The whole line: an object, the first `field` member a string.
     fn object_field(&mut self, field: &[u8], out: &mut Vec<u8>) -> Option<()> {
         self.ws();
-        self.eat(b'{')?;
-        self.ws();
+        (self.peek()? == b'{').then_some(())?;
+        if self.open_empty(b'}')? {
+            return None; // no field
+        }
         let mut found = false;
-        if self.peek()? != b'}' {
-            loop {
-                let key = self.key()?;
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
-                if !found && key == field {
-                    (self.peek()? == b'"').then_some(())?;
-                    self.string(Some(out))?;
-                    found = true;
-                } else {
-                    self.skip_value(1)?;
-                }
-                self.ws();
-                match self.peek()? {
-                    b',' => {
-                        self.i += 1;
-                        self.ws();
-                    }
-                    b'}' => break,
-                    _ => return None,
-                }
+        loop {
+            let key = self.key()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            if !found && key == field {
+                (self.peek()? == b'"').then_some(())?;
+                self.string(Some(out))?;
+                found = true;
+            } else {
+                self.skip_value(1)?;
+            }
+            if self.next_or_close(b'}')? {
+                break;
             }
         }
-        self.i += 1; // the closing brace
         self.ws();
         (found && self.i == self.s.len()).then_some(())
     }
@@ -85,29 +78,18 @@ impl<'a> Parser<'a> {
     }
 
     /// A string at `i` (its opening quote), unescaped into `out` when given.
-    fn string(&mut self, out: Option<&mut Vec<u8>>) -> Option<()> {
+    fn string(&mut self, mut out: Option<&mut Vec<u8>>) -> Option<()> {
         self.eat(b'"')?;
-        let Some(out) = out else {
-            loop {
-                let end = special(self.s, self.i);
-                match self.s.get(end)? {
-                    b'"' => {
-                        self.i = end + 1;
-                        return Some(());
-                    }
-                    b'\\' => {
-                        self.i = end + 1;
-                        self.escape()?;
-                    }
-                    _ => return None, // a control char: serde_json's error
-                }
-            }
-        };
-        // The text is never longer than the rest of the line: room for all of it, and for
-        // `copy_run`'s 16-byte stores past its end.
-        out.reserve(self.s.len() - self.i + 16);
+        if let Some(o) = out.as_deref_mut() {
+            // The text is never longer than the rest of the line: room for all of it, and
+            // for `copy_run`'s 16-byte stores past its end.
+            o.reserve(self.s.len() - self.i + 16);
+        }
         loop {
-            let end = copy_run(self.s, self.i, out);
+            let end = match out.as_deref_mut() {
+                Some(o) => copy_run(self.s, self.i, o),
+                None => special(self.s, self.i),
+            };
             match self.s.get(end)? {
                 b'"' => {
                     self.i = end + 1;
@@ -116,13 +98,13 @@ impl<'a> Parser<'a> {
                 b'\\' => {
                     self.i = end + 1;
                     let c = self.escape()?;
-                    if c.is_ascii() {
-                        out.push(c as u8);
-                    } else {
-                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    match out.as_deref_mut() {
+                        Some(o) if c.is_ascii() => o.push(c as u8),
+                        Some(o) => o.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                        None => {}
                     }
                 }
-                _ => return None,
+                _ => return None, // a control char: serde_json's error
             }
         }
     }
@@ -161,10 +143,7 @@ impl<'a> Parser<'a> {
         match self.peek()? {
             b'"' => self.string(None),
             b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.i += 1;
+                if self.open_empty(b'}')? {
                     return Some(());
                 }
                 loop {
@@ -173,40 +152,19 @@ impl<'a> Parser<'a> {
                     self.eat(b':')?;
                     self.ws();
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b'}' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.next_or_close(b'}')? {
+                        return Some(());
                     }
                 }
             }
             b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.i += 1;
+                if self.open_empty(b']')? {
                     return Some(());
                 }
                 loop {
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b']' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.next_or_close(b']')? {
+                        return Some(());
                     }
                 }
             }
@@ -215,6 +173,32 @@ impl<'a> Parser<'a> {
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.number(),
             _ => None,
+        }
+    }
+
+    /// Past an opening bracket at `i` and the whitespace after it; true (past `close` too)
+    /// when the container is empty.
+    fn open_empty(&mut self, close: u8) -> Option<bool> {
+        self.i += 1;
+        self.ws();
+        let empty = self.peek()? == close;
+        if empty {
+            self.i += 1;
+        }
+        Some(empty)
+    }
+
+    /// After a member or element: past a comma and the whitespace after it (false), or past
+    /// `close` (true); None for anything else.
+    fn next_or_close(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let b = self.peek()?;
+        self.i += 1;
+        if b == b',' {
+            self.ws();
+            Some(false)
+        } else {
+            (b == close).then_some(true)
         }
     }
 
@@ -259,33 +243,38 @@ fn is_special(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
 }
 
+/// Bit k set when byte k of `x` `is_special` (SSE2, part of x86_64).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn special_bits(x: std::arch::x86_64::__m128i) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of x86_64 (always present); no memory is touched.
+    unsafe {
+        let control_max = _mm_set1_epi8(0x1f);
+        // x <= 0x1f (unsigned) exactly when max(x, 0x1f) == 0x1f.
+        let control = _mm_cmpeq_epi8(_mm_max_epu8(x, control_max), control_max);
+        let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    }
+}
+
 /// The index of the first byte at or after `i` that `is_special`, or `s.len()`.
 #[inline]
 fn special(s: &[u8], mut i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        // SAFETY: SSE2 is part of x86_64 (always present); each load reads 16 bytes at `i`
-        // with `i + 16 <= s.len()`, unaligned.
-        unsafe {
-            let quote = _mm_set1_epi8(b'"' as i8);
-            let backslash = _mm_set1_epi8(b'\\' as i8);
-            let control_max = _mm_set1_epi8(0x1f);
-            while i + 16 <= s.len() {
-                let x = _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i);
-                // x <= 0x1f (unsigned) exactly when max(x, 0x1f) == 0x1f.
-                let control = _mm_cmpeq_epi8(_mm_max_epu8(x, control_max), control_max);
-                let hits = _mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
-                    control,
-                );
-                let bits = _mm_movemask_epi8(hits) as u32;
-                if bits != 0 {
-                    return i + bits.trailing_zeros() as usize;
-                }
-                i += 16;
-            }
+    while i + 16 <= s.len() {
+        // SAFETY: `i + 16 <= s.len()`: an unaligned 16-byte load within `s` (SSE2).
+        let x = unsafe {
+            std::arch::x86_64::_mm_loadu_si128(
+                s.as_ptr().add(i) as *const std::arch::x86_64::__m128i
+            )
+        };
+        let bits = special_bits(x);
+        if bits != 0 {
+            return i + bits.trailing_zeros() as usize;
         }
+        i += 16;
     }
     while i < s.len() && !is_special(s[i]) {
         i += 1;
@@ -300,35 +289,29 @@ fn special(s: &[u8], mut i: usize) -> usize {
 fn copy_run(s: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
     assert!(out.capacity() - out.len() >= s.len() - i + 16);
     #[cfg(target_arch = "x86_64")]
-    {
+    while i + 16 <= s.len() {
         use std::arch::x86_64::*;
-        // SAFETY: SSE2 is part of x86_64. Each load reads 16 bytes at `i`, `i + 16 <=
-        // s.len()`. Each store writes 16 bytes at `out.len()`, within the capacity: `out`
-        // grows by at most the bytes consumed, and had room for all of them plus 16 (asserted
-        // above). The length only ever covers bytes copied from `s`.
-        unsafe {
-            let quote = _mm_set1_epi8(b'"' as i8);
-            let backslash = _mm_set1_epi8(b'\\' as i8);
-            let control_max = _mm_set1_epi8(0x1f);
-            while i + 16 <= s.len() {
-                let x = _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i);
-                let len = out.len();
-                _mm_storeu_si128(out.as_mut_ptr().add(len) as *mut __m128i, x);
-                let control = _mm_cmpeq_epi8(_mm_max_epu8(x, control_max), control_max);
-                let hits = _mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
-                    control,
-                );
-                let bits = _mm_movemask_epi8(hits) as u32;
-                if bits != 0 {
-                    let k = bits.trailing_zeros() as usize;
-                    out.set_len(len + k);
-                    return i + k;
-                }
-                out.set_len(len + 16);
-                i += 16;
-            }
+        let len = out.len();
+        // SAFETY: SSE2 is part of x86_64. The load reads 16 bytes at `i`, `i + 16 <=
+        // s.len()`. The store writes 16 bytes at `out.len()`, within the capacity: `out`
+        // grows by at most the bytes consumed, and had room for all of them plus 16
+        // (asserted above). The length only ever covers bytes copied from `s`.
+        let bits = unsafe {
+            let x = _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i);
+            _mm_storeu_si128(out.as_mut_ptr().add(len) as *mut __m128i, x);
+            special_bits(x)
+        };
+        let plain = if bits == 0 {
+            16
+        } else {
+            bits.trailing_zeros() as usize
+        };
+        // SAFETY: the `plain` bytes after `len` were just written (see above).
+        unsafe { out.set_len(len + plain) };
+        if bits != 0 {
+            return i + plain;
         }
+        i += 16;
     }
     let end = special(s, i);
     out.extend_from_slice(&s[i..end]);
