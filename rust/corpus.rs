@@ -142,11 +142,10 @@ pub fn task_slice(files: Vec<InputFile>, num_tasks: u32, index: u32) -> Vec<Inpu
     out
 }
 
-/// A reader that hashes every byte it passes on and counts them.
+/// A reader that hashes every byte it passes on.
 pub struct HashingReader<R> {
     inner: R,
     hasher: FileHasher,
-    pub bytes: u64,
 }
 
 /// Files of at least this many bytes are hashed on a thread of their own (`Offload`); smaller
@@ -166,11 +165,7 @@ impl<R: Read> HashingReader<R> {
         } else {
             FileHasher::Inline(Sha256::new())
         };
-        Ok(HashingReader {
-            inner,
-            hasher,
-            bytes: 0,
-        })
+        Ok(HashingReader { inner, hasher })
     }
 
     /// The SHA-256 of everything read, as hex.
@@ -190,7 +185,6 @@ impl<R: Read> Read for HashingReader<R> {
             FileHasher::Inline(h) => h.update(&buf[..n]),
             FileHasher::Background(o) => o.write(&buf[..n])?,
         }
-        self.bytes += n as u64;
         Ok(n)
     }
 }
@@ -409,17 +403,15 @@ fn read_lines(
     loop {
         // A line within the reader's buffer is copied once, into a buffer of its size; one
         // that runs past it is completed by `read_until`.
-        loop {
+        let (mut buf, taken) = loop {
             match r.fill_buf() {
+                Ok(available) => match memchr::memchr(b'\n', available) {
+                    Some(i) => break (available[..=i].to_vec(), i + 1),
+                    None => break (available.to_vec(), available.len()),
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(read_error(e)),
-                Ok(_) => break,
             }
-        }
-        let available = r.fill_buf().map_err(read_error)?; // buffered: no read
-        let (mut buf, taken) = match memchr::memchr(b'\n', available) {
-            Some(i) => (available[..=i].to_vec(), i + 1),
-            None => (available.to_vec(), available.len()),
         };
         r.consume(taken);
         if buf.last() != Some(&b'\n') && !buf.is_empty() {

@@ -6,6 +6,8 @@
 //! sure of (an escaped key, a `\u` escape of a surrogate, deep nesting, any error) it leaves
 //! to serde_json, which gives the text or the precise error.
 
+use crate::simd;
+
 /// Appends the text of the first `field` member of the JSON object `line` (valid UTF-8) to
 /// `out` and returns true when `line` is an object serde_json accepts (whitespace around it
 /// allowed) and that member is a string. Returns false, with `out` in any state, otherwise,
@@ -237,77 +239,46 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// Whether `b` ends a run of plain string text: a quote, a backslash or a control char.
-#[inline(always)]
-fn is_special(b: u8) -> bool {
-    b == b'"' || b == b'\\' || b < 0x20
-}
-
-/// Bit k set when byte k of `x` `is_special` (SSE2, part of x86_64).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn special_bits(x: std::arch::x86_64::__m128i) -> u32 {
-    use std::arch::x86_64::*;
-    // SAFETY: SSE2 is part of x86_64 (always present); no memory is touched.
-    unsafe {
-        let control_max = _mm_set1_epi8(0x1f);
-        // x <= 0x1f (unsigned) exactly when max(x, 0x1f) == 0x1f.
-        let control = _mm_cmpeq_epi8(_mm_max_epu8(x, control_max), control_max);
-        let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
-        let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
-    }
-}
-
-/// The index of the first byte at or after `i` that `is_special`, or `s.len()`.
+/// The index of the first byte at or after `i` that ends a run of plain string text
+/// (`simd::is_json_string_stop`), or `s.len()`.
 #[inline]
 fn special(s: &[u8], mut i: usize) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    while i + 16 <= s.len() {
-        // SAFETY: `i + 16 <= s.len()`: an unaligned 16-byte load within `s` (SSE2).
-        let x = unsafe {
-            std::arch::x86_64::_mm_loadu_si128(
-                s.as_ptr().add(i) as *const std::arch::x86_64::__m128i
-            )
-        };
-        let bits = special_bits(x);
+    while let Some(chunk) = s.get(i..i + 16) {
+        let bits = simd::json_string_stops(chunk.try_into().expect("16 bytes"));
         if bits != 0 {
             return i + bits.trailing_zeros() as usize;
         }
         i += 16;
     }
-    while i < s.len() && !is_special(s[i]) {
+    while i < s.len() && !simd::is_json_string_stop(s[i]) {
         i += 1;
     }
     i
 }
 
 /// Appends `s[i..end]` to `out`, `end` being `special(s, i)`, and returns `end`. `out` must
-/// have room for `s.len() - i + 16` more bytes: on x86_64 each 16-byte block is stored whole
-/// and the length then moved past its plain bytes, so scanning and copying are one pass.
+/// have room for `s.len() - i + 16` more bytes: each 16-byte block is copied whole (a fixed
+/// size, no length-dependent copy) and the length then moved past its plain bytes, so
+/// scanning and copying are one pass.
 #[inline]
 fn copy_run(s: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
     assert!(out.capacity() - out.len() >= s.len() - i + 16);
-    #[cfg(target_arch = "x86_64")]
-    while i + 16 <= s.len() {
-        use std::arch::x86_64::*;
-        let len = out.len();
-        // SAFETY: SSE2 is part of x86_64. The load reads 16 bytes at `i`, `i + 16 <=
-        // s.len()`. The store writes 16 bytes at `out.len()`, within the capacity: `out`
-        // grows by at most the bytes consumed, and had room for all of them plus 16
-        // (asserted above). The length only ever covers bytes copied from `s`.
-        let bits = unsafe {
-            let x = _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i);
-            _mm_storeu_si128(out.as_mut_ptr().add(len) as *mut __m128i, x);
-            special_bits(x)
-        };
+    while let Some(chunk) = s.get(i..i + 16) {
+        let chunk: &[u8; 16] = chunk.try_into().expect("16 bytes");
+        let bits = simd::json_string_stops(chunk);
         let plain = if bits == 0 {
             16
         } else {
             bits.trailing_zeros() as usize
         };
-        // SAFETY: the `plain` bytes after `len` were just written (see above).
-        unsafe { out.set_len(len + plain) };
+        let len = out.len();
+        // SAFETY: 16 bytes written at `out.len()`, within the capacity: `out` grows by at most
+        // the bytes consumed and had room for all of them plus 16 (asserted above); the length
+        // then covers only the `plain` bytes just copied from `s`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(chunk.as_ptr(), out.as_mut_ptr().add(len), 16);
+            out.set_len(len + plain);
+        }
         if bits != 0 {
             return i + plain;
         }

@@ -111,6 +111,30 @@ pub fn ascii_others(chunk: &[u8; 16]) -> u32 {
     }
 }
 
+/// The bytes that end a run of plain text in a JSON string: `"`, `\\` and control chars
+/// (below 0x20).
+#[inline(always)]
+pub fn json_string_stops(chunk: &[u8; 16]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is baseline on x86_64.
+    unsafe {
+        use std::arch::x86_64::_mm_or_si128;
+        let v = sse2::load(chunk);
+        let quote_or_backslash = _mm_or_si128(sse2::eq(v, b'"'), sse2::eq(v, b'\\'));
+        sse2::mask(_mm_or_si128(quote_or_backslash, sse2::in_range(v, 0, 0x1f)))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar(chunk, is_json_string_stop)
+    }
+}
+
+/// `json_string_stops` of one byte.
+#[inline(always)]
+pub fn is_json_string_stop(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
 /// The classes the bit-parallel scanner needs, one mask each: non-ASCII, `[A-Za-z]`, `[0-9]`,
 /// CR/LF, other whitespace (`\t \v \f` and space), space alone, apostrophe.
 #[inline(always)]
@@ -280,6 +304,10 @@ mod tests {
             for shift in 0..16u8 {
                 let chunk: [u8; 16] = std::array::from_fn(|i| (base + i) as u8 ^ shift);
                 assert_eq!(classes(&chunk), classes_scalar(&chunk));
+                assert_eq!(
+                    json_string_stops(&chunk),
+                    scalar(&chunk, is_json_string_stop)
+                );
                 assert_eq!(
                     ascii_letters(&chunk),
                     scalar(&chunk, |b| b.is_ascii_alphabetic())
