@@ -171,7 +171,18 @@ fn main() {
     let cold = std::env::var("COLD").as_deref() == Ok("1");
     // CHECK=1: fold every id into a checksum (outside no timer), to compare two builds' ids.
     let check = std::env::var("CHECK").as_deref() == Ok("1");
+    // FRESH=1: a freshly loaded tokenizer for every rep (its shared table empty of merged
+    // pieces too), so with COLD=1 every rep is a first encode; the encode thread is named
+    // `encode`, to tell its samples from the loading's (`perf report --comms encode`).
+    let fresh = std::env::var("FRESH").as_deref() == Ok("1");
     for rep in 0..reps {
+        let reloaded;
+        let tok = if fresh && rep > 0 {
+            reloaded = Tokenizer::from_path(Path::new(tok_path)).expect("tokenizer");
+            &reloaded
+        } else {
+            &tok
+        };
         let run = || {
             if std::env::var("PRIME").as_deref() == Ok("1") {
                 // the thread's cache set up before the timer (what a warm-up call does)
@@ -225,7 +236,14 @@ fn main() {
             });
             (n, t.elapsed().as_secs_f64())
         } else if cold {
-            std::thread::scope(|sc| sc.spawn(run).join().unwrap())
+            std::thread::scope(|sc| {
+                std::thread::Builder::new()
+                    .name("encode".into())
+                    .spawn_scoped(sc, run)
+                    .unwrap()
+                    .join()
+                    .unwrap()
+            })
         } else {
             run()
         };

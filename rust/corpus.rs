@@ -3,14 +3,16 @@
 //! every input file as it goes. JSON parsing happens later, in parallel, in `with_record`.
 
 use crate::error::{codes, Error, Result};
+use crate::huge::HugeSlice;
 use crate::jsonl;
 use crate::offload::Offload;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
@@ -194,9 +196,47 @@ pub struct Record {
     pub file: u32,
     /// 1-based line number (1 for a text file, the row number for Parquet).
     pub line: u64,
-    pub data: Vec<u8>,
+    pub data: Data,
     /// Set when the reader already knows the record is not a document (a Parquet null).
     pub invalid: Option<Reject>,
+}
+
+/// A record's bytes: a buffer of its own (a text file, a Parquet row) or a range of a block
+/// shared with the other JSONL lines read with it.
+pub struct Data {
+    buf: Arc<HugeSlice<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl Data {
+    fn range(buf: &Arc<HugeSlice<u8>>, start: usize, end: usize) -> Self {
+        debug_assert!(start <= end && end <= buf.len());
+        Data {
+            buf: Arc::clone(buf),
+            start,
+            end,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Data {
+    fn from(v: Vec<u8>) -> Self {
+        let end = v.len();
+        Data {
+            buf: Arc::new(HugeSlice::from_vec(v)),
+            start: 0,
+            end,
+        }
+    }
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
 }
 
 /// What the reader produces, in input order.
@@ -238,7 +278,7 @@ pub fn read_items(
                     && !emit(Item::Record(Record {
                         file: fi32,
                         line: 1,
-                        data,
+                        data: data.into(),
                         invalid: None,
                     }))
                 {
@@ -247,16 +287,14 @@ pub fn read_items(
                 1
             }
             InputKind::Jsonl => {
-                let mut r = BufReader::with_capacity(1 << 20, &mut hr);
-                match read_lines(&mut r, &f.path, fi32, skip, &mut emit)? {
+                match read_lines(&mut hr, &f.path, fi32, skip, &mut emit, BLOCKS)? {
                     Some(n) => n,
                     None => return Ok(()),
                 }
             }
             InputKind::JsonlGz => {
-                let mut r =
-                    BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(&mut hr));
-                match read_lines(&mut r, &f.path, fi32, skip, &mut emit)? {
+                let mut r = flate2::read::MultiGzDecoder::new(&mut hr);
+                match read_lines(&mut r, &f.path, fi32, skip, &mut emit, BLOCKS)? {
                     Some(n) => n,
                     None => return Ok(()),
                 }
@@ -268,8 +306,8 @@ pub fn read_items(
             InputKind::JsonlZst => {
                 let dec = zstd::stream::read::Decoder::new(&mut hr)
                     .map_err(|e| compression_error(&f.path, &e))?;
-                let mut r = BufReader::with_capacity(1 << 20, dec);
-                match read_lines(&mut r, &f.path, fi32, skip, &mut emit)? {
+                let mut r = dec;
+                match read_lines(&mut r, &f.path, fi32, skip, &mut emit, BLOCKS)? {
                     Some(n) => n,
                     None => return Ok(()),
                 }
@@ -362,7 +400,7 @@ fn read_parquet(
         if !emit(Item::Record(Record {
             file,
             line: n,
-            data,
+            data: data.into(),
             invalid,
         })) {
             return Ok(None);
@@ -381,15 +419,30 @@ fn compression_error(path: &Path, e: &std::io::Error) -> Error {
     )
 }
 
+/// The first block of a file (small, so the workers start early); each next one doubles, up to
+/// `BLOCK`.
+const FIRST_BLOCK: usize = 256 << 10;
+/// Text read at once into one block; a line longer than this grows its block.
+const BLOCK: usize = 4 << 20;
+const BLOCKS: (usize, usize) = (FIRST_BLOCK, BLOCK);
+/// Free blocks the reader keeps for reuse (a block is free once its records are dropped).
+const KEPT_BLOCKS: usize = 16;
+
 /// Returns the number of records (lines) read, or None if `emit` asked to stop.
+///
+/// The input is read in blocks of `sizes.0` bytes, doubling up to `sizes.1`. Every complete
+/// line of a block becomes a record holding the block and its range, so no line is copied;
+/// the unfinished line at a block's end is copied to the start of the next block, and a line
+/// longer than a block grows it. Blocks whose records are all dropped are reused, so a long
+/// run keeps touching the same memory.
 fn read_lines(
-    r: &mut impl BufRead,
+    r: &mut impl Read,
     path: &Path,
     file: u32,
     skip: u64,
     emit: &mut impl FnMut(Item) -> bool,
+    sizes: (usize, usize),
 ) -> Result<Option<u64>> {
-    let mut line_no = 0u64;
     let read_error = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::InvalidData
             || e.kind() == std::io::ErrorKind::UnexpectedEof
@@ -400,49 +453,84 @@ fn read_lines(
             Error::io(path, "read", &e)
         }
     };
+    let (mut size, max) = sizes;
+    let mut line_no = 0u64;
+    let mut kept: Vec<Arc<HugeSlice<u8>>> = Vec::new();
+    let mut cur = HugeSlice::filled(size, 0u8);
+    let mut filled = 0;
     loop {
-        // A line within the reader's buffer is copied once, into a buffer of its size; one
-        // that runs past it is completed by `read_until`.
-        let (mut buf, taken) = loop {
-            match r.fill_buf() {
-                Ok(available) => match memchr::memchr(b'\n', available) {
-                    Some(i) => break (available[..=i].to_vec(), i + 1),
-                    None => break (available.to_vec(), available.len()),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let mut eof = false;
+        while filled < cur.len() {
+            match r.read(&mut cur[filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(read_error(e)),
             }
-        };
-        r.consume(taken);
-        if buf.last() != Some(&b'\n') && !buf.is_empty() {
-            r.read_until(b'\n', &mut buf).map_err(read_error)?;
         }
-        let n = buf.len();
-        if n == 0 {
+        // The block's complete lines end at its last newline (at the end of the input: at its
+        // end). A full block without one holds part of a single line: grow it.
+        let end = match (eof, memchr::memrchr(b'\n', &cur[..filled])) {
+            (true, _) => filled,
+            (false, Some(i)) => i + 1,
+            (false, None) => {
+                let mut grown = HugeSlice::filled(2 * cur.len(), 0u8);
+                grown[..filled].copy_from_slice(&cur[..filled]);
+                cur = grown;
+                continue;
+            }
+        };
+        let block = Arc::new(std::mem::replace(&mut cur, HugeSlice::from_vec(Vec::new())));
+        let mut start = 0;
+        while start < end {
+            let next = memchr::memchr(b'\n', &block[start..end]).map_or(end, |i| start + i + 1);
+            line_no += 1;
+            if line_no > skip {
+                let mut stop = next;
+                if block[stop - 1] == b'\n' {
+                    stop -= 1;
+                    if stop > start && block[stop - 1] == b'\r' {
+                        stop -= 1;
+                    }
+                }
+                let item = if block[start..stop].iter().all(u8::is_ascii_whitespace) {
+                    Item::Blank { file }
+                } else {
+                    Item::Record(Record {
+                        file,
+                        line: line_no,
+                        data: Data::range(&block, start, stop),
+                        invalid: None,
+                    })
+                };
+                if !emit(item) {
+                    return Ok(None);
+                }
+            }
+            start = next;
+        }
+        if eof {
             return Ok(Some(line_no));
         }
-        line_no += 1;
-        if line_no <= skip {
-            continue;
-        }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-        }
-        let item = if buf.iter().all(|b| b.is_ascii_whitespace()) {
-            Item::Blank { file }
-        } else {
-            Item::Record(Record {
-                file,
-                line: line_no,
-                data: buf,
-                invalid: None,
-            })
+        // The next block: a kept one no record holds any more, or a new one; the unfinished
+        // line moves to its start.
+        size = (2 * size).min(max);
+        let tail = filled - end;
+        let want = size.max(2 * tail);
+        cur = match kept
+            .iter()
+            .position(|b| Arc::strong_count(b) == 1 && b.len() >= want)
+        {
+            Some(i) => Arc::into_inner(kept.swap_remove(i)).expect("no other holder"),
+            None => HugeSlice::filled(want, 0u8),
         };
-        if !emit(item) {
-            return Ok(None);
+        cur[..tail].copy_from_slice(&block[end..filled]);
+        filled = tail;
+        if block.len() <= max && kept.len() < KEPT_BLOCKS {
+            kept.push(block);
         }
     }
 }
@@ -690,6 +778,127 @@ mod tests {
             }
             let all: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
             assert_eq!(joined, all, "k={k}");
+        }
+    }
+
+    /// A reader giving at most a few bytes per call, and `Interrupted` now and then.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        rnd: Box<dyn FnMut(usize) -> usize>,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if (self.rnd)(7) == 0 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = ((self.rnd)(40) + 1).min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// What `read_lines` gives: (line number, bytes) per record, None for a blank line.
+    type Lines = Vec<Option<(u64, Vec<u8>)>>;
+
+    fn lines_of(
+        mut r: impl Read,
+        skip: u64,
+        stop_after: usize,
+        sizes: (usize, usize),
+    ) -> (Lines, Option<u64>) {
+        let mut got = Vec::new();
+        let mut emit = |item: Item| {
+            got.push(match item {
+                Item::Record(r) => Some((r.line, r.data.to_vec())),
+                _ => None,
+            });
+            got.len() < stop_after
+        };
+        let n = read_lines(&mut r, Path::new("t.jsonl"), 0, skip, &mut emit, sizes).unwrap();
+        (got, n)
+    }
+
+    /// Lines split at `\n`, less one `\r` before it; the last one counted only if not empty.
+    fn reference_lines(data: &[u8], skip: u64) -> (Lines, u64) {
+        let mut parts: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+        if parts.last().is_some_and(|p| p.is_empty()) {
+            parts.pop(); // after the final newline (or an empty input)
+        }
+        let n = parts.len();
+        let mut out = Vec::new();
+        for (i, p) in parts.into_iter().enumerate() {
+            let line = i as u64 + 1;
+            if line <= skip {
+                continue;
+            }
+            let terminated = i + 1 < n || data.ends_with(b"\n");
+            let p = match p.strip_suffix(b"\r") {
+                Some(q) if terminated => q,
+                _ => p,
+            };
+            out.push((!p.iter().all(u8::is_ascii_whitespace)).then(|| (line, p.to_vec())));
+        }
+        (out, n as u64)
+    }
+
+    #[test]
+    fn block_reader_splits_lines_like_the_reference() {
+        let mut rnd = crate::test_rng::draws(0xb10c_4ead_u64);
+        for case in 0..400 {
+            let mut data = Vec::new();
+            for _ in 0..rnd(30) {
+                let len = match rnd(10) {
+                    0 => 0,
+                    1 => 40 + rnd(300), // longer than the smallest blocks
+                    _ => rnd(20),
+                };
+                let alphabet = b"ab {}\"\r \t\xc3\xa9";
+                for _ in 0..len {
+                    data.push(alphabet[rnd(alphabet.len())]);
+                }
+                match rnd(6) {
+                    0 => data.extend_from_slice(b"\r\n"),
+                    1 => data.extend_from_slice(b" \n"),
+                    _ => data.push(b'\n'),
+                }
+            }
+            if rnd(2) == 0 {
+                data.truncate(data.len().saturating_sub(rnd(5))); // no final newline
+            }
+            let skip = if rnd(4) == 0 { rnd(8) as u64 } else { 0 };
+            let (want, total) = reference_lines(&data, skip);
+            let sizes = [(4, 16), (1, 1), (16, 64), (FIRST_BLOCK, BLOCK)][case % 4];
+            let seed = rnd(1 << 30) as u64 + 1;
+            let trickle = Trickle {
+                data: &data,
+                rnd: Box::new(crate::test_rng::draws(seed)),
+            };
+            let (got, n) = lines_of(trickle, skip, usize::MAX, sizes);
+            assert_eq!(
+                got,
+                want,
+                "case {case}: {:?}",
+                String::from_utf8_lossy(&data)
+            );
+            assert_eq!(n, Some(total), "case {case}");
+            let (got, n) = lines_of(&data[..], skip, usize::MAX, sizes);
+            assert_eq!(
+                (got, n),
+                (want.clone(), Some(total)),
+                "case {case}, whole reads"
+            );
+            // Stopping early: the items up to the stop, and None.
+            if !want.is_empty() {
+                let k = rnd(want.len()) + 1;
+                let (got, n) = lines_of(&data[..], skip, k, sizes);
+                assert_eq!(
+                    (&got[..], n),
+                    (&want[..k], None),
+                    "case {case}, stop after {k}"
+                );
+            }
         }
     }
 

@@ -40,10 +40,14 @@ impl<T: Copy> HugeSlice<T> {
                 return s;
             }
         }
-        let mut vec = vec![value; len];
+        Self::from_vec(vec![value; len])
+    }
+
+    /// The elements of `vec`, kept in it (no copy, no huge pages).
+    pub fn from_vec(mut vec: Vec<T>) -> Self {
         HugeSlice {
             ptr: vec.as_mut_ptr(),
-            len,
+            len: vec.len(),
             map: None,
             _storage: vec,
         }
@@ -116,13 +120,7 @@ impl<T: Copy> DerefMut for HugeSlice<T> {
 impl<T: Copy> Clone for HugeSlice<T> {
     fn clone(&self) -> Self {
         if self.len == 0 {
-            let mut vec = Vec::new();
-            return HugeSlice {
-                ptr: vec.as_mut_ptr(),
-                len: 0,
-                map: None,
-                _storage: vec,
-            };
+            return Self::from_vec(Vec::new());
         }
         let mut c = HugeSlice::filled(self.len, self[0]);
         c.copy_from_slice(self);

@@ -29,8 +29,18 @@ const BATCH_RECORDS: usize = 2048;
 /// The first batch's text, and the least of a batch near the end of the input.
 const FIRST_BATCH_BYTES: usize = 128 << 10;
 const CHANNEL_DEPTH: usize = 4;
-/// The encoder's result for each item of a batch (None for non-records).
-type Encoded = Vec<Option<std::result::Result<Vec<u32>, Reject>>>;
+/// The encoder's result for a run of a batch's items: the documents' ids one after another in
+/// one buffer (so a document costs no allocation of its own, and the writer frees one buffer
+/// per run, not one per document), and for each item where its ids end (None for an item that
+/// is not a record, the reason for a record that is not a document).
+struct Part {
+    ids: Vec<u32>,
+    ends: Vec<Option<std::result::Result<usize, Reject>>>,
+}
+/// A batch's runs, in order.
+type Encoded = Vec<Part>;
+/// Runs per thread a batch is cut into (enough for the threads to even out).
+const RUNS_PER_THREAD: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -690,7 +700,19 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                     pending.insert(seq, (batch, encoded));
                 });
                 for (batch, encoded) in ordered {
-                    for (item, enc) in batch.iter().zip(encoded) {
+                    let results = encoded.iter().flat_map(|part| {
+                        let mut start = 0;
+                        part.ends.iter().map(move |e| {
+                            e.as_ref().map(|r| {
+                                r.as_ref().map(|&end| {
+                                    let ids = &part.ids[start..end];
+                                    start = end;
+                                    ids
+                                })
+                            })
+                        })
+                    });
+                    for (item, enc) in batch.iter().zip(results) {
                         match item {
                             Item::Record(r) => {
                                 w.pos_file = r.file as usize;
@@ -698,14 +720,13 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                                 w.state.current.records = r.line;
                                 w.bytes_done += r.data.len() as u64;
                                 match enc.expect("encoded record") {
-                                    Ok(ids) if ids.is_empty() => {
-                                        w.state.current.empty_documents += 1
-                                    }
+                                    Ok([]) => w.state.current.empty_documents += 1,
                                     Ok(ids) => {
-                                        w.add_doc(&ids)?;
+                                        w.add_doc(ids)?;
                                         w.state.current.documents += 1;
                                     }
                                     Err(rej) => {
+                                        let rej = rej.clone();
                                         let f = &files[r.file as usize];
                                         let line = rej.line.unwrap_or(r.line);
                                         if opts.on_error == OnError::Fail {
@@ -759,35 +780,45 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                 while rx.recv().is_ok() {}
                 Error::io(dir, "start its writer thread", &e)
             })?;
-        let encode_batch = |batch: &[Item]| -> Encoded {
-            batch
-                .par_iter()
-                .with_min_len(8)
+        let encode_run = |items: &[Item]| -> Part {
+            let mut ids = Vec::new();
+            let ends = items
+                .iter()
                 .map(|item| match item {
                     Item::Record(Record {
                         invalid: Some(rej), ..
                     }) => Some(Err(rej.clone())),
-                    Item::Record(r) => Some(
-                        corpus::with_record(
+                    Item::Record(r) => {
+                        let start = ids.len();
+                        let encoded = corpus::with_record(
                             &r.data,
                             files[r.file as usize].kind,
                             &opts.content_field,
                             |text| {
-                                let mut out = Vec::with_capacity(text.len() / 3 + 1);
-                                tok.encode_ordinary_with(text, normalizer, &mut out)
+                                ids.reserve(text.len() / 3 + 1);
+                                tok.encode_ordinary_with(text, normalizer, &mut ids)
                                     .map_err(|e| Reject {
                                         code: e.code,
                                         reason: e.message,
                                         line: None,
-                                    })?;
-                                Ok(out)
+                                    })
                             },
                         )
-                        .and_then(|r| r),
-                    ),
+                        .and_then(|r| r);
+                        if encoded.is_err() {
+                            ids.truncate(start); // nothing of a rejected record is kept
+                        }
+                        Some(encoded.map(|()| ids.len()))
+                    }
                     _ => None,
                 })
-                .collect()
+                .collect();
+            Part { ids, ends }
+        };
+        let threads = pool.current_num_threads();
+        let encode_batch = |batch: &[Item]| -> Encoded {
+            let run = batch.len().div_ceil(threads * RUNS_PER_THREAD).max(1);
+            batch.par_chunks(run).map(encode_run).collect()
         };
         let run = pool.in_place_scope(|jobs| -> Result<()> {
             for (seq, batch) in rx.iter().enumerate() {
