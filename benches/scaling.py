@@ -5,6 +5,7 @@ freshly loaded tokenizer (cold tables, as in `compare.py`), rounds interleaved.
 
     python benches/scaling.py                              # 1,2 workers, 1 copy, 3 rounds
     python benches/scaling.py --copies 3 --workers 1,2,4,8,16 --rounds 3
+    python benches/scaling.py --doc-lines 4        # many small documents: files cut in 4-line parts
 
 Prints, per mode and count, the best and the median rate in M tokens/s and the cores used (CPU
 time / wall time) in the best run. Ids are not checked here (`compare.py` checks them against
@@ -63,6 +64,13 @@ def main() -> int:
     ap.add_argument("--workers", type=_counts, default=[1, 2], help="e.g. 1,2,4,8,16")
     ap.add_argument("--copies", type=int, default=1, help="times the stdlib is written")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; best and median reported")
+    ap.add_argument(
+        "--doc-lines",
+        type=int,
+        default=0,
+        help="cut each file into documents of this many lines (0: a document per file), to "
+        "measure the cost per document",
+    )
     ap.add_argument("--_child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -76,6 +84,10 @@ def main() -> int:
     from aprx.importer import import_hf
 
     texts = fixtures.stdlib_texts()
+    if args.doc_lines > 0:
+        n = args.doc_lines
+        parts = (t.splitlines(keepends=True) for t in texts)
+        texts = ["".join(lines[i : i + n]) for lines in parts for i in range(0, len(lines), n)]
     with tempfile.TemporaryDirectory(prefix="aprx-scaling-") as tmp_s:
         tmp = Path(tmp_s)
         with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
@@ -84,7 +96,8 @@ def main() -> int:
                     f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
         import_hf(fixtures.qwen2_tokenizer_json(), tmp / "tokenizer", include_added_tokens=True)
         size = (tmp / "docs.jsonl").stat().st_size
-        print(f"{len(texts)} stdlib documents x {args.copies}, {size / 1e6:.1f} MB of JSONL")
+        what = f"{args.doc_lines}-line parts of stdlib files" if args.doc_lines else "stdlib files"
+        print(f"{len(texts)} documents ({what}) x {args.copies}, {size / 1e6:.1f} MB of JSONL")
         runs: Dict[Tuple[str, int], List[Dict[str, float]]] = {}
         for _ in range(args.rounds):
             for workers in args.workers:

@@ -5,7 +5,7 @@
 use crate::error::{Error, ErrorKind};
 use crate::tokenizer::{Normalizer, Tokenizer};
 use crate::{parallel, tiktoken};
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
@@ -59,13 +59,17 @@ const CHUNK_BYTES: usize = 32 << 20;
 /// Texts longer than this are cut and encoded in parallel by `encode` / `encode_ordinary`.
 const PARALLEL_TEXT_BYTES: usize = 4 << 20;
 
-/// Splits `texts` into consecutive ranges of about CHUNK_BYTES of text.
-fn chunks(texts: &[&str]) -> Vec<std::ops::Range<usize>> {
+/// Text per buffer of `encode_batch`'s results (their arrays are views of it, so one array
+/// kept keeps at most about this much of the others' ids alive).
+const SEGMENT_BYTES: usize = 256 << 10;
+
+/// Splits `texts` into consecutive ranges of about `limit` bytes of text (a longer text alone).
+fn runs(texts: &[&str], limit: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, t) in texts.iter().enumerate() {
         bytes += t.len() + 16;
-        if bytes >= CHUNK_BYTES {
+        if bytes >= limit {
             out.push(start..i + 1);
             start = i + 1;
             bytes = 0;
@@ -85,7 +89,7 @@ fn each_chunk<'s, T: Send>(
     mut work: impl FnMut(&[&'s str]) -> crate::Result<T> + Send,
     mut done: impl FnMut(T) -> PyResult<()>,
 ) -> PyResult<()> {
-    for range in chunks(texts) {
+    for range in runs(texts, CHUNK_BYTES) {
         let part = &texts[range];
         let r = py.detach(|| work(part));
         done(r.map_err(|e| to_py(py, e))?)?;
@@ -143,7 +147,9 @@ impl PyTokenizer {
         self.encode_impl(py, text, false)
     }
 
-    /// Encodes many texts in parallel (GIL released); one uint32 array per text.
+    /// Encodes many texts in parallel (GIL released); one uint32 array per text. The texts of
+    /// each run of about `SEGMENT_BYTES` are encoded into one buffer and their arrays are views
+    /// of it (no allocation per text); a longer text gets a buffer of its own.
     #[pyo3(signature = (texts, ordinary = false, num_threads = None))]
     fn encode_batch<'py>(
         &self,
@@ -152,12 +158,58 @@ impl PyTokenizer {
         ordinary: bool,
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
-        self.encode_chunked(py, &texts, ordinary, num_threads, true, |ids| {
-            ids.into_iter()
-                .try_for_each(|v| out.append(v.into_pyarray(py)))
-        })?;
-        Ok(out)
+        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
+        let tok = &self.inner;
+        let encode = |part: &[&str]| -> crate::Result<(Vec<u32>, Vec<usize>)> {
+            let bytes: usize = part.iter().map(|t| t.len()).sum();
+            let mut ids = Vec::with_capacity(bytes / 2 + 16);
+            let mut ends = Vec::with_capacity(part.len());
+            for t in part {
+                tok.encode_into(t, !ordinary, &mut ids)?;
+                ends.push(ids.len());
+            }
+            ids.shrink_to_fit();
+            Ok((ids, ends))
+        };
+        let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(strs.len());
+        each_chunk(
+            py,
+            &strs,
+            |part| {
+                let segments = runs(part, SEGMENT_BYTES);
+                let each = |r: &std::ops::Range<usize>| encode(&part[r.clone()]);
+                if pool.current_num_threads() == 1 {
+                    segments.iter().map(each).collect::<crate::Result<Vec<_>>>()
+                } else {
+                    pool.install(|| segments.par_iter().map(each).collect())
+                }
+            },
+            |segments| {
+                for (ids, ends) in segments {
+                    if let [_] = ends[..] {
+                        arrays.push(ids.into_pyarray(py));
+                        continue;
+                    }
+                    let base = ids.into_pyarray(py);
+                    // SAFETY: `base` was just made here; nothing else borrows it.
+                    let data = unsafe { base.as_slice() }?;
+                    let mut start = 0;
+                    for &end in &ends {
+                        let view = numpy::ndarray::ArrayView1::from(&data[start..end]);
+                        // SAFETY: the view's memory is `base`'s buffer, which `base` owns and
+                        // never reallocates; `base` is made the view's base object, so it
+                        // outlives the view.
+                        arrays.push(unsafe {
+                            PyArray1::borrow_from_array(&view, base.clone().into_any())
+                        });
+                        start = end;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        PyList::new(py, arrays)
     }
 
     /// Encodes many texts in parallel into one flat uint32 array plus uint64 offsets
@@ -194,7 +246,7 @@ impl PyTokenizer {
             return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
         }
         let mut parts: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
-        self.encode_chunked(py, &texts, ordinary, num_threads, false, |ids| {
+        self.encode_chunked(py, &texts, ordinary, &pool, |ids| {
             parts.extend(ids);
             Ok(())
         })?;
@@ -326,57 +378,24 @@ impl PyTokenizer {
 }
 
 impl PyTokenizer {
-    /// Encodes `texts` in parallel with the GIL released, a chunk of about `CHUNK_BYTES` at a
-    /// time (Ctrl-C is checked between chunks); hands each chunk's ids, in order, to `sink`.
-    /// `kept`: the results themselves are kept (as the returned arrays), so their memory is
-    /// best taken on the calling thread.
+    /// Encodes `texts` on several threads with the GIL released, a chunk of about
+    /// `CHUNK_BYTES` at a time (Ctrl-C is checked between chunks); hands each chunk's ids, in
+    /// order, to `sink`. Each text's ids come in a vector of their exact size, made by a worker.
     fn encode_chunked<'py>(
         &self,
         py: Python<'py>,
         texts: &[Bound<'py, PyString>],
         ordinary: bool,
-        num_threads: Option<usize>,
-        kept: bool,
+        pool: &rayon::ThreadPool,
         mut sink: impl FnMut(Vec<Vec<u32>>) -> PyResult<()>,
     ) -> PyResult<()> {
         let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
-        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
         let tok = &self.inner;
         let encode = |t: &&str| tok.encode(t, !ordinary);
         each_chunk(
             py,
             &strs,
-            |part| {
-                if !kept && pool.current_num_threads() > 1 {
-                    // Results only copied on (into one array): exact sizes, from the workers.
-                    return pool.install(|| part.par_iter().with_min_len(4).map(encode).collect());
-                }
-                // The results' memory is taken here, on the calling thread, whose heap has
-                // room already (a fresh pool thread's arena page-faults in every page it hands
-                // out: 24 ms of a 160 ms stdlib pass), with room for a token per two bytes
-                // (code has one per four); each text is encoded straight into its result (no
-                // scratch buffer copied out), here on one thread, by the workers on several,
-                // and the results are then shrunk.
-                let mut outs: Vec<Vec<u32>> = part
-                    .iter()
-                    .map(|t| Vec::with_capacity(t.len() / 2 + 16))
-                    .collect();
-                let fill = |(t, o): (&&str, &mut Vec<u32>)| tok.encode_into(t, !ordinary, o);
-                if pool.current_num_threads() == 1 {
-                    part.iter().zip(outs.iter_mut()).try_for_each(fill)?;
-                } else {
-                    pool.install(|| {
-                        part.par_iter()
-                            .zip(outs.par_iter_mut())
-                            .with_min_len(4)
-                            .try_for_each(fill)
-                    })?;
-                }
-                for o in &mut outs {
-                    o.shrink_to_fit();
-                }
-                Ok(outs)
-            },
+            |part| pool.install(|| part.par_iter().with_min_len(4).map(encode).collect()),
             &mut sink,
         )
     }

@@ -17,6 +17,7 @@ Two HF facts these tests pin down:
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import unicodedata
 from typing import Dict, List, Sequence
@@ -638,6 +639,31 @@ def test_batch_threads_match_single(name: str) -> None:
             flat, offsets = ours.encode_batch_flat(texts, ordinary=ordinary, num_threads=threads)
             assert np.array_equal(flat, np.concatenate(single))
             assert np.array_equal(np.diff(offsets), [len(a) for a in single])
+
+
+def test_batch_arrays_share_buffers_safely() -> None:
+    """encode_batch's arrays are views of a buffer per run of texts: each must still be its
+    own text's ids, stay valid when the list and the other arrays are gone, and writing one
+    must not touch another."""
+    ours = _ours("qwen2")
+    sources = [t for _, t in fx.stdlib_sources()[:400]]
+    # Many short texts (runs of many texts share a buffer), empty ones, and one longer than a
+    # run (a buffer of its own).
+    texts = [line for t in sources[:40] for line in t.splitlines()[:50]]
+    texts += ["", "x", ""] + ["".join(sources)[: 600 << 10]] + sources[40:80]
+    single = [ours.encode(t) for t in texts]
+    i = next(k for k in range(len(texts) - 1) if len(single[k]) and len(single[k + 1]))
+    for threads in (1, 2):
+        batch = ours.encode_batch(texts, num_threads=threads)
+        assert all(a.dtype == np.uint32 and a.flags.c_contiguous for a in batch)
+        assert all(np.array_equal(a, b) for a, b in zip(single, batch, strict=True))
+        kept = batch[i]
+        neighbour = batch[i + 1].copy()
+        kept[:] = 0
+        assert np.array_equal(batch[i + 1], neighbour)  # its neighbour in the buffer is intact
+        del batch
+        gc.collect()
+        assert len(kept) == len(single[i]) and not kept.any()
 
 
 # --- Properties -----------------------------------------------------------------------------
