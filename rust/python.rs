@@ -98,6 +98,9 @@ fn each_chunk<'s, T: Send>(
     Ok(())
 }
 
+/// Ids of a run of texts, one after another, and where each text's end.
+type Run = (Vec<u32>, Vec<usize>);
+
 /// `encode_batch_flat`'s result: all ids, and offsets into them per text.
 type FlatIds<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>);
 
@@ -160,31 +163,11 @@ impl PyTokenizer {
     ) -> PyResult<Bound<'py, PyList>> {
         let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
         let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
-        let tok = &self.inner;
-        let encode = |part: &[&str]| -> crate::Result<(Vec<u32>, Vec<usize>)> {
-            let bytes: usize = part.iter().map(|t| t.len()).sum();
-            let mut ids = Vec::with_capacity(bytes / 2 + 16);
-            let mut ends = Vec::with_capacity(part.len());
-            for t in part {
-                tok.encode_into(t, !ordinary, &mut ids)?;
-                ends.push(ids.len());
-            }
-            ids.shrink_to_fit();
-            Ok((ids, ends))
-        };
         let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(strs.len());
         each_chunk(
             py,
             &strs,
-            |part| {
-                let segments = runs(part, SEGMENT_BYTES);
-                let each = |r: &std::ops::Range<usize>| encode(&part[r.clone()]);
-                if pool.current_num_threads() == 1 {
-                    segments.iter().map(each).collect::<crate::Result<Vec<_>>>()
-                } else {
-                    pool.install(|| segments.par_iter().map(each).collect())
-                }
-            },
+            |part| self.encode_runs(part, ordinary, &pool),
             |segments| {
                 for (ids, ends) in segments {
                     if let [_] = ends[..] {
@@ -245,31 +228,38 @@ impl PyTokenizer {
             )?;
             return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
         }
-        let mut parts: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
-        self.encode_chunked(py, &texts, ordinary, &pool, |ids| {
-            parts.extend(ids);
-            Ok(())
-        })?;
+        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+        let mut parts: Vec<Run> = Vec::new();
+        each_chunk(
+            py,
+            &strs,
+            |part| self.encode_runs(part, ordinary, &pool),
+            |runs| {
+                parts.extend(runs);
+                Ok(())
+            },
+        )?;
         // One exact allocation, filled in parallel (no serial regrowth of a 100 MB buffer).
-        let mut offsets: Vec<u64> = Vec::with_capacity(parts.len() + 1);
+        let mut offsets: Vec<u64> = Vec::with_capacity(strs.len() + 1);
         offsets.push(0);
-        for p in &parts {
-            offsets.push(offsets.last().unwrap() + p.len() as u64);
+        let mut total = 0;
+        for (ids, ends) in &parts {
+            offsets.extend(ends.iter().map(|&e| (total + e) as u64));
+            total += ids.len();
         }
-        let mut flat = vec![0u32; *offsets.last().unwrap() as usize];
+        let mut flat = vec![0u32; total];
         py.detach(|| {
             let mut dest: Vec<&mut [u32]> = Vec::with_capacity(parts.len());
             let mut rest = &mut flat[..];
-            for p in &parts {
-                let (a, b) = rest.split_at_mut(p.len());
+            for (ids, _) in &parts {
+                let (a, b) = rest.split_at_mut(ids.len());
                 dest.push(a);
                 rest = b;
             }
             pool.install(|| {
                 dest.into_par_iter()
                     .zip(parts.par_iter())
-                    .with_min_len(16)
-                    .for_each(|(d, s)| d.copy_from_slice(s))
+                    .for_each(|(d, (ids, _))| d.copy_from_slice(ids))
             });
         });
         Ok((flat.into_pyarray(py), offsets.into_pyarray(py)))
@@ -378,26 +368,33 @@ impl PyTokenizer {
 }
 
 impl PyTokenizer {
-    /// Encodes `texts` on several threads with the GIL released, a chunk of about
-    /// `CHUNK_BYTES` at a time (Ctrl-C is checked between chunks); hands each chunk's ids, in
-    /// order, to `sink`. Each text's ids come in a vector of their exact size, made by a worker.
-    fn encode_chunked<'py>(
+    /// Encodes `part` on `pool`, a run of about `SEGMENT_BYTES` of its texts per task (see
+    /// `runs`): each run's ids in one buffer, with the end of each text's ids in it.
+    fn encode_runs(
         &self,
-        py: Python<'py>,
-        texts: &[Bound<'py, PyString>],
+        part: &[&str],
         ordinary: bool,
         pool: &rayon::ThreadPool,
-        mut sink: impl FnMut(Vec<Vec<u32>>) -> PyResult<()>,
-    ) -> PyResult<()> {
-        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+    ) -> crate::Result<Vec<Run>> {
         let tok = &self.inner;
-        let encode = |t: &&str| tok.encode(t, !ordinary);
-        each_chunk(
-            py,
-            &strs,
-            |part| pool.install(|| part.par_iter().with_min_len(4).map(encode).collect()),
-            &mut sink,
-        )
+        let encode = |r: &std::ops::Range<usize>| -> crate::Result<Run> {
+            let texts = &part[r.clone()];
+            let bytes: usize = texts.iter().map(|t| t.len()).sum();
+            let mut ids = Vec::with_capacity(bytes / 2 + 16);
+            let mut ends = Vec::with_capacity(texts.len());
+            for t in texts {
+                tok.encode_into(t, !ordinary, &mut ids)?;
+                ends.push(ids.len());
+            }
+            ids.shrink_to_fit();
+            Ok((ids, ends))
+        };
+        let segments = runs(part, SEGMENT_BYTES);
+        if pool.current_num_threads() == 1 {
+            segments.iter().map(encode).collect()
+        } else {
+            pool.install(|| segments.par_iter().map(encode).collect())
+        }
     }
 
     fn encode_impl<'py>(
