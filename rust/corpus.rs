@@ -304,9 +304,8 @@ pub fn read_items(
                 None => return Ok(()),
             },
             InputKind::JsonlZst => {
-                let dec = zstd::stream::read::Decoder::new(&mut hr)
+                let mut r = zstd::stream::read::Decoder::new(&mut hr)
                     .map_err(|e| compression_error(&f.path, &e))?;
-                let mut r = dec;
                 match read_lines(&mut r, &f.path, fi32, skip, &mut emit, BLOCKS)? {
                     Some(n) => n,
                     None => return Ok(()),
@@ -520,6 +519,7 @@ fn read_lines(
         size = (2 * size).min(max);
         let tail = filled - end;
         let want = size.max(2 * tail);
+        kept.retain(|b| b.len() >= size); // the smaller first blocks are not kept for reuse
         cur = match kept
             .iter()
             .position(|b| Arc::strong_count(b) == 1 && b.len() >= want)

@@ -59,9 +59,11 @@ const CHUNK_BYTES: usize = 32 << 20;
 /// Texts longer than this are cut and encoded in parallel by `encode` / `encode_ordinary`.
 const PARALLEL_TEXT_BYTES: usize = 4 << 20;
 
-/// Text per buffer of `encode_batch`'s results (their arrays are views of it, so one array
-/// kept keeps at most about this much of the others' ids alive).
+/// Most text per buffer of `encode_batch`'s results (their arrays are views of it, so one
+/// array kept keeps at most about this much of the others' ids alive).
 const SEGMENT_BYTES: usize = 256 << 10;
+/// Least text per buffer, when a small batch is cut so that every thread gets some.
+const MIN_SEGMENT_BYTES: usize = 4 << 10;
 
 /// Splits `texts` into consecutive ranges of about `limit` bytes of text (a longer text alone).
 fn runs(texts: &[&str], limit: usize) -> Vec<std::ops::Range<usize>> {
@@ -368,8 +370,9 @@ impl PyTokenizer {
 }
 
 impl PyTokenizer {
-    /// Encodes `part` on `pool`, a run of about `SEGMENT_BYTES` of its texts per task (see
-    /// `runs`): each run's ids in one buffer, with the end of each text's ids in it.
+    /// Encodes `part` on `pool`, a run of its texts per task (see `runs`; up to `SEGMENT_BYTES`,
+    /// about a quarter of a thread's share): each run's ids in one buffer, with the end of each
+    /// text's ids in it.
     fn encode_runs(
         &self,
         part: &[&str],
@@ -389,8 +392,12 @@ impl PyTokenizer {
             ids.shrink_to_fit();
             Ok((ids, ends))
         };
-        let segments = runs(part, SEGMENT_BYTES);
-        if pool.current_num_threads() == 1 {
+        // Runs of at most SEGMENT_BYTES, and small enough for each thread to get several.
+        let threads = pool.current_num_threads();
+        let bytes: usize = part.iter().map(|t| t.len() + 16).sum();
+        let limit = (bytes / (4 * threads)).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
+        let segments = runs(part, limit);
+        if threads == 1 {
             segments.iter().map(encode).collect()
         } else {
             pool.install(|| segments.par_iter().map(encode).collect())
