@@ -416,6 +416,27 @@ def test_blank_and_empty_lines_counted(tmp_path, tok, eos):
     check_layout(tmp_path / "o", ["a = 1\n", "b = 2\n"], tok, "between", eos)
 
 
+def test_lines_longer_than_a_read_block(tmp_path, stdlib, tok, eos):
+    """The reader reads blocks of 256 KB doubling to 4 MB and a record is a range of its block:
+    a line longer than any block grows one, and the unfinished lines at block ends move to the
+    next block; every document comes through whole, in order, and the same through gzip."""
+    texts = [t for _, t in stdlib]
+    huge = "".join(texts[:400])
+    while len(huge) < (5 << 20):
+        huge += huge[: 1 << 20]
+    docs = texts[400:430] + [huge] + texts[430:500] + [huge[:300_000]] + texts[500:520]
+    src = write_jsonl(tmp_path / "long.jsonl", docs)
+    assert src.stat().st_size > (6 << 20)
+    gz = tmp_path / "long.jsonl.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes(), compresslevel=1))
+    for path in (src, gz):
+        out = tmp_path / f"o-{path.name}"
+        m = encode_corpus(path, tok, out, num_workers=2)
+        assert m["total_documents"] == len(docs)
+        assert m["inputs"][0]["records"] == len(docs)
+        check_layout(out, docs, tok, "between", eos)
+
+
 def test_cli_json_and_summary(tmp_path, corpus, tok_dir):
     inputs, _ = corpus
     r = run_cli(
