@@ -100,6 +100,11 @@ fn each_chunk<'s, T: Send>(
     Ok(())
 }
 
+thread_local! {
+    /// The ids of a short text being encoded by `encode` / `encode_ordinary`.
+    static SHORT_IDS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Ids of a run of texts, one after another, and where each text's end.
 type Run = (Vec<u32>, Vec<usize>);
 
@@ -418,7 +423,15 @@ impl PyTokenizer {
         } else if s.len() > 4096 {
             py.detach(|| self.inner.encode(s, allow_added))
         } else {
-            self.inner.encode(s, allow_added)
+            // A short text: its ids go to a reused buffer and are copied into an array numpy
+            // owns (one object, no vector of their own to hand over).
+            return SHORT_IDS.with_borrow_mut(|ids| {
+                ids.clear();
+                self.inner
+                    .encode_into(s, allow_added, ids)
+                    .map_err(|e| to_py(py, e))?;
+                Ok(PyArray1::from_slice(py, ids))
+            });
         };
         Ok(ids.map_err(|e| to_py(py, e))?.into_pyarray(py))
     }
