@@ -443,6 +443,20 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Starts loading the first `PREFETCHED_TEXT` bytes of `text`: called for the next text of a
+/// batch while one is encoded, so a short text (whose bytes the hardware prefetcher cannot
+/// guess: each is an allocation of its own) is in cache when its turn comes.
+#[inline(always)]
+pub fn prefetch_text(text: &str) {
+    let p = text.as_ptr();
+    for off in (0..text.len().min(PREFETCHED_TEXT)).step_by(64) {
+        prefetch(p.wrapping_add(off));
+    }
+}
+
+/// Bytes of the next text that `prefetch_text` starts loading.
+const PREFETCHED_TEXT: usize = 256;
+
 impl PieceCache {
     fn new(owner: u64) -> Self {
         PieceCache {

@@ -2,6 +2,7 @@
 //! heavy work runs with the GIL released, ids leave as numpy uint32 arrays without copies,
 //! and core errors become the exception family of `aprx.errors`.
 
+use crate::cache::prefetch_text;
 use crate::error::{Error, ErrorKind};
 use crate::tokenizer::{Normalizer, Tokenizer};
 use crate::{parallel, tiktoken};
@@ -225,7 +226,10 @@ impl PyTokenizer {
                 py,
                 &strs,
                 |part| {
-                    part.iter().try_for_each(|t| {
+                    part.iter().enumerate().try_for_each(|(k, t)| {
+                        if let Some(next) = part.get(k + 1) {
+                            prefetch_text(next);
+                        }
                         self.inner.encode_into(t, !ordinary, &mut flat)?;
                         offsets.push(flat.len() as u64);
                         Ok(())
@@ -390,7 +394,10 @@ impl PyTokenizer {
             let bytes: usize = texts.iter().map(|t| t.len()).sum();
             let mut ids = Vec::with_capacity(bytes / 2 + 16);
             let mut ends = Vec::with_capacity(texts.len());
-            for t in texts {
+            for (k, t) in texts.iter().enumerate() {
+                if let Some(next) = texts.get(k + 1) {
+                    prefetch_text(next);
+                }
                 tok.encode_into(t, !ordinary, &mut ids)?;
                 ends.push(ids.len());
             }
