@@ -9,7 +9,7 @@ freshly loaded tokenizer (cold tables, as in `compare.py`), rounds interleaved.
 
 Prints, per mode and count, the best and the median rate in M tokens/s and the cores used (CPU
 time / wall time) in the best run. Ids are not checked here (`compare.py` checks them against
-HF); the token totals of the two modes must agree, and the script fails if they do not.
+HF); the token totals of the modes must agree, and the script fails if they do not.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
-MODES = ("encode_batch", "encode-corpus")
+MODES = ("encode_batch", "encode-corpus", "encode_ordinary-loop")
 
 
 def _child(mode: str, workers: int, tmp: Path) -> Dict[str, float]:
@@ -35,11 +35,14 @@ def _child(mode: str, workers: int, tmp: Path) -> Dict[str, float]:
     docs = tmp / "docs.jsonl"
     tok = aprx.Tokenizer.from_file(tmp / "tokenizer")
     tok.encode_batch(["warm-up"] * 2, ordinary=True, num_threads=2)
-    if mode == "encode_batch":
+    if mode in ("encode_batch", "encode_ordinary-loop"):
         with open(docs, encoding="utf-8") as f:
             texts = [json.loads(line)["content"] for line in f]
         c0, t0 = time.process_time(), time.perf_counter()
-        ids = tok.encode_batch(texts, ordinary=True, num_threads=workers)
+        if mode == "encode_batch":
+            ids = tok.encode_batch(texts, ordinary=True, num_threads=workers)
+        else:  # one call per text, from Python (one thread)
+            ids = [tok.encode_ordinary(t) for t in texts]
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         tokens = sum(len(x) for x in ids)
     else:
@@ -65,6 +68,11 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=1, help="times the stdlib is written")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; best and median reported")
     ap.add_argument(
+        "--modes",
+        default="encode_batch,encode-corpus",
+        help=f"comma-separated, of {', '.join(MODES)} (the loop runs for 1 worker only)",
+    )
+    ap.add_argument(
         "--doc-lines",
         type=int,
         default=0,
@@ -83,6 +91,9 @@ def main() -> int:
 
     from aprx.importer import import_hf
 
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        ap.error(f"--modes: expected some of {', '.join(MODES)}, got {args.modes!r}")
     texts = fixtures.stdlib_texts()
     if args.doc_lines > 0:
         n = args.doc_lines
@@ -101,7 +112,9 @@ def main() -> int:
         runs: Dict[Tuple[str, int], List[Dict[str, float]]] = {}
         for _ in range(args.rounds):
             for workers in args.workers:
-                for mode in MODES:
+                for mode in modes:
+                    if mode == "encode_ordinary-loop" and workers != 1:
+                        continue
                     cmd = [sys.executable, __file__, "--_child", mode, str(workers), str(tmp)]
                     out = subprocess.run(cmd, capture_output=True, text=True)
                     if out.returncode != 0:
@@ -118,7 +131,7 @@ def main() -> int:
         best = min(rs, key=lambda r: r["seconds"])
         median = statistics.median(r["seconds"] for r in rs)
         print(
-            f"{mode:13s} {workers:3d} workers: best {best['tokens'] / best['seconds'] / 1e6:7.1f}"
+            f"{mode:20s} {workers:3d} workers: best {best['tokens'] / best['seconds'] / 1e6:7.1f}"
             f" M tok/s, median {best['tokens'] / median / 1e6:7.1f}, cores "
             f"{best['cpu_seconds'] / best['seconds']:.2f} ({int(best['tokens']):,} tokens)"
         )

@@ -2,7 +2,6 @@
 //! heavy work runs with the GIL released, ids leave as numpy uint32 arrays without copies,
 //! and core errors become the exception family of `aprx.errors`.
 
-use crate::cache::prefetch_text;
 use crate::error::{Error, ErrorKind};
 use crate::tokenizer::{Normalizer, Tokenizer};
 use crate::{parallel, tiktoken};
@@ -99,11 +98,6 @@ fn each_chunk<'s, T: Send>(
         py.check_signals()?;
     }
     Ok(())
-}
-
-thread_local! {
-    /// The ids of a short text being encoded by `encode` / `encode_ordinary`.
-    static SHORT_IDS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Ids of a run of texts, one after another, and where each text's end.
@@ -226,14 +220,8 @@ impl PyTokenizer {
                 py,
                 &strs,
                 |part| {
-                    part.iter().enumerate().try_for_each(|(k, t)| {
-                        if let Some(next) = part.get(k + 1) {
-                            prefetch_text(next);
-                        }
-                        self.inner.encode_into(t, !ordinary, &mut flat)?;
-                        offsets.push(flat.len() as u64);
-                        Ok(())
-                    })
+                    self.inner
+                        .encode_all(part, !ordinary, &mut flat, |n| offsets.push(n as u64))
                 },
                 |()| Ok(()),
             )?;
@@ -394,13 +382,7 @@ impl PyTokenizer {
             let bytes: usize = texts.iter().map(|t| t.len()).sum();
             let mut ids = Vec::with_capacity(bytes / 2 + 16);
             let mut ends = Vec::with_capacity(texts.len());
-            for (k, t) in texts.iter().enumerate() {
-                if let Some(next) = texts.get(k + 1) {
-                    prefetch_text(next);
-                }
-                tok.encode_into(t, !ordinary, &mut ids)?;
-                ends.push(ids.len());
-            }
+            tok.encode_all(texts, !ordinary, &mut ids, |n| ends.push(n))?;
             ids.shrink_to_fit();
             Ok((ids, ends))
         };
@@ -430,15 +412,12 @@ impl PyTokenizer {
         } else if s.len() > 4096 {
             py.detach(|| self.inner.encode(s, allow_added))
         } else {
-            // A short text: its ids go to a reused buffer and are copied into an array numpy
+            // A short text: its ids are copied from the thread's buffer into an array numpy
             // owns (one object, no vector of their own to hand over).
-            return SHORT_IDS.with_borrow_mut(|ids| {
-                ids.clear();
-                self.inner
-                    .encode_into(s, allow_added, ids)
-                    .map_err(|e| to_py(py, e))?;
-                Ok(PyArray1::from_slice(py, ids))
-            });
+            return self
+                .inner
+                .encode_scratch(s, allow_added, |ids| PyArray1::from_slice(py, ids))
+                .map_err(|e| to_py(py, e));
         };
         Ok(ids.map_err(|e| to_py(py, e))?.into_pyarray(py))
     }

@@ -731,25 +731,53 @@ impl Tokenizer {
         }
     }
 
-    /// Encodes `text` into a new vector of exactly its length. The ids are first written to
-    /// a per-thread buffer that is reused across calls, so a batch of results costs one
-    /// exact-size allocation each and no regrowth.
+    /// Encodes `text` into a new vector of exactly its length (see `encode_scratch`), so a
+    /// batch of results costs one exact-size allocation each and no regrowth.
     pub fn encode(&self, text: &str, allow_added: bool) -> Result<Vec<u32>> {
+        self.encode_scratch(text, allow_added, <[u32]>::to_vec)
+    }
+
+    /// Encodes `text` into a per-thread buffer reused across calls and returns `f` of its ids
+    /// (for a caller that copies them where they go, with no vector of their own).
+    pub fn encode_scratch<R>(
+        &self,
+        text: &str,
+        allow_added: bool,
+        f: impl FnOnce(&[u32]) -> R,
+    ) -> Result<R> {
         thread_local! {
             static SCRATCH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
         }
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             s.clear();
-            let r = self
-                .encode_into(text, allow_added, &mut s)
-                .map(|()| s.to_vec());
+            let r = self.encode_into(text, allow_added, &mut s).map(|()| f(&s));
             if s.capacity() > 1 << 24 {
                 // Do not keep a huge buffer alive after one huge text.
                 *s = Vec::new();
             }
             r
         })
+    }
+
+    /// Appends the ids of each of `texts` to `out`, calling `end` with `out`'s length after
+    /// each; the next text's first bytes are prefetched while one is encoded (short texts are
+    /// allocations of their own, which the hardware prefetcher cannot guess).
+    pub fn encode_all(
+        &self,
+        texts: &[&str],
+        allow_added: bool,
+        out: &mut Vec<u32>,
+        mut end: impl FnMut(usize),
+    ) -> Result<()> {
+        for (k, t) in texts.iter().enumerate() {
+            if let Some(next) = texts.get(k + 1) {
+                cache::prefetch_text(next);
+            }
+            self.encode_into(t, allow_added, out)?;
+            end(out.len());
+        }
+        Ok(())
     }
 
     /// Where one long text may be cut so that its parts encode independently to the same ids:
