@@ -201,16 +201,34 @@ pub struct Record {
     pub invalid: Option<Reject>,
 }
 
+/// Bytes records point into: a block read into memory, or a window of a file mapped read-only
+/// (plain JSONL on a regular file: no copy, and no fresh memory to zero and fault in).
+pub enum Buf {
+    Heap(HugeSlice<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buf::Heap(h) => h,
+            Buf::Mapped(m) => m,
+        }
+    }
+}
+
 /// A record's bytes: a buffer of its own (a text file, a Parquet row) or a range of a block
-/// shared with the other JSONL lines read with it.
+/// (or mapped window) shared with the other JSONL lines read with it.
 pub struct Data {
-    buf: Arc<HugeSlice<u8>>,
+    buf: Arc<Buf>,
     start: usize,
     end: usize,
 }
 
 impl Data {
-    fn range(buf: &Arc<HugeSlice<u8>>, start: usize, end: usize) -> Self {
+    fn range(buf: &Arc<Buf>, start: usize, end: usize) -> Self {
         debug_assert!(start <= end && end <= buf.len());
         Data {
             buf: Arc::clone(buf),
@@ -224,7 +242,7 @@ impl From<Vec<u8>> for Data {
     fn from(v: Vec<u8>) -> Self {
         let end = v.len();
         Data {
-            buf: Arc::new(HugeSlice::from_vec(v)),
+            buf: Arc::new(Buf::Heap(HugeSlice::from_vec(v))),
             start: 0,
             end,
         }
@@ -266,55 +284,30 @@ pub fn read_items(
     for (fi, f) in files.iter().enumerate().skip(start_file) {
         let skip = if fi == start_file { skip_records } else { 0 };
         let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
-        let mut hr =
-            HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
         let fi32 = fi as u32;
-        let records = match f.kind {
-            InputKind::Text => {
-                let mut data = Vec::with_capacity(f.size as usize);
-                hr.read_to_end(&mut data)
-                    .map_err(|e| Error::io(&f.path, "read", &e))?;
-                if skip == 0
-                    && !emit(Item::Record(Record {
-                        file: fi32,
-                        line: 1,
-                        data: data.into(),
-                        invalid: None,
-                    }))
-                {
-                    return Ok(());
-                }
-                1
-            }
-            InputKind::Jsonl => {
-                match read_lines(&mut hr, &f.path, fi32, skip, &mut emit, BLOCKS)? {
-                    Some(n) => n,
-                    None => return Ok(()),
-                }
-            }
-            InputKind::JsonlGz => {
-                let mut r = flate2::read::MultiGzDecoder::new(&mut hr);
-                match read_lines(&mut r, &f.path, fi32, skip, &mut emit, BLOCKS)? {
-                    Some(n) => n,
-                    None => return Ok(()),
-                }
-            }
-            InputKind::Parquet => match read_parquet(&f.path, fi32, skip, field, &mut emit)? {
-                Some(n) => n,
+        let mapped = f.kind == InputKind::Jsonl
+            && use_mmap()
+            && file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0);
+        let (records, sha256) = if mapped {
+            let mut hasher =
+                RangeHasher::new(f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
+            let read =
+                read_lines_mapped(&file, &f.path, fi32, skip, &mut emit, BLOCKS, &mut hasher);
+            match read? {
+                Some(n) => (
+                    n,
+                    hasher
+                        .finish()
+                        .map_err(|e| Error::io(&f.path, "hash", &e))?,
+                ),
                 None => return Ok(()),
-            },
-            InputKind::JsonlZst => {
-                let mut r = zstd::stream::read::Decoder::new(&mut hr)
-                    .map_err(|e| compression_error(&f.path, &e))?;
-                match read_lines(&mut r, &f.path, fi32, skip, &mut emit, BLOCKS)? {
-                    Some(n) => n,
-                    None => return Ok(()),
-                }
+            }
+        } else {
+            match read_file(file, f, fi32, skip, field, &mut emit)? {
+                Some(done) => done,
+                None => return Ok(()),
             }
         };
-        // Hash what the decoder did not need (trailing bytes) so the digest covers the file.
-        std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
-        let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
         if !emit(Item::FileEnd {
             file: fi32,
             sha256,
@@ -324,6 +317,64 @@ pub fn read_items(
         }
     }
     Ok(())
+}
+
+/// One input file read through `std::io::Read` (compressed input, text files, Parquet, and
+/// JSONL when it is not mapped): its record count and SHA-256, or None if `emit` asked to stop.
+fn read_file(
+    file: File,
+    f: &InputFile,
+    fi32: u32,
+    skip: u64,
+    field: &str,
+    emit: &mut impl FnMut(Item) -> bool,
+) -> Result<Option<(u64, String)>> {
+    let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
+    let records = match f.kind {
+        InputKind::Text => {
+            let mut data = Vec::with_capacity(f.size as usize);
+            hr.read_to_end(&mut data)
+                .map_err(|e| Error::io(&f.path, "read", &e))?;
+            if skip == 0
+                && !emit(Item::Record(Record {
+                    file: fi32,
+                    line: 1,
+                    data: data.into(),
+                    invalid: None,
+                }))
+            {
+                return Ok(None);
+            }
+            1
+        }
+        InputKind::Jsonl => match read_lines(&mut hr, &f.path, fi32, skip, emit, BLOCKS)? {
+            Some(n) => n,
+            None => return Ok(None),
+        },
+        InputKind::JsonlGz => {
+            let mut r = flate2::read::MultiGzDecoder::new(&mut hr);
+            match read_lines(&mut r, &f.path, fi32, skip, emit, BLOCKS)? {
+                Some(n) => n,
+                None => return Ok(None),
+            }
+        }
+        InputKind::Parquet => match read_parquet(&f.path, fi32, skip, field, emit)? {
+            Some(n) => n,
+            None => return Ok(None),
+        },
+        InputKind::JsonlZst => {
+            let mut r = zstd::stream::read::Decoder::new(&mut hr)
+                .map_err(|e| compression_error(&f.path, &e))?;
+            match read_lines(&mut r, &f.path, fi32, skip, emit, BLOCKS)? {
+                Some(n) => n,
+                None => return Ok(None),
+            }
+        }
+    };
+    // Hash what the decoder did not need (trailing bytes) so the digest covers the file.
+    std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
+    let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
+    Ok(Some((records, sha256)))
 }
 
 /// Rows of a Parquet file: the `field` column of each row is one record. Returns the number
@@ -454,7 +505,7 @@ fn read_lines(
     };
     let (mut size, max) = sizes;
     let mut line_no = 0u64;
-    let mut kept: Vec<Arc<HugeSlice<u8>>> = Vec::new();
+    let mut kept: Vec<Arc<Buf>> = Vec::new();
     let mut cur = HugeSlice::filled(size, 0u8);
     let mut filled = 0;
     loop {
@@ -482,34 +533,12 @@ fn read_lines(
                 continue;
             }
         };
-        let block = Arc::new(std::mem::replace(&mut cur, HugeSlice::from_vec(Vec::new())));
-        let mut start = 0;
-        while start < end {
-            let next = memchr::memchr(b'\n', &block[start..end]).map_or(end, |i| start + i + 1);
-            line_no += 1;
-            if line_no > skip {
-                let mut stop = next;
-                if block[stop - 1] == b'\n' {
-                    stop -= 1;
-                    if stop > start && block[stop - 1] == b'\r' {
-                        stop -= 1;
-                    }
-                }
-                let item = if block[start..stop].iter().all(u8::is_ascii_whitespace) {
-                    Item::Blank { file }
-                } else {
-                    Item::Record(Record {
-                        file,
-                        line: line_no,
-                        data: Data::range(&block, start, stop),
-                        invalid: None,
-                    })
-                };
-                if !emit(item) {
-                    return Ok(None);
-                }
-            }
-            start = next;
+        let block = Arc::new(Buf::Heap(std::mem::replace(
+            &mut cur,
+            HugeSlice::from_vec(Vec::new()),
+        )));
+        if !emit_lines(&block, end, file, skip, &mut line_no, emit) {
+            return Ok(None);
         }
         if eof {
             return Ok(Some(line_no));
@@ -524,7 +553,10 @@ fn read_lines(
             .iter()
             .position(|b| Arc::strong_count(b) == 1 && b.len() >= want)
         {
-            Some(i) => Arc::into_inner(kept.swap_remove(i)).expect("no other holder"),
+            Some(i) => match Arc::into_inner(kept.swap_remove(i)) {
+                Some(Buf::Heap(h)) => h,
+                _ => unreachable!("kept blocks are the reader's own, with no other holder"),
+            },
             None => HugeSlice::filled(want, 0u8),
         };
         cur[..tail].copy_from_slice(&block[end..filled]);
@@ -533,6 +565,167 @@ fn read_lines(
             kept.push(block);
         }
     }
+}
+
+/// Emits the lines of `block[..end]` (all newline-terminated, but for an input's last line) as
+/// records, or `Blank` items, numbering them on from `line_no`; lines up to `skip` are passed
+/// over. False when `emit` asked to stop.
+fn emit_lines(
+    block: &Arc<Buf>,
+    end: usize,
+    file: u32,
+    skip: u64,
+    line_no: &mut u64,
+    emit: &mut impl FnMut(Item) -> bool,
+) -> bool {
+    let mut start = 0;
+    while start < end {
+        let next = memchr::memchr(b'\n', &block[start..end]).map_or(end, |i| start + i + 1);
+        *line_no += 1;
+        if *line_no > skip {
+            let mut stop = next;
+            if block[stop - 1] == b'\n' {
+                stop -= 1;
+                if stop > start && block[stop - 1] == b'\r' {
+                    stop -= 1;
+                }
+            }
+            let item = if block[start..stop].iter().all(u8::is_ascii_whitespace) {
+                Item::Blank { file }
+            } else {
+                Item::Record(Record {
+                    file,
+                    line: *line_no,
+                    data: Data::range(block, start, stop),
+                    invalid: None,
+                })
+            };
+            if !emit(item) {
+                return false;
+            }
+        }
+        start = next;
+    }
+    true
+}
+
+/// `read_lines` for a regular file, through read-only mappings of it: windows of `sizes.0`
+/// bytes doubling up to `sizes.1`, each starting at the first line the previous one did not
+/// finish (a line longer than a window widens it). Records are ranges of their window, which is
+/// unmapped once they are all dropped; nothing is copied and no memory is allocated for the
+/// text. `hasher` gets every byte once, in order. The file's length is taken at the start; a
+/// file that shrinks while it is read is an error (where the system lets a mapped file shrink,
+/// reading a page past its new end would end the process, so this is checked per window).
+fn read_lines_mapped(
+    f: &File,
+    path: &Path,
+    file: u32,
+    skip: u64,
+    emit: &mut impl FnMut(Item) -> bool,
+    sizes: (usize, usize),
+    hasher: &mut RangeHasher,
+) -> Result<Option<u64>> {
+    let len = f.metadata().map_err(|e| Error::io(path, "stat", &e))?.len();
+    let (mut size, max) = sizes;
+    let (mut pos, mut hashed, mut line_no) = (0u64, 0u64, 0u64);
+    while pos < len {
+        let want = (size as u64).min(len - pos) as usize;
+        let now = f.metadata().map_err(|e| Error::io(path, "stat", &e))?.len();
+        if now < len {
+            return Err(Error::corpus(
+                codes::INPUT,
+                format!(
+                    "{}: the file shrank from {len} to {now} bytes while it was read",
+                    path.display()
+                ),
+            ));
+        }
+        // SAFETY: a read-only private mapping of bytes the file holds (checked just above);
+        // nothing in this process writes the file.
+        let map = unsafe { memmap2::MmapOptions::new().offset(pos).len(want).map(f) }
+            .map_err(|e| Error::io(path, "map", &e))?;
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let block = Arc::new(Buf::Mapped(map));
+        let eof = pos + want as u64 == len;
+        if pos + want as u64 > hashed {
+            hasher.update(&block, (hashed - pos) as usize, want);
+            hashed = pos + want as u64;
+        }
+        let end = match (eof, memchr::memrchr(b'\n', &block)) {
+            (true, _) => want,
+            (false, Some(i)) => i + 1,
+            (false, None) => {
+                size = 2 * size.max(1);
+                continue;
+            }
+        };
+        if !emit_lines(&block, end, file, skip, &mut line_no, emit) {
+            return Ok(None);
+        }
+        pos += end as u64;
+        size = (2 * size).min(max);
+    }
+    Ok(Some(line_no))
+}
+
+/// SHA-256 of a mapped file, fed its windows in order: inline for a small file, else on a
+/// thread of its own, which gets each window's range (and keeps the window mapped until
+/// hashed), so no byte is copied.
+pub(crate) enum RangeHasher {
+    Inline(Sha256),
+    Background {
+        tx: std::sync::mpsc::SyncSender<(Arc<Buf>, usize, usize)>,
+        thread: std::thread::JoinHandle<[u8; 32]>,
+    },
+}
+
+impl RangeHasher {
+    fn new(size: u64) -> std::io::Result<Self> {
+        if size < OFFLOAD_HASH_BYTES {
+            return Ok(RangeHasher::Inline(Sha256::new()));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<Buf>, usize, usize)>(4);
+        let thread = std::thread::Builder::new()
+            .name("aprx-hash-input".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for (buf, start, end) in rx {
+                    h.update(&buf[start..end]);
+                }
+                h.finalize().into()
+            })?;
+        Ok(RangeHasher::Background { tx, thread })
+    }
+
+    fn update(&mut self, buf: &Arc<Buf>, start: usize, end: usize) {
+        match self {
+            RangeHasher::Inline(h) => h.update(&buf[start..end]),
+            RangeHasher::Background { tx, .. } => {
+                // The thread only stops when `tx` is dropped, so the send cannot fail.
+                let _ = tx.send((Arc::clone(buf), start, end));
+            }
+        }
+    }
+
+    fn finish(self) -> std::io::Result<String> {
+        let digest: [u8; 32] = match self {
+            RangeHasher::Inline(h) => h.finalize().into(),
+            RangeHasher::Background { tx, thread } => {
+                drop(tx);
+                thread
+                    .join()
+                    .map_err(|_| std::io::Error::other("the hashing thread failed"))?
+            }
+        };
+        Ok(hex(&digest))
+    }
+}
+
+/// Whether plain JSONL files are read through mappings (`APRX_MMAP=0` turns it off, for
+/// inputs on file systems where a mapping is unwise, e.g. files others may truncate).
+fn use_mmap() -> bool {
+    std::env::var_os("APRX_MMAP").is_none_or(|v| v != "0")
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -820,6 +1013,39 @@ mod tests {
         (got, n)
     }
 
+    /// `lines_of` through `read_lines_mapped` on a file holding `data`; also checks the
+    /// digest of a complete read (inline and on the hashing thread).
+    fn mapped_lines_of(
+        data: &[u8],
+        skip: u64,
+        stop_after: usize,
+        sizes: (usize, usize),
+        case: usize,
+    ) -> (Lines, Option<u64>) {
+        let path = std::env::temp_dir().join(format!(
+            "aprx-mapped-{}-{case}-{stop_after}.jsonl",
+            std::process::id()
+        ));
+        std::fs::write(&path, data).unwrap();
+        let f = File::open(&path).unwrap();
+        let mut got = Vec::new();
+        let mut emit = |item: Item| {
+            got.push(match item {
+                Item::Record(r) => Some((r.line, r.data.to_vec())),
+                _ => None,
+            });
+            got.len() < stop_after
+        };
+        let background = if case % 2 == 0 { 0 } else { OFFLOAD_HASH_BYTES };
+        let mut hasher = RangeHasher::new(background).unwrap();
+        let n = read_lines_mapped(&f, &path, 0, skip, &mut emit, sizes, &mut hasher).unwrap();
+        if n.is_some() {
+            assert_eq!(hasher.finish().unwrap(), hex(&Sha256::digest(data)));
+        }
+        std::fs::remove_file(&path).unwrap();
+        (got, n)
+    }
+
     /// Lines split at `\n`, less one `\r` before it; the last one counted only if not empty.
     fn reference_lines(data: &[u8], skip: u64) -> (Lines, u64) {
         let mut parts: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
@@ -844,7 +1070,7 @@ mod tests {
     }
 
     #[test]
-    fn block_reader_splits_lines_like_the_reference() {
+    fn block_and_mapped_readers_split_lines_like_the_reference() {
         let mut rnd = crate::test_rng::draws(0xb10c_4ead_u64);
         for case in 0..400 {
             let mut data = Vec::new();
@@ -889,6 +1115,10 @@ mod tests {
                 (want.clone(), Some(total)),
                 "case {case}, whole reads"
             );
+            if !data.is_empty() {
+                let (got, n) = mapped_lines_of(&data, skip, usize::MAX, sizes, case);
+                assert_eq!((got, n), (want.clone(), Some(total)), "case {case}, mapped");
+            }
             // Stopping early: the items up to the stop, and None.
             if !want.is_empty() {
                 let k = rnd(want.len()) + 1;
@@ -897,6 +1127,12 @@ mod tests {
                     (&got[..], n),
                     (&want[..k], None),
                     "case {case}, stop after {k}"
+                );
+                let (got, n) = mapped_lines_of(&data, skip, k, sizes, case);
+                assert_eq!(
+                    (&got[..], n),
+                    (&want[..k], None),
+                    "case {case}, mapped, stop after {k}"
                 );
             }
         }

@@ -416,10 +416,12 @@ def test_blank_and_empty_lines_counted(tmp_path, tok, eos):
     check_layout(tmp_path / "o", ["a = 1\n", "b = 2\n"], tok, "between", eos)
 
 
-def test_lines_longer_than_a_read_block(tmp_path, stdlib, tok, eos):
-    """The reader reads blocks of 256 KB doubling to 4 MB and a record is a range of its block:
-    a line longer than any block grows one, and the unfinished lines at block ends move to the
-    next block; every document comes through whole, in order, and the same through gzip."""
+def test_lines_longer_than_a_read_block(tmp_path, stdlib, tok, eos, monkeypatch):
+    """The reader reads blocks of 256 KB doubling to 4 MB (a plain file through mapped windows
+    of those sizes) and a record is a range of its block: a line longer than any block grows
+    one, and the unfinished lines at block ends move to the next block; every document comes
+    through whole, in order, and the same through gzip and with the mapping turned off
+    (``APRX_MMAP=0``), to identical shards and input digests."""
     texts = [t for _, t in stdlib]
     huge = "".join(texts[:400])
     while len(huge) < (5 << 20):
@@ -429,12 +431,19 @@ def test_lines_longer_than_a_read_block(tmp_path, stdlib, tok, eos):
     assert src.stat().st_size > (6 << 20)
     gz = tmp_path / "long.jsonl.gz"
     gz.write_bytes(gzip.compress(src.read_bytes(), compresslevel=1))
-    for path in (src, gz):
-        out = tmp_path / f"o-{path.name}"
+    for path, mmap in ((src, "1"), (src, "0"), (gz, "1")):
+        monkeypatch.setenv("APRX_MMAP", mmap)
+        out = tmp_path / f"o-{path.name}-{mmap}"
         m = encode_corpus(path, tok, out, num_workers=2)
         assert m["total_documents"] == len(docs)
         assert m["inputs"][0]["records"] == len(docs)
+        assert m["inputs"][0]["sha256"] == sha256_file(path)
         check_layout(out, docs, tok, "between", eos)
+    shards = [
+        {k: v for k, v in out_files(tmp_path / f"o-long.jsonl-{mmap}").items() if "shard" in k}
+        for mmap in "10"
+    ]
+    assert shards[0] and shards[0] == shards[1]
 
 
 def test_cli_json_and_summary(tmp_path, corpus, tok_dir):
