@@ -6,6 +6,7 @@ freshly loaded tokenizer (cold tables, as in `compare.py`), rounds interleaved.
     python benches/scaling.py                              # 1,2 workers, 1 copy, 3 rounds
     python benches/scaling.py --copies 3 --workers 1,2,4,8,16 --rounds 3
     python benches/scaling.py --doc-lines 4        # many small documents: files cut in 4-line parts
+    python benches/scaling.py --append-comment     # every document non-ASCII (a CJK comment added)
 
 Prints, per mode and count, the best and the median rate in M tokens/s and the cores used (CPU
 time / wall time) in the best run. Ids are not checked here (`compare.py` checks them against
@@ -26,9 +27,15 @@ from typing import Dict, List, Tuple
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 MODES = ("encode_batch", "encode-corpus", "encode_ordinary-loop")
+CJK_COMMENT = "\n# 中文注释：说明这个函数的用途。\n"
 
 
 def _child(mode: str, workers: int, tmp: Path) -> Dict[str, float]:
+    # numpy first, as in compare.py: its OpenBLAS threads spin for about 0.1 s after numpy is
+    # imported, which the warm-up call (aprx's first numpy array) would otherwise do just
+    # before the timed call, taking a core from it.
+    import numpy  # noqa: F401
+
     import aprx
     from aprx.corpus import encode_corpus
 
@@ -79,6 +86,12 @@ def main() -> int:
         help="cut each file into documents of this many lines (0: a document per file), to "
         "measure the cost per document",
     )
+    ap.add_argument(
+        "--append-comment",
+        action="store_true",
+        help=f"append {CJK_COMMENT!r} to every document, so every one is a non-ASCII string "
+        "(CPython makes its UTF-8 on first use, with the GIL held)",
+    )
     ap.add_argument("--_child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -99,6 +112,8 @@ def main() -> int:
         n = args.doc_lines
         parts = (t.splitlines(keepends=True) for t in texts)
         texts = ["".join(lines[i : i + n]) for lines in parts for i in range(0, len(lines), n)]
+    if args.append_comment:
+        texts = [t + CJK_COMMENT for t in texts]
     with tempfile.TemporaryDirectory(prefix="aprx-scaling-") as tmp_s:
         tmp = Path(tmp_s)
         with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
@@ -108,6 +123,7 @@ def main() -> int:
         import_hf(fixtures.qwen2_tokenizer_json(), tmp / "tokenizer", include_added_tokens=True)
         size = (tmp / "docs.jsonl").stat().st_size
         what = f"{args.doc_lines}-line parts of stdlib files" if args.doc_lines else "stdlib files"
+        what += ", a CJK comment appended to each" if args.append_comment else ""
         print(f"{len(texts)} documents ({what}) x {args.copies}, {size / 1e6:.1f} MB of JSONL")
         runs: Dict[Tuple[str, int], List[Dict[str, float]]] = {}
         for _ in range(args.rounds):

@@ -103,6 +103,45 @@ fn each_chunk<'s, T: Send>(
 /// Ids of a run of texts, one after another, and where each text's end.
 type Run = (Vec<u32>, Vec<usize>);
 
+/// Encodes `texts` one after another into one buffer: a run's ids and each text's end.
+fn encode_run(tok: &Tokenizer, texts: &[&str], allow_added: bool) -> crate::Result<Run> {
+    let bytes: usize = texts.iter().map(|t| t.len()).sum();
+    let mut ids = Vec::with_capacity(bytes / 2 + 16);
+    let mut ends = Vec::with_capacity(texts.len());
+    tok.encode_all(texts, allow_added, &mut ids, |n| ends.push(n))?;
+    ids.shrink_to_fit();
+    Ok((ids, ends))
+}
+
+/// What a job of `pipeline` answers: its run, or the panic it caught.
+type JobResult = std::thread::Result<crate::Result<Run>>;
+
+/// The jobs `pipeline` has handed to the pool and their results, by job. Waits for every
+/// outstanding job when dropped, so that none outlives the texts it borrows, even when the
+/// pipeline stops early (a text that is not valid Unicode, Ctrl-C).
+struct Jobs {
+    rx: std::sync::mpsc::Receiver<(usize, JobResult)>,
+    results: Vec<Option<JobResult>>,
+    waiting: usize,
+}
+
+impl Jobs {
+    fn wait(&mut self) {
+        while self.waiting > 0 {
+            // Every job sends exactly once (it catches its own panic), so this returns.
+            let Ok((k, r)) = self.rx.recv() else { break };
+            self.results[k] = Some(r);
+            self.waiting -= 1;
+        }
+    }
+}
+
+impl Drop for Jobs {
+    fn drop(&mut self) {
+        self.wait();
+    }
+}
+
 /// `encode_batch_flat`'s result: all ids, and offsets into them per text.
 type FlatIds<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>);
 
@@ -163,37 +202,31 @@ impl PyTokenizer {
         ordinary: bool,
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
         let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
-        let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(strs.len());
-        each_chunk(
-            py,
-            &strs,
-            |part| self.encode_runs(part, ordinary, &pool),
-            |segments| {
-                for (ids, ends) in segments {
-                    if let [_] = ends[..] {
-                        arrays.push(ids.into_pyarray(py));
-                        continue;
-                    }
-                    let base = ids.into_pyarray(py);
-                    // SAFETY: `base` was just made here; nothing else borrows it.
-                    let data = unsafe { base.as_slice() }?;
-                    let mut start = 0;
-                    for &end in &ends {
-                        let view = numpy::ndarray::ArrayView1::from(&data[start..end]);
-                        // SAFETY: the view's memory is `base`'s buffer, which `base` owns and
-                        // never reallocates; `base` is made the view's base object, so it
-                        // outlives the view.
-                        arrays.push(unsafe {
-                            PyArray1::borrow_from_array(&view, base.clone().into_any())
-                        });
-                        start = end;
-                    }
+        let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(texts.len());
+        self.encode_texts(py, &texts, ordinary, &pool, |segments| {
+            for (ids, ends) in segments {
+                if let [_] = ends[..] {
+                    arrays.push(ids.into_pyarray(py));
+                    continue;
                 }
-                Ok(())
-            },
-        )?;
+                let base = ids.into_pyarray(py);
+                // SAFETY: `base` was just made here; nothing else borrows it.
+                let data = unsafe { base.as_slice() }?;
+                let mut start = 0;
+                for &end in &ends {
+                    let view = numpy::ndarray::ArrayView1::from(&data[start..end]);
+                    // SAFETY: the view's memory is `base`'s buffer, which `base` owns and
+                    // never reallocates; `base` is made the view's base object, so it
+                    // outlives the view.
+                    arrays.push(unsafe {
+                        PyArray1::borrow_from_array(&view, base.clone().into_any())
+                    });
+                    start = end;
+                }
+            }
+            Ok(())
+        })?;
         PyList::new(py, arrays)
     }
 
@@ -227,19 +260,13 @@ impl PyTokenizer {
             )?;
             return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
         }
-        let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
         let mut parts: Vec<Run> = Vec::new();
-        each_chunk(
-            py,
-            &strs,
-            |part| self.encode_runs(part, ordinary, &pool),
-            |runs| {
-                parts.extend(runs);
-                Ok(())
-            },
-        )?;
+        self.encode_texts(py, &texts, ordinary, &pool, |runs| {
+            parts.extend(runs);
+            Ok(())
+        })?;
         // One exact allocation, filled in parallel (no serial regrowth of a 100 MB buffer).
-        let mut offsets: Vec<u64> = Vec::with_capacity(strs.len() + 1);
+        let mut offsets: Vec<u64> = Vec::with_capacity(texts.len() + 1);
         offsets.push(0);
         let mut total = 0;
         for (ids, ends) in &parts {
@@ -367,35 +394,146 @@ impl PyTokenizer {
 }
 
 impl PyTokenizer {
-    /// Encodes `part` on `pool`, a run of its texts per task (see `runs`; up to `SEGMENT_BYTES`,
-    /// about a quarter of a thread's share): each run's ids in one buffer, with the end of each
-    /// text's ids in it.
-    fn encode_runs(
+    /// Encodes `texts` in runs (see `runs`; up to `SEGMENT_BYTES` of text, about a quarter
+    /// of a thread's share), chunk by chunk (`CHUNK_BYTES`, counted in chars; Ctrl-C is checked
+    /// between chunks), and hands each chunk's runs to `done`: each run's ids in one buffer,
+    /// with the end of each text's ids in it.
+    ///
+    /// On several threads this thread converts the texts to UTF-8 (CPython makes a non-ASCII
+    /// string's UTF-8 on first use, with the GIL held) while the pool already encodes the runs
+    /// converted, so the conversion is not a serial phase ahead of the encoding; and a text
+    /// longer than two runs is cut at safe line breaks (`Tokenizer::cut_points`, the same ids)
+    /// into parts of about a run, encoded in parallel like runs and joined into one buffer of
+    /// its own, so one long document does not keep the other threads waiting.
+    fn encode_texts<'py>(
         &self,
-        part: &[&str],
+        py: Python<'py>,
+        texts: &[Bound<'py, PyString>],
         ordinary: bool,
         pool: &rayon::ThreadPool,
-    ) -> crate::Result<Vec<Run>> {
-        let tok = &self.inner;
-        let encode = |r: &std::ops::Range<usize>| -> crate::Result<Run> {
-            let texts = &part[r.clone()];
-            let bytes: usize = texts.iter().map(|t| t.len()).sum();
-            let mut ids = Vec::with_capacity(bytes / 2 + 16);
-            let mut ends = Vec::with_capacity(texts.len());
-            tok.encode_all(texts, !ordinary, &mut ids, |n| ends.push(n))?;
-            ids.shrink_to_fit();
-            Ok((ids, ends))
-        };
-        // Runs of at most SEGMENT_BYTES, and small enough for each thread to get several.
-        let threads = pool.current_num_threads();
-        let bytes: usize = part.iter().map(|t| t.len() + 16).sum();
-        let limit = (bytes / (4 * threads)).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
-        let segments = runs(part, limit);
-        if threads == 1 {
-            segments.iter().map(encode).collect()
-        } else {
-            pool.install(|| segments.par_iter().map(encode).collect())
+        mut done: impl FnMut(Vec<Run>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let chars = texts
+            .iter()
+            .map(|t| Ok(t.len()? + 16))
+            .collect::<PyResult<Vec<usize>>>()?;
+        let mut start = 0;
+        while start < texts.len() || (start == 0 && texts.is_empty()) {
+            let (mut end, mut total) = (start, 0);
+            while end < texts.len() && (end == start || total + chars[end] <= CHUNK_BYTES) {
+                total += chars[end];
+                end += 1;
+            }
+            let chunk = &texts[start..end];
+            let runs = if pool.current_num_threads() == 1 {
+                let strs = chunk.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+                let tok = &self.inner;
+                let limit = (total / 4).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
+                py.detach(|| {
+                    runs(&strs, limit)
+                        .into_iter()
+                        .map(|r| encode_run(tok, &strs[r], !ordinary))
+                        .collect::<crate::Result<Vec<Run>>>()
+                })
+                .map_err(|e| to_py(py, e))?
+            } else {
+                self.pipeline(py, chunk, total, ordinary, pool)?
+            };
+            done(runs)?;
+            py.check_signals()?;
+            start = end.max(1);
         }
+        Ok(())
+    }
+
+    /// One chunk of `encode_texts` on several threads.
+    fn pipeline<'py>(
+        &self,
+        py: Python<'py>,
+        chunk: &[Bound<'py, PyString>],
+        chars: usize,
+        ordinary: bool,
+        pool: &rayon::ThreadPool,
+    ) -> PyResult<Vec<Run>> {
+        let limit =
+            (chars / (4 * pool.current_num_threads())).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Declared before the texts are borrowed: whatever happens, every job has finished
+        // before this function returns (see `Jobs`).
+        let mut jobs = Jobs {
+            rx,
+            results: Vec::new(),
+            waiting: 0,
+        };
+        // Whether each run continues the text of the run before (a cut text's later part).
+        let mut continues: Vec<bool> = Vec::new();
+        let mut spawn = |units: Vec<&'static str>, cont: bool| {
+            let (tok, tx, k) = (Arc::clone(&self.inner), tx.clone(), jobs.results.len());
+            jobs.results.push(None);
+            jobs.waiting += 1;
+            continues.push(cont);
+            pool.spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    encode_run(&tok, &units, !ordinary)
+                }));
+                let _ = tx.send((k, r));
+            });
+        };
+        let (mut pending, mut pending_bytes) = (Vec::new(), 0);
+        for (i, t) in chunk.iter().enumerate() {
+            if i % 256 == 255 {
+                py.check_signals()?;
+            }
+            // SAFETY: the text is the UTF-8 of a string that `chunk` (the caller's) keeps alive
+            // until after this function returns, and CPython keeps that UTF-8 as long as the
+            // string; no job outlives this function (`Jobs` waits for every one).
+            let s: &'static str = unsafe { std::mem::transmute::<&str, &'static str>(text_of(t)?) };
+            let cuts = match s.len() > 2 * limit {
+                true => self
+                    .inner
+                    .cut_points(s, !ordinary, limit)
+                    .unwrap_or_default(),
+                false => Vec::new(),
+            };
+            if cuts.is_empty() {
+                pending.push(s);
+                pending_bytes += s.len() + 16;
+                if pending_bytes >= limit {
+                    spawn(std::mem::take(&mut pending), false);
+                    pending_bytes = 0;
+                }
+                continue;
+            }
+            if !pending.is_empty() {
+                spawn(std::mem::take(&mut pending), false);
+                pending_bytes = 0;
+            }
+            let mut last = 0;
+            for c in cuts.into_iter().chain(std::iter::once(s.len())) {
+                spawn(vec![&s[last..c]], last > 0);
+                last = c;
+            }
+        }
+        if !pending.is_empty() || chunk.is_empty() {
+            spawn(pending, false);
+        }
+        py.detach(|| jobs.wait());
+        // Join each cut text's parts: its later parts' ids go after its first part's.
+        let mut out: Vec<Run> = Vec::with_capacity(continues.len());
+        for (cont, r) in continues.into_iter().zip(std::mem::take(&mut jobs.results)) {
+            let (ids, ends) = match r.expect("every job answered") {
+                Ok(r) => r.map_err(|e| to_py(py, e))?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            match out.last_mut() {
+                Some((acc, acc_ends)) if cont => {
+                    acc.extend_from_slice(&ids);
+                    acc_ends[0] = acc.len();
+                }
+                _ => out.push((ids, ends)),
+            }
+        }
+        Ok(out)
     }
 
     fn encode_impl<'py>(

@@ -608,7 +608,10 @@ def test_lone_surrogates(name: str, text: str) -> None:
         lambda: ours.encode_ordinary(text),
         lambda: ours.encode_batch(["ok", text]),
         lambda: ours.encode_batch([text], ordinary=True, num_threads=2),
+        # after runs already encoding on the pool (their texts converted first)
+        lambda: ours.encode_batch(["def f(x):\n"] * 30_000 + [text, "ok"], num_threads=2),
         lambda: ours.encode_batch_flat(["ok", text]),
+        lambda: ours.encode_batch_flat(["x = 1\n"] * 30_000 + [text], num_threads=2),
         lambda: ours.pre_tokenize(text),
     ]
     for call in calls:
@@ -647,16 +650,30 @@ def test_batch_arrays_share_buffers_safely() -> None:
     must not touch another."""
     ours = _ours("qwen2")
     sources = [t for _, t in fx.stdlib_sources()[:400]]
-    # Many short texts (runs of many texts share a buffer), empty ones, and one longer than a
-    # run (a buffer of its own).
+    # Many short texts (runs of many texts share a buffer), empty ones, and texts longer than a
+    # run (a buffer of their own; on two threads cut at line breaks into parts encoded in
+    # parallel, then joined): two in a row, one with an added token's text in it, one without
+    # a line break (it cannot be cut), and one last.
+    joined = "".join(sources)
     texts = [line for t in sources[:40] for line in t.splitlines()[:50]]
-    texts += ["", "x", ""] + ["".join(sources)[: 600 << 10]] + sources[40:80]
+    texts += ["", "x", ""] + [joined[: 600 << 10], joined[100:400_100]] + sources[40:80]
+    added = len(texts)
+    texts += [joined[: 700 << 10].replace("\nimport ", "\n<|endoftext|>import ")]
+    texts += [joined[: 700 << 10].replace("\n", " ").replace("\r", " ")] + sources[80:90]
+    texts += [joined[-(500 << 10) :]]
     single = [ours.encode(t) for t in texts]
+    ordinary = [ours.encode_ordinary(t) for t in texts]
+    assert not np.array_equal(single[added], ordinary[added])  # the added token is one
     i = next(k for k in range(len(texts) - 1) if len(single[k]) and len(single[k + 1]))
     for threads in (1, 2):
         batch = ours.encode_batch(texts, num_threads=threads)
         assert all(a.dtype == np.uint32 and a.flags.c_contiguous for a in batch)
         assert all(np.array_equal(a, b) for a, b in zip(single, batch, strict=True))
+        plain = ours.encode_batch(texts, ordinary=True, num_threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(ordinary, plain, strict=True))
+        flat, offsets = ours.encode_batch_flat(texts, num_threads=threads)
+        assert np.array_equal(flat, np.concatenate(ordinary))
+        assert np.array_equal(offsets, np.cumsum([0] + [len(a) for a in ordinary]))
         kept = batch[i]
         neighbour = batch[i + 1].copy()
         kept[:] = 0
