@@ -126,11 +126,12 @@ struct Jobs {
 }
 
 impl Jobs {
-    fn wait(&mut self) {
-        while self.waiting > 0 {
+    /// Waits until job `k` has answered (every job, with `k` = `usize::MAX`).
+    fn wait_for(&mut self, k: usize) {
+        while self.waiting > 0 && self.results.get(k).is_none_or(|r| r.is_none()) {
             // Every job sends exactly once (it catches its own panic), so this returns.
-            let Ok((k, r)) = self.rx.recv() else { break };
-            self.results[k] = Some(r);
+            let Ok((j, r)) = self.rx.recv() else { break };
+            self.results[j] = Some(r);
             self.waiting -= 1;
         }
     }
@@ -138,7 +139,7 @@ impl Jobs {
 
 impl Drop for Jobs {
     fn drop(&mut self) {
-        self.wait();
+        self.wait_for(usize::MAX);
     }
 }
 
@@ -204,26 +205,21 @@ impl PyTokenizer {
     ) -> PyResult<Bound<'py, PyList>> {
         let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
         let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(texts.len());
-        self.encode_texts(py, &texts, ordinary, &pool, |segments| {
-            for (ids, ends) in segments {
-                if let [_] = ends[..] {
-                    arrays.push(ids.into_pyarray(py));
-                    continue;
-                }
-                let base = ids.into_pyarray(py);
-                // SAFETY: `base` was just made here; nothing else borrows it.
-                let data = unsafe { base.as_slice() }?;
-                let mut start = 0;
-                for &end in &ends {
-                    let view = numpy::ndarray::ArrayView1::from(&data[start..end]);
-                    // SAFETY: the view's memory is `base`'s buffer, which `base` owns and
-                    // never reallocates; `base` is made the view's base object, so it
-                    // outlives the view.
-                    arrays.push(unsafe {
-                        PyArray1::borrow_from_array(&view, base.clone().into_any())
-                    });
-                    start = end;
-                }
+        self.encode_texts(py, &texts, ordinary, &pool, |(ids, ends)| {
+            if let [_] = ends[..] {
+                arrays.push(ids.into_pyarray(py));
+                return Ok(());
+            }
+            let base = ids.into_pyarray(py);
+            // SAFETY: `base` was just made here; nothing else borrows it.
+            let data = unsafe { base.as_slice() }?;
+            let mut start = 0;
+            for &end in &ends {
+                let view = numpy::ndarray::ArrayView1::from(&data[start..end]);
+                // SAFETY: the view's memory is `base`'s buffer, which `base` owns and never
+                // reallocates; `base` is made the view's base object, so it outlives the view.
+                arrays.push(unsafe { PyArray1::borrow_from_array(&view, base.clone().into_any()) });
+                start = end;
             }
             Ok(())
         })?;
@@ -261,8 +257,8 @@ impl PyTokenizer {
             return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
         }
         let mut parts: Vec<Run> = Vec::new();
-        self.encode_texts(py, &texts, ordinary, &pool, |runs| {
-            parts.extend(runs);
+        self.encode_texts(py, &texts, ordinary, &pool, |run| {
+            parts.push(run);
             Ok(())
         })?;
         // One exact allocation, filled in parallel (no serial regrowth of a 100 MB buffer).
@@ -396,8 +392,8 @@ impl PyTokenizer {
 impl PyTokenizer {
     /// Encodes `texts` in runs (see `runs`; up to `SEGMENT_BYTES` of text, about a quarter
     /// of a thread's share), chunk by chunk (`CHUNK_BYTES`, counted in chars; Ctrl-C is checked
-    /// between chunks), and hands each chunk's runs to `done`: each run's ids in one buffer,
-    /// with the end of each text's ids in it.
+    /// between chunks), and hands each run to `done`, in order: its ids in one buffer, with
+    /// the end of each text's ids in it.
     ///
     /// On several threads this thread converts the texts to UTF-8 (CPython makes a non-ASCII
     /// string's UTF-8 on first use, with the GIL held) while the pool already encodes the runs
@@ -411,7 +407,7 @@ impl PyTokenizer {
         texts: &[Bound<'py, PyString>],
         ordinary: bool,
         pool: &rayon::ThreadPool,
-        mut done: impl FnMut(Vec<Run>) -> PyResult<()>,
+        mut done: impl FnMut(Run) -> PyResult<()>,
     ) -> PyResult<()> {
         let chars = texts
             .iter()
@@ -425,28 +421,31 @@ impl PyTokenizer {
                 end += 1;
             }
             let chunk = &texts[start..end];
-            let runs = if pool.current_num_threads() == 1 {
+            if pool.current_num_threads() == 1 {
                 let strs = chunk.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
                 let tok = &self.inner;
                 let limit = (total / 4).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
-                py.detach(|| {
-                    runs(&strs, limit)
-                        .into_iter()
-                        .map(|r| encode_run(tok, &strs[r], !ordinary))
-                        .collect::<crate::Result<Vec<Run>>>()
-                })
-                .map_err(|e| to_py(py, e))?
+                let runs = py
+                    .detach(|| {
+                        runs(&strs, limit)
+                            .into_iter()
+                            .map(|r| encode_run(tok, &strs[r], !ordinary))
+                            .collect::<crate::Result<Vec<Run>>>()
+                    })
+                    .map_err(|e| to_py(py, e))?;
+                runs.into_iter().try_for_each(&mut done)?;
             } else {
-                self.pipeline(py, chunk, total, ordinary, pool)?
-            };
-            done(runs)?;
+                self.pipeline(py, chunk, total, ordinary, pool, &mut done)?;
+            }
             py.check_signals()?;
             start = end.max(1);
         }
         Ok(())
     }
 
-    /// One chunk of `encode_texts` on several threads.
+    /// One chunk of `encode_texts` on several threads. The runs are handed to `done` as they
+    /// come back in order, while the later ones are still being encoded (with `encode_batch`,
+    /// making their arrays, on this thread, overlaps the encoding too).
     fn pipeline<'py>(
         &self,
         py: Python<'py>,
@@ -454,7 +453,8 @@ impl PyTokenizer {
         chars: usize,
         ordinary: bool,
         pool: &rayon::ThreadPool,
-    ) -> PyResult<Vec<Run>> {
+        done: &mut impl FnMut(Run) -> PyResult<()>,
+    ) -> PyResult<()> {
         let limit =
             (chars / (4 * pool.current_num_threads())).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -517,23 +517,30 @@ impl PyTokenizer {
         if !pending.is_empty() || chunk.is_empty() {
             spawn(pending, false);
         }
-        py.detach(|| jobs.wait());
-        // Join each cut text's parts: its later parts' ids go after its first part's.
-        let mut out: Vec<Run> = Vec::with_capacity(continues.len());
-        for (cont, r) in continues.into_iter().zip(std::mem::take(&mut jobs.results)) {
-            let (ids, ends) = match r.expect("every job answered") {
+        // Join each cut text's parts (its later parts' ids go after its first part's), and hand
+        // on each run once the next one shows it complete.
+        let mut held: Option<Run> = None;
+        for (k, cont) in continues.into_iter().enumerate() {
+            if jobs.results[k].is_none() {
+                py.detach(|| jobs.wait_for(k));
+            }
+            let (ids, ends) = match jobs.results[k].take().expect("job k answered") {
                 Ok(r) => r.map_err(|e| to_py(py, e))?,
                 Err(panic) => std::panic::resume_unwind(panic),
             };
-            match out.last_mut() {
+            match held.as_mut() {
                 Some((acc, acc_ends)) if cont => {
                     acc.extend_from_slice(&ids);
                     acc_ends[0] = acc.len();
                 }
-                _ => out.push((ids, ends)),
+                _ => {
+                    if let Some(run) = held.replace((ids, ends)) {
+                        done(run)?;
+                    }
+                }
             }
         }
-        Ok(out)
+        held.map_or(Ok(()), done)
     }
 
     fn encode_impl<'py>(
