@@ -285,9 +285,12 @@ pub fn read_items(
         let skip = if fi == start_file { skip_records } else { 0 };
         let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
         let fi32 = fi as u32;
+        // Mapped where the file system can map it (probed with one byte), else read.
         let mapped = f.kind == InputKind::Jsonl
             && use_mmap()
-            && file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0);
+            && file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0)
+            // SAFETY: a read-only mapping of one byte of a non-empty file, dropped at once.
+            && unsafe { memmap2::MmapOptions::new().len(1).map(&file) }.is_ok();
         let (records, sha256) = if mapped {
             let mut hasher =
                 RangeHasher::new(f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
