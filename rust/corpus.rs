@@ -1005,15 +1005,27 @@ mod tests {
         sizes: (usize, usize),
     ) -> (Lines, Option<u64>) {
         let mut got = Vec::new();
-        let mut emit = |item: Item| {
+        let n = read_lines(
+            &mut r,
+            Path::new("t.jsonl"),
+            0,
+            skip,
+            &mut collect(&mut got, stop_after),
+            sizes,
+        )
+        .unwrap();
+        (got, n)
+    }
+
+    /// An `emit` that records each item (None for a blank line) and stops after `stop_after`.
+    fn collect(got: &mut Lines, stop_after: usize) -> impl FnMut(Item) -> bool + '_ {
+        move |item: Item| {
             got.push(match item {
                 Item::Record(r) => Some((r.line, r.data.to_vec())),
                 _ => None,
             });
             got.len() < stop_after
-        };
-        let n = read_lines(&mut r, Path::new("t.jsonl"), 0, skip, &mut emit, sizes).unwrap();
-        (got, n)
+        }
     }
 
     /// `lines_of` through `read_lines_mapped` on a file holding `data`; also checks the
@@ -1032,16 +1044,18 @@ mod tests {
         std::fs::write(&path, data).unwrap();
         let f = File::open(&path).unwrap();
         let mut got = Vec::new();
-        let mut emit = |item: Item| {
-            got.push(match item {
-                Item::Record(r) => Some((r.line, r.data.to_vec())),
-                _ => None,
-            });
-            got.len() < stop_after
-        };
         let background = if case % 2 == 0 { 0 } else { OFFLOAD_HASH_BYTES };
         let mut hasher = RangeHasher::new(background).unwrap();
-        let n = read_lines_mapped(&f, &path, 0, skip, &mut emit, sizes, &mut hasher).unwrap();
+        let n = read_lines_mapped(
+            &f,
+            &path,
+            0,
+            skip,
+            &mut collect(&mut got, stop_after),
+            sizes,
+            &mut hasher,
+        )
+        .unwrap();
         if n.is_some() {
             assert_eq!(hasher.finish().unwrap(), hex(&Sha256::digest(data)));
         }
