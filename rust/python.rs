@@ -52,6 +52,37 @@ enum IdsArg<'py> {
     Seq(Vec<i64>),
 }
 
+/// Loads numpy's C API if it is not loaded yet. rust-numpy loads it on first use and panics if
+/// that fails: numpy missing or broken, or a signal handler raising (as Ctrl-C's does) in the
+/// Python code the load runs (numpy's import, its version check). Here numpy is imported
+/// first, so a failure there is the import's own exception, and the load's panic, should a
+/// signal come during it, becomes an exception too (the load is tried again on the next call).
+fn ensure_numpy(py: Python<'_>) -> PyResult<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static LOADED: AtomicBool = AtomicBool::new(false);
+    if LOADED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    py.import("numpy")?;
+    let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        PyArray1::<u32>::zeros(py, 0, false);
+    }));
+    if let Err(panic) = load {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("numpy's C API could not be loaded");
+        return Err(if why.contains("KeyboardInterrupt") {
+            PyKeyboardInterrupt::new_err(why.to_string())
+        } else {
+            pyo3::exceptions::PyImportError::new_err(why.to_string())
+        });
+    }
+    LOADED.store(true, Ordering::Release);
+    Ok(())
+}
+
 /// Texts per GIL-released chunk of a batch: Ctrl-C is checked between chunks.
 const CHUNK_BYTES: usize = 32 << 20;
 
@@ -202,6 +233,7 @@ impl PyTokenizer {
         ordinary: bool,
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
+        ensure_numpy(py)?;
         let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
         let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(texts.len());
         self.encode_texts(py, &texts, ordinary, &pool, |(ids, ends)| {
@@ -235,6 +267,7 @@ impl PyTokenizer {
         ordinary: bool,
         num_threads: Option<usize>,
     ) -> PyResult<FlatIds<'py>> {
+        ensure_numpy(py)?;
         let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
         if pool.current_num_threads() == 1 {
             // One thread: every text's ids appended straight to the one result, on this
@@ -275,7 +308,7 @@ impl PyTokenizer {
     fn decode(
         &self,
         py: Python<'_>,
-        ids: IdsArg<'_>,
+        ids: &Bound<'_, PyAny>,
         skip_special_tokens: bool,
     ) -> PyResult<String> {
         let v = ids_vec(py, ids)?;
@@ -289,7 +322,7 @@ impl PyTokenizer {
     fn decode_bytes<'py>(
         &self,
         py: Python<'py>,
-        ids: IdsArg<'py>,
+        ids: &Bound<'py, PyAny>,
         skip_special_tokens: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let v = ids_vec(py, ids)?;
@@ -532,6 +565,7 @@ impl PyTokenizer {
         text: &Bound<'py, PyString>,
         allow_added: bool,
     ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        ensure_numpy(py)?;
         let s = text_of(text)?;
         let ids = if s.len() > PARALLEL_TEXT_BYTES {
             // One long text: cut at safe line breaks and encode the parts in parallel.
@@ -551,8 +585,11 @@ impl PyTokenizer {
     }
 }
 
-fn ids_vec(py: Python<'_>, ids: IdsArg<'_>) -> PyResult<Vec<u32>> {
-    match ids {
+/// The ids of a uint32 array or a sequence of ints (numpy's API loaded first, see
+/// `ensure_numpy`, as telling an array apart needs it).
+fn ids_vec(py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    ensure_numpy(py)?;
+    match ids.extract::<IdsArg>()? {
         IdsArg::Array(a) => Ok(a.as_slice()?.to_vec()),
         IdsArg::Seq(v) => v
             .into_iter()

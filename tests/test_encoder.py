@@ -19,6 +19,12 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import unicodedata
 from typing import Dict, List, Sequence
 
@@ -681,6 +687,92 @@ def test_batch_arrays_share_buffers_safely() -> None:
         del batch
         gc.collect()
         assert len(kept) == len(single[i]) and not kept.any()
+
+
+def test_ctrl_c_stops_a_batch_and_leaves_the_tokenizer_usable() -> None:
+    """A signal handler that raises (as Ctrl-C's does) stops `encode_batch` on 1 and 2 threads
+    with its own exception, while texts are converted or runs encode; the tokenizer works
+    after it."""
+    ours = _ours("qwen2")
+    texts = [t for _, t in fx.stdlib_sources()] * 8  # seconds of work; the signal comes at 50 ms
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_: object) -> None:
+        raise Stop()
+
+    old = signal.signal(signal.SIGINT, stop)
+    try:
+        for threads in (1, 2):
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            started = time.perf_counter()
+            with pytest.raises(Stop):
+                ours.encode_batch(texts, num_threads=threads)
+            assert time.perf_counter() - started < 1.0
+            timer.join()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert [int(i) for i in ours.encode_batch(["x = 1"], num_threads=2)[0]] == list(
+        ours.encode("x = 1")
+    )
+
+
+def test_numpy_failing_to_import_is_an_exception_not_a_panic(tmp_path) -> None:
+    """numpy is imported on first use; when that import fails, every entry point raises the
+    import's error (not a Rust panic), and works once numpy imports; so does a failure while
+    numpy's C API is loaded."""
+    code = f"""
+import sys
+sys.modules["numpy"] = None  # every import of numpy fails
+import aprx
+tok = aprx.Tokenizer.from_file({str(fx.qwen2_tokenizer_json())!r})
+calls = [
+    lambda: tok.encode("x"),
+    lambda: tok.encode_ordinary("x"),
+    lambda: tok.encode_batch(["x", "y"], num_threads=2),
+    lambda: tok.encode_batch(["x"], num_threads=1),
+    lambda: tok.encode_batch_flat(["x"]),
+    lambda: tok.decode([87]),
+    lambda: tok.decode_bytes([87]),
+]
+failed = 0
+for call in calls:
+    try:
+        call()
+    except ImportError:
+        failed += 1
+assert failed == len(calls), failed
+del sys.modules["numpy"]
+assert tok.decode(tok.encode("hello")) == "hello"
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert "panicked" not in r.stderr
+    # numpy imports, but loading its C API fails (rust-numpy runs numpy's version check, where
+    # a Ctrl-C handler could raise): an ImportError, and the next call loads it.
+    code = f"""
+import numpy.lib
+import aprx
+tok = aprx.Tokenizer.from_file({str(fx.qwen2_tokenizer_json())!r})
+real = numpy.lib.NumpyVersion
+def broken(*args, **kwargs):
+    raise RuntimeError("version check failed")
+numpy.lib.NumpyVersion = broken
+try:
+    tok.encode("x")
+except ImportError as e:
+    assert "version check failed" in str(e), e
+else:
+    raise AssertionError("no error")
+numpy.lib.NumpyVersion = real
+assert tok.decode(tok.encode("hello")) == "hello"
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 # --- Properties -----------------------------------------------------------------------------
