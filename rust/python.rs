@@ -95,25 +95,47 @@ const SEGMENT_BYTES: usize = 256 << 10;
 /// Least text per buffer, when a small batch is cut so that every thread gets some.
 const MIN_SEGMENT_BYTES: usize = 4 << 10;
 
-/// Splits `texts` into consecutive ranges of about `limit` bytes of text (a longer text alone).
-fn runs(texts: &[&str], limit: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, t) in texts.iter().enumerate() {
-        bytes += t.len() + 16;
-        if bytes >= limit {
-            out.push(start..i + 1);
-            start = i + 1;
-            bytes = 0;
+/// The rule that cuts a sequence of texts into runs: a run closes once its texts reach `limit`
+/// bytes, each text counted with 16 more for its own cost (a longer text is a run alone).
+struct RunCutter {
+    limit: usize,
+    bytes: usize,
+}
+
+impl RunCutter {
+    fn new(limit: usize) -> Self {
+        RunCutter { limit, bytes: 0 }
+    }
+
+    /// Adds a text of `len` bytes to the open run; true when that closes it.
+    fn add(&mut self, len: usize) -> bool {
+        self.bytes += len + 16;
+        let full = self.bytes >= self.limit;
+        if full {
+            self.bytes = 0;
+        }
+        full
+    }
+}
+
+/// Consecutive ranges of texts of lengths `lens`, cut by `RunCutter` (one empty range for no
+/// texts).
+fn runs(lens: impl IntoIterator<Item = usize>, limit: usize) -> Vec<std::ops::Range<usize>> {
+    let (mut out, mut cutter, mut start, mut n) = (Vec::new(), RunCutter::new(limit), 0, 0);
+    for len in lens {
+        n += 1;
+        if cutter.add(len) {
+            out.push(start..n);
+            start = n;
         }
     }
-    if start < texts.len() || texts.is_empty() {
-        out.push(start..texts.len());
+    if start < n || n == 0 {
+        out.push(start..n);
     }
     out
 }
 
-/// Runs `work` on each chunk of `texts` (see `chunks`) with the GIL released, hands its result
+/// Runs `work` on each chunk of `texts` (`runs` of `CHUNK_BYTES`) with the GIL released, hands its result
 /// to `done` with the GIL held, and checks for Ctrl-C between chunks.
 fn each_chunk<'s, T: Send>(
     py: Python<'_>,
@@ -121,7 +143,7 @@ fn each_chunk<'s, T: Send>(
     mut work: impl FnMut(&[&'s str]) -> crate::Result<T> + Send,
     mut done: impl FnMut(T) -> PyResult<()>,
 ) -> PyResult<()> {
-    for range in runs(texts, CHUNK_BYTES) {
+    for range in runs(texts.iter().map(|t| t.len()), CHUNK_BYTES) {
         let part = &texts[range];
         let r = py.detach(|| work(part));
         done(r.map_err(|e| to_py(py, e))?)?;
@@ -427,23 +449,19 @@ impl PyTokenizer {
     ) -> PyResult<()> {
         let chars = texts
             .iter()
-            .map(|t| Ok(t.len()? + 16))
+            .map(|t| t.len())
             .collect::<PyResult<Vec<usize>>>()?;
-        let mut start = 0;
-        while start < texts.len() || (start == 0 && texts.is_empty()) {
-            let (mut end, mut total) = (start, 0);
-            while end < texts.len() && (end == start || total + chars[end] <= CHUNK_BYTES) {
-                total += chars[end];
-                end += 1;
-            }
-            let chunk = &texts[start..end];
-            if pool.current_num_threads() == 1 {
+        let threads = pool.current_num_threads();
+        for range in runs(chars.iter().copied(), CHUNK_BYTES) {
+            let total: usize = chars[range.clone()].iter().map(|c| c + 16).sum();
+            let limit = (total / (4 * threads)).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
+            let chunk = &texts[range];
+            if threads == 1 {
                 let strs = chunk.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
                 let tok = &self.inner;
-                let limit = (total / 4).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
                 let runs = py
                     .detach(|| {
-                        runs(&strs, limit)
+                        runs(strs.iter().map(|t| t.len()), limit)
                             .into_iter()
                             .map(|r| encode_run(tok, &strs[r], !ordinary))
                             .collect::<crate::Result<Vec<Run>>>()
@@ -451,10 +469,9 @@ impl PyTokenizer {
                     .map_err(|e| to_py(py, e))?;
                 runs.into_iter().try_for_each(&mut done)?;
             } else {
-                self.pipeline(py, chunk, total, ordinary, pool, &mut done)?;
+                self.pipeline(py, chunk, limit, ordinary, pool, &mut done)?;
             }
             py.check_signals()?;
-            start = end.max(1);
         }
         Ok(())
     }
@@ -466,13 +483,11 @@ impl PyTokenizer {
         &self,
         py: Python<'py>,
         chunk: &[Bound<'py, PyString>],
-        chars: usize,
+        limit: usize,
         ordinary: bool,
         pool: &rayon::ThreadPool,
         done: &mut impl FnMut(Run) -> PyResult<()>,
     ) -> PyResult<()> {
-        let limit =
-            (chars / (4 * pool.current_num_threads())).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
         let (tx, rx) = std::sync::mpsc::channel();
         // Declared before the texts are borrowed: whatever happens, every job has finished
         // before this function returns (see `Jobs`).
@@ -495,7 +510,7 @@ impl PyTokenizer {
                 let _ = tx.send((k, r));
             });
         };
-        let (mut pending, mut pending_bytes) = (Vec::new(), 0);
+        let (mut pending, mut cutter) = (Vec::new(), RunCutter::new(limit));
         for (i, t) in chunk.iter().enumerate() {
             if i % 256 == 255 {
                 py.check_signals()?;
@@ -513,16 +528,14 @@ impl PyTokenizer {
             };
             if cuts.is_empty() {
                 pending.push(s);
-                pending_bytes += s.len() + 16;
-                if pending_bytes >= limit {
+                if cutter.add(s.len()) {
                     spawn(std::mem::take(&mut pending), false);
-                    pending_bytes = 0;
                 }
                 continue;
             }
             if !pending.is_empty() {
                 spawn(std::mem::take(&mut pending), false);
-                pending_bytes = 0;
+                cutter = RunCutter::new(limit);
             }
             let mut last = 0;
             for c in cuts.into_iter().chain(std::iter::once(s.len())) {
