@@ -285,31 +285,31 @@ pub fn read_items(
         let skip = if fi == start_file { skip_records } else { 0 };
         let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
         let fi32 = fi as u32;
-        // Mapped where the file system can map it (probed with one byte), else read.
-        let mapped = f.kind == InputKind::Jsonl
+        // Mapped where the file system can map it, else read.
+        let mut mapped = None;
+        if f.kind == InputKind::Jsonl
             && use_mmap()
             && file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0)
-            // SAFETY: a read-only mapping of one byte of a non-empty file, dropped at once.
-            && unsafe { memmap2::MmapOptions::new().len(1).map(&file) }.is_ok();
-        let (records, sha256) = if mapped {
+        {
             let mut hasher =
                 RangeHasher::new(f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
-            let read =
-                read_lines_mapped(&file, &f.path, fi32, skip, &mut emit, BLOCKS, &mut hasher);
-            match read? {
-                Some(n) => (
-                    n,
-                    hasher
+            match read_lines_mapped(&file, &f.path, fi32, skip, &mut emit, BLOCKS, &mut hasher)? {
+                Some(Some(n)) => {
+                    let sha256 = hasher
                         .finish()
-                        .map_err(|e| Error::io(&f.path, "hash", &e))?,
-                ),
-                None => return Ok(()),
+                        .map_err(|e| Error::io(&f.path, "hash", &e))?;
+                    mapped = Some((n, sha256));
+                }
+                Some(None) => return Ok(()),
+                None => {} // cannot be mapped: read below
             }
-        } else {
-            match read_file(file, f, fi32, skip, field, &mut emit)? {
+        }
+        let (records, sha256) = match mapped {
+            Some(done) => done,
+            None => match read_file(file, f, fi32, skip, field, &mut emit)? {
                 Some(done) => done,
                 None => return Ok(()),
-            }
+            },
         };
         if !emit(Item::FileEnd {
             file: fi32,
@@ -619,6 +619,8 @@ fn emit_lines(
 /// text. `hasher` gets every byte once, in order. The file's length is taken at the start; a
 /// file that shrinks while it is read is an error (where the system lets a mapped file shrink,
 /// reading a page past its new end would end the process, so this is checked per window).
+/// `Ok(None)` when the file system cannot map the file: its first window fails to map, before
+/// anything is emitted or hashed (the caller reads it instead).
 fn read_lines_mapped(
     f: &File,
     path: &Path,
@@ -627,7 +629,7 @@ fn read_lines_mapped(
     emit: &mut impl FnMut(Item) -> bool,
     sizes: (usize, usize),
     hasher: &mut RangeHasher,
-) -> Result<Option<u64>> {
+) -> Result<Option<Option<u64>>> {
     let len = f.metadata().map_err(|e| Error::io(path, "stat", &e))?.len();
     let (mut size, max) = sizes;
     let (mut pos, mut hashed, mut line_no) = (0u64, 0u64, 0u64);
@@ -645,8 +647,11 @@ fn read_lines_mapped(
         }
         // SAFETY: a read-only private mapping of bytes the file holds (checked just above);
         // nothing in this process writes the file.
-        let map = unsafe { memmap2::MmapOptions::new().offset(pos).len(want).map(f) }
-            .map_err(|e| Error::io(path, "map", &e))?;
+        let map = match unsafe { memmap2::MmapOptions::new().offset(pos).len(want).map(f) } {
+            Ok(map) => map,
+            Err(_) if hashed == 0 => return Ok(None),
+            Err(e) => return Err(Error::io(path, "map", &e)),
+        };
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
         let block = Arc::new(Buf::Mapped(map));
@@ -664,12 +669,12 @@ fn read_lines_mapped(
             }
         };
         if !emit_lines(&block, end, file, skip, &mut line_no, emit) {
-            return Ok(None);
+            return Ok(Some(None));
         }
         pos += end as u64;
         size = (2 * size).min(max);
     }
-    Ok(Some(line_no))
+    Ok(Some(Some(line_no)))
 }
 
 /// SHA-256 of a mapped file, fed its windows in order: inline for a small file, else on a
@@ -1055,7 +1060,8 @@ mod tests {
             sizes,
             &mut hasher,
         )
-        .unwrap();
+        .unwrap()
+        .expect("a regular file maps");
         if n.is_some() {
             assert_eq!(hasher.finish().unwrap(), hex(&Sha256::digest(data)));
         }
