@@ -138,7 +138,11 @@ fn main() {
         for _ in 0..3 {
             let t = Instant::now();
             let (mut out, mut ends) = (Vec::new(), Vec::new());
-            for b in spans.chunks(16) {
+            let ch: usize = std::env::var("CH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16);
+            for b in spans.chunks(ch) {
                 bpe.merge_batch(b.len(), |k| &buf[b[k].clone()], None, &mut out, &mut ends);
             }
             let s = t.elapsed().as_secs_f64();

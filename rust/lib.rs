@@ -18,6 +18,7 @@ pub mod simd;
 mod test_rng;
 pub mod tiktoken;
 pub mod tokenizer;
+pub mod utf8;
 
 #[cfg(feature = "python")]
 mod python;

@@ -31,18 +31,206 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
     }
 }
 
+/// The error for a string with no UTF-8 form.
+fn not_unicode(py: Python<'_>) -> PyErr {
+    to_py(
+        py,
+        Error::new(
+            ErrorKind::Encode,
+            crate::error::codes::BAD_TEXT,
+            "text is not valid Unicode (it holds a lone surrogate, e.g. from \
+             surrogateescape decoding); encode it to UTF-8 with errors='replace' first",
+        ),
+    )
+}
+
+/// The UTF-8 of `s` by CPython's own conversion (kept with the string for its life).
 fn text_of<'a>(s: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
-    s.to_str().map_err(|_| {
-        to_py(
-            s.py(),
-            Error::new(
-                ErrorKind::Encode,
-                crate::error::codes::BAD_TEXT,
-                "text is not valid Unicode (it holds a lone surrogate, e.g. from \
-                 surrogateescape decoding); encode it to UTF-8 with errors='replace' first",
-            ),
-        )
+    s.to_str().map_err(|_| not_unicode(s.py()))
+}
+
+/// Where CPython keeps the parts of a compact `str` (PEP 393), by byte offset from the object:
+/// the characters of an ASCII string, those of any other, and the UTF-8 CPython may have made
+/// of the latter (its pointer, null until made, and its length). The length in code points and
+/// the state bits are at `STR_LENGTH` and `STR_STATE` in every version.
+#[derive(Clone, Copy)]
+struct StrLayout {
+    ascii_data: usize,
+    data: usize,
+    utf8_length: usize,
+    utf8: usize,
+}
+
+const STR_LENGTH: usize = 16;
+const STR_STATE: usize = 32;
+
+/// The layout of this interpreter's `str` objects, when it is one whose layout is known
+/// (CPython 3.10 to 3.14 with the GIL, 64-bit little-endian) and probes confirm it: strings of
+/// every kind made here read back as what they were made from, and the UTF-8 pointer and
+/// length are where CPython puts them once it makes them. `None` anywhere else, and the
+/// bindings then take every string's UTF-8 from CPython's conversion.
+fn str_layout(py: Python<'_>) -> Option<StrLayout> {
+    static LAYOUT: pyo3::sync::PyOnceLock<Option<StrLayout>> = pyo3::sync::PyOnceLock::new();
+    *LAYOUT.get_or_init(py, || {
+        if !(cfg!(target_pointer_width = "64") && cfg!(target_endian = "little")) {
+            return None;
+        }
+        let v = py.version_info();
+        let layout = match (v.major, v.minor) {
+            // PyASCIIObject with its `wstr` pointer (48 bytes), PyCompactUnicodeObject 72.
+            (3, 10 | 11) => StrLayout {
+                ascii_data: 48,
+                data: 72,
+                utf8_length: 48,
+                utf8: 56,
+            },
+            // No `wstr` from 3.12: 40 and 56.
+            (3, 12..=14) => StrLayout {
+                ascii_data: 40,
+                data: 56,
+                utf8_length: 40,
+                utf8: 48,
+            },
+            _ => return None,
+        };
+        let free_threaded = py
+            .import("sysconfig")
+            .and_then(|m| m.call_method1("get_config_var", ("Py_GIL_DISABLED",)))
+            .and_then(|v| v.is_truthy())
+            .unwrap_or(true);
+        (!free_threaded && probe_layout(py, &layout)).then_some(layout)
     })
+}
+
+/// Whether strings of each kind made here read back through `layout` as they were made.
+fn probe_layout(py: Python<'_>, layout: &StrLayout) -> bool {
+    let long = "x".repeat(70) + "é" + &"y".repeat(40) + "€😀";
+    let probes: [(&str, u32, bool); 6] = [
+        (
+            "plain ASCII text, long enough for a block or two of it",
+            1,
+            true,
+        ),
+        ("café, ÿ", 1, false),
+        ("€ 2,50 ✓", 2, false),
+        ("emoji 😀 in text", 4, false),
+        (&long, 4, false),
+        ("", 1, true),
+    ];
+    let arena = Utf8Arena::default();
+    for (text, kind, ascii) in probes {
+        let s = PyString::new(py, text);
+        let p = s.as_ptr() as *const u8;
+        // SAFETY: `s` is a live str object, at least as large as the PyASCIIObject header
+        // these offsets lie in, in every CPython 3.x.
+        let (len, state) = unsafe {
+            (
+                (p.add(STR_LENGTH) as *const isize).read(),
+                (p.add(STR_STATE) as *const u32).read(),
+            )
+        };
+        if len != text.chars().count() as isize
+            || (state >> 2) & 7 != kind
+            || (state >> 5) & 1 != 1
+            || ((state >> 6) & 1 == 1) != ascii
+        {
+            return false;
+        }
+        match read_str(&s, layout, &arena) {
+            Some(Ok(got)) if got == text => {}
+            _ => return false,
+        }
+        if !ascii {
+            // Once CPython makes the UTF-8, it is found where the layout says.
+            let Ok(made) = s.to_str() else { return false };
+            // SAFETY: as above; a non-ASCII compact str has the PyCompactUnicodeObject header.
+            let (n, at) = unsafe {
+                (
+                    (p.add(layout.utf8_length) as *const isize).read(),
+                    (p.add(layout.utf8) as *const *const u8).read(),
+                )
+            };
+            if n != made.len() as isize || at != made.as_ptr() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// UTF-8 made by `read_str` for the strings of one call, kept until the arena is dropped.
+#[derive(Default)]
+struct Utf8Arena {
+    made: std::cell::RefCell<Vec<Vec<u8>>>,
+}
+
+impl Utf8Arena {
+    fn push(&self, units: crate::utf8::Units<'_>) -> Result<&str, crate::utf8::NotUnicode> {
+        let mut b = Vec::new();
+        crate::utf8::push_utf8(units, &mut b)?;
+        b.shrink_to_fit();
+        // SAFETY: `push_utf8` wrote UTF-8. The bytes are in the vector's heap buffer, which
+        // does not move when the vector is moved into `made`, and `made` only grows: the
+        // buffer lives, unchanged, as long as the arena.
+        let s: *const str = unsafe { std::str::from_utf8_unchecked(&b) };
+        self.made.borrow_mut().push(b);
+        // SAFETY: see above.
+        Ok(unsafe { &*s })
+    }
+}
+
+/// `s`'s UTF-8 read in place through `layout`: an ASCII string's own characters, or the UTF-8
+/// CPython has made, or else the characters transcoded into `arena` (`Err` when a code point
+/// has no UTF-8). `None` for a string that is not compact (a str subclass's instance).
+fn read_str<'a>(
+    s: &'a Bound<'_, PyString>,
+    layout: &StrLayout,
+    arena: &'a Utf8Arena,
+) -> Option<Result<&'a str, crate::utf8::NotUnicode>> {
+    use crate::utf8::Units;
+    let p = s.as_ptr() as *const u8;
+    // SAFETY: `s` is a live str and `layout` this interpreter's (probed): the header fields
+    // are at these offsets, and a compact string's `len` characters of `kind` bytes each
+    // follow its header, aligned for their width (the object is at least 8-aligned and the
+    // headers are multiples of 8). A str never changes once other references to it exist, and
+    // `s` is one; the characters live as long as `s`.
+    unsafe {
+        let state = (p.add(STR_STATE) as *const u32).read();
+        if (state >> 5) & 1 == 0 {
+            return None;
+        }
+        let len = (p.add(STR_LENGTH) as *const isize).read() as usize;
+        if (state >> 6) & 1 == 1 {
+            let b = std::slice::from_raw_parts(p.add(layout.ascii_data), len);
+            return Some(Ok(std::str::from_utf8_unchecked(b)));
+        }
+        let made = (p.add(layout.utf8) as *const *const u8).read();
+        if !made.is_null() {
+            let n = (p.add(layout.utf8_length) as *const isize).read() as usize;
+            return Some(Ok(std::str::from_utf8_unchecked(
+                std::slice::from_raw_parts(made, n),
+            )));
+        }
+        let data = p.add(layout.data);
+        let units = match (state >> 2) & 7 {
+            1 => Units::Latin1(std::slice::from_raw_parts(data, len)),
+            2 => Units::Ucs2(std::slice::from_raw_parts(data as *const u16, len)),
+            4 => Units::Ucs4(std::slice::from_raw_parts(data as *const u32, len)),
+            _ => return None,
+        };
+        Some(arena.push(units))
+    }
+}
+
+/// The UTF-8 of `s`, for as long as `s` and `arena`: read in place where this interpreter's
+/// string layout is known (`read_str`), CPython's conversion otherwise. CPython converts a
+/// character at a time and keeps the result with the string; `read_str` narrows ASCII runs
+/// 32 characters at a time and its copies go when the call ends.
+fn utf8_of<'a>(s: &'a Bound<'_, PyString>, arena: &'a Utf8Arena) -> PyResult<&'a str> {
+    match str_layout(s.py()).and_then(|l| read_str(s, &l, arena)) {
+        Some(r) => r.map_err(|_| not_unicode(s.py())),
+        None => text_of(s),
+    }
 }
 
 /// Ids to decode: a numpy uint32 array (no copy) or any sequence of ints.
@@ -294,7 +482,11 @@ impl PyTokenizer {
         if pool.current_num_threads() == 1 {
             // One thread: every text's ids appended straight to the one result, on this
             // thread (no per-text vectors, no second copy).
-            let strs = texts.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+            let arena = Utf8Arena::default();
+            let strs = texts
+                .iter()
+                .map(|t| utf8_of(t, &arena))
+                .collect::<PyResult<Vec<&str>>>()?;
             let bytes: usize = strs.iter().map(|t| t.len()).sum();
             let mut flat: Vec<u32> = Vec::with_capacity(bytes / 4 + 16);
             let mut offsets: Vec<u64> = Vec::with_capacity(strs.len() + 1);
@@ -358,7 +550,7 @@ impl PyTokenizer {
     /// The pre-tokenizer's pieces of `text` (after normalization, without added tokens).
     fn pre_tokenize(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<Vec<String>> {
         self.inner
-            .pre_tokenize(text_of(text)?)
+            .pre_tokenize(utf8_of(text, &Utf8Arena::default())?)
             .map_err(|e| to_py(py, e))
     }
 
@@ -457,7 +649,11 @@ impl PyTokenizer {
             let limit = (total / (4 * threads)).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
             let chunk = &texts[range];
             if threads == 1 {
-                let strs = chunk.iter().map(text_of).collect::<PyResult<Vec<&str>>>()?;
+                let arena = Utf8Arena::default();
+                let strs = chunk
+                    .iter()
+                    .map(|t| utf8_of(t, &arena))
+                    .collect::<PyResult<Vec<&str>>>()?;
                 let tok = &self.inner;
                 let runs = py
                     .detach(|| {
@@ -489,6 +685,8 @@ impl PyTokenizer {
         done: &mut impl FnMut(Run) -> PyResult<()>,
     ) -> PyResult<()> {
         let (tx, rx) = std::sync::mpsc::channel();
+        // The UTF-8 made for the texts: declared before `jobs`, so dropped after it.
+        let arena = Utf8Arena::default();
         // Declared before the texts are borrowed: whatever happens, every job has finished
         // before this function returns (see `Jobs`).
         let mut jobs = Jobs {
@@ -516,9 +714,11 @@ impl PyTokenizer {
                 py.check_signals()?;
             }
             // SAFETY: the text is the UTF-8 of a string that `chunk` (the caller's) keeps alive
-            // until after this function returns, and CPython keeps that UTF-8 as long as the
-            // string; no job outlives this function (`Jobs` waits for every one).
-            let s: &'static str = unsafe { std::mem::transmute::<&str, &'static str>(text_of(t)?) };
+            // until after this function returns, read in place or kept by CPython as long as
+            // the string, or made in `arena`, which is dropped after `jobs`; no job outlives
+            // `jobs` (it waits for every one).
+            let s: &'static str =
+                unsafe { std::mem::transmute::<&str, &'static str>(utf8_of(t, &arena)?) };
             let cuts = match s.len() > 2 * limit {
                 true => self
                     .inner
@@ -579,7 +779,8 @@ impl PyTokenizer {
         allow_added: bool,
     ) -> PyResult<Bound<'py, PyArray1<u32>>> {
         ensure_numpy(py)?;
-        let s = text_of(text)?;
+        let arena = Utf8Arena::default();
+        let s = utf8_of(text, &arena)?;
         let ids = if s.len() > PARALLEL_TEXT_BYTES {
             // One long text: cut at safe line breaks and encode the parts in parallel.
             let pool = parallel::pool(None).map_err(|e| to_py(py, e))?;

@@ -601,7 +601,72 @@ def test_empty_string(name: str) -> None:
     assert ours.decode([]) == "" and ours.decode_bytes([]) == b""
 
 
-SURROGATE_TEXTS = ["\ud800", "a\udcff b", "\udfff\ud800", "x" * 5000 + "\udc80", "\ud83d\ude00"]
+SURROGATE_TEXTS = [
+    "\ud800",
+    "a\udcff b",
+    "\udfff\ud800",
+    "x" * 5000 + "\udc80",
+    "\ud83d\ude00",
+    # four bytes per character (the astral one), the surrogate after a block of ASCII
+    "\U0001f600 " + "y" * 40 + "\udc80",
+]
+
+
+class _Str(str):
+    """A str subclass: CPython keeps its characters apart from the object (not "compact"),
+    so aprx takes its UTF-8 from CPython's own conversion, not from the characters in place."""
+
+
+def _kinds_corpus() -> List[str]:
+    """Texts in each of CPython's three character widths (Latin-1, UCS-2, UCS-4), mostly ASCII
+    with non-ASCII characters at every offset of a 32-character block, and the standard
+    library's non-ASCII sources."""
+    wide = ["\u00e9", "\u00ff", "\u20ac", "\u4e2d\u6587", "\U0001f600", "\u0301"]
+    texts = []
+    for w in wide:
+        for at in range(0, 70, 7):
+            texts.append("def f(x):\n    return x" + " " * at + w + "  # done\n" * 3)
+        texts.append(w * 50)
+    texts += [t for _, t in fx.stdlib_sources() if not t.isascii()][:40]
+    # new objects: no other test's (or HF's) use has made their UTF-8 yet
+    return [t.encode().decode() for t in texts]
+
+
+@pytest.mark.parametrize("name", VOCABS)
+def test_every_str_width_read_in_place_matches_hf(name: str) -> None:
+    """Non-ASCII strings are read in their own characters (one, two or four bytes each) and
+    transcoded by aprx: the same ids as HF and as the path through CPython's UTF-8 (a str
+    subclass, a string whose UTF-8 CPython has already made), from every entry point; and
+    aprx leaves no UTF-8 copy attached to the caller's strings (CPython's conversion keeps
+    one for the string's life, which ``sys.getsizeof`` counts)."""
+    ours = _ours(name)
+    texts = _kinds_corpus()
+    assert {max(map(ord, t)) > 0xFFFF for t in texts} == {True, False}
+    sizes = [sys.getsizeof(t) for t in texts]
+    want = [_hf_ids(name, t.encode().decode()) for t in texts]  # HF makes its copy's UTF-8
+    got = [ours.encode(t).tolist() for t in texts]
+    assert got == want
+    assert [ours.encode_ordinary(t).tolist() for t in texts] == [
+        ours.encode_ordinary(_Str(t)).tolist() for t in texts
+    ]
+    for threads in (1, 2):
+        batch = ours.encode_batch(texts, num_threads=threads)
+        assert [a.tolist() for a in batch] == want
+        flat, offsets = ours.encode_batch_flat(texts, ordinary=False, num_threads=threads)
+        assert flat.tolist() == [i for ids in want for i in ids]
+    assert [ours.pre_tokenize(t) for t in texts[:20]] == [
+        ours.pre_tokenize(_Str(t)) for t in texts[:20]
+    ]
+    if sys.implementation.name == "cpython" and sys.version_info < (3, 15):
+        assert [sys.getsizeof(t) for t in texts] == sizes
+    # CPython makes a string's UTF-8 when it compiles it as source; that copy is used as is.
+    made = ['s = "' + t.replace("\\", "/").replace('"', "'").replace("\n", " ") + '"' for t in texts]
+    made = [m for m in made if not m.isascii()]
+    before = [sys.getsizeof(m) for m in made]
+    for m in made:
+        compile(m, "<made>", "exec")
+    assert all(sys.getsizeof(m) > b for m, b in zip(made, before, strict=True))
+    assert [ours.encode(m).tolist() for m in made] == [_hf_ids(name, m) for m in made]
 
 
 @pytest.mark.parametrize("name", VOCABS)
