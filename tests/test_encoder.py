@@ -660,8 +660,8 @@ def test_every_str_width_read_in_place_matches_hf(name: str) -> None:
     if sys.implementation.name == "cpython" and sys.version_info < (3, 15):
         assert [sys.getsizeof(t) for t in texts] == sizes
     # CPython makes a string's UTF-8 when it compiles it as source; that copy is used as is.
-    made = ['s = "' + t.replace("\\", "/").replace('"', "'").replace("\n", " ") + '"' for t in texts]
-    made = [m for m in made if not m.isascii()]
+    made = [t.replace("\\", "/").replace('"', "'").replace("\n", " ") for t in texts]
+    made = ['s = "' + m + '"' for m in made if not m.isascii()]
     before = [sys.getsizeof(m) for m in made]
     for m in made:
         compile(m, "<made>", "exec")
