@@ -524,6 +524,48 @@ mod tests {
         )
     }
 
+    /// Every pair's rank against a map, for tables of many sizes filled to ~60%: pairs
+    /// present (the first rank of a repeated one) and absent; and pairs whose run of slots goes
+    /// past the last slot and wraps to the first.
+    #[test]
+    fn rank_matches_a_map() {
+        let mut rnd = crate::test_rng::draws(0xfeed_f00d);
+        for n in [1usize, 2, 9, 10, 100, 600, 5000, 40_000] {
+            let mut merges = Vec::new();
+            let mut want = std::collections::HashMap::new();
+            for r in 0..n {
+                let (a, b) = (rnd(3000) as u32, rnd(3000) as u32);
+                merges.push((a, b, 3000 + r as u32));
+                want.entry((a, b)).or_insert(r as u32);
+            }
+            let t = MergeTable::new(&merges);
+            for (&(a, b), &r) in &want {
+                assert_eq!(t.rank(a, b), r, "n {n}: ({a}, {b})");
+                assert_eq!(t.get(a, b), Some((r, 3000 + r)));
+            }
+            for _ in 0..20_000 {
+                let (a, b) = (rnd(3100) as u32, rnd(3100) as u32);
+                let r = want.get(&(a, b)).copied().unwrap_or(NO_RANK);
+                assert_eq!(t.rank(a, b), r, "n {n}: ({a}, {b})");
+            }
+        }
+        // Nine pairs whose home is the last slot of a 16-slot table: their run wraps.
+        let last: Vec<(u32, u32, u32)> = (0..1u32 << 20)
+            .map(|x| (x >> 10, x & 1023))
+            .filter(|&(a, b)| hash64(pair_key(a, b)) & 15 == 15)
+            .take(9)
+            .enumerate()
+            .map(|(r, (a, b))| (a, b, 5000 + r as u32))
+            .collect();
+        let t = MergeTable::new(&last);
+        assert_eq!(t.mask, 15);
+        assert!(t.entries[..8].iter().all(|&e| e != EMPTY) && t.entries[15] != EMPTY);
+        for (r, &(a, b, _)) in last.iter().enumerate() {
+            assert_eq!(t.rank(a, b), r as u32);
+            assert_eq!(t.rank(b + 2000, a), NO_RANK);
+        }
+    }
+
     #[test]
     fn merges_by_rank() {
         let bpe = tiny();
