@@ -305,10 +305,12 @@ impl SharedTable {
         key.matches(s.k0, s.k1, s.len).then_some(s)
     }
 
-    /// Starts loading the slot `key` probes first.
+    /// Starts loading the slot `key` probes first, into L2: the scan prefetches a chunk of
+    /// pieces (64) at once, and into L1 their lines would push out each other and the
+    /// scanner's own (1-2% faster cold encodes of the standard library than into L1).
     #[inline(always)]
     pub fn prefetch(&self, key: &ShortKey) {
-        prefetch(self.slot(self.index(key.hash)));
+        prefetch_l2(self.slot(self.index(key.hash)));
     }
 
     /// Appends the ids of `key` to `out`; false when the table lacks the piece.
@@ -438,6 +440,19 @@ pub(crate) fn prefetch<T>(p: *const T) {
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         _mm_prefetch(p as *const i8, _MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Starts loading the cache line at `p` into L2, not L1 (a hint: any address, never faults).
+#[inline(always)]
+pub(crate) fn prefetch_l2<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint and never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch(p as *const i8, _MM_HINT_T1);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
