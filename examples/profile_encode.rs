@@ -105,7 +105,8 @@ fn main() {
         }
     }
     if std::env::var("MODE").as_deref() == Ok("bpe") {
-        // The merging a cold encode does, alone: each distinct piece BPE splits, once.
+        // The merging a cold encode does, alone: each distinct piece BPE splits, once, in
+        // batches of CH pieces (16, the encoder's batch, unless set).
         let mut batched = std::collections::HashSet::new();
         let mut long = std::collections::HashSet::new();
         for d in &docs {
