@@ -432,30 +432,36 @@ fn emit_ids<'s>(
     }
 }
 
-/// Starts loading the cache line at `p` (a hint: any address, never faults).
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{_MM_HINT_T0 as TO_L1, _MM_HINT_T1 as TO_L2};
+#[cfg(not(target_arch = "x86_64"))]
+const TO_L1: i32 = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const TO_L2: i32 = 0;
+
+/// Starts loading the cache line at `p` into the cache level `HINT` names (a hint: any
+/// address, never faults; nothing where there is no prefetch instruction).
 #[inline(always)]
-pub(crate) fn prefetch<T>(p: *const T) {
+fn prefetch_to<const HINT: i32, T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint and never faults, whatever the address.
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch(p as *const i8, _MM_HINT_T0);
+        std::arch::x86_64::_mm_prefetch::<HINT>(p as *const i8);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
 
-/// Starts loading the cache line at `p` into L2, not L1 (a hint: any address, never faults).
+/// Starts loading the cache line at `p` into L1.
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    prefetch_to::<TO_L1, T>(p);
+}
+
+/// Starts loading the cache line at `p` into L2, not L1.
 #[inline(always)]
 pub(crate) fn prefetch_l2<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint and never faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch(p as *const i8, _MM_HINT_T1);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch_to::<TO_L2, T>(p);
 }
 
 /// Starts loading the first `PREFETCHED_TEXT` bytes of `text`: called for the next text of a
