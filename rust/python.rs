@@ -192,8 +192,8 @@ fn read_str<'a>(
     // SAFETY: `s` is a live str and `layout` this interpreter's (probed): the header fields
     // are at these offsets, and a compact string's `len` characters of `kind` bytes each
     // follow its header, aligned for their width (the object is at least 8-aligned and the
-    // headers are multiples of 8). A str never changes once other references to it exist, and
-    // `s` is one; the characters live as long as `s`.
+    // headers are multiples of 8; checked below). A str never changes once other references
+    // to it exist, and `s` is one; the characters live as long as `s`.
     unsafe {
         let state = (p.add(STR_STATE) as *const u32).read();
         if (state >> 5) & 1 == 0 {
@@ -212,6 +212,9 @@ fn read_str<'a>(
             )));
         }
         let data = p.add(layout.data);
+        if (data as usize) % 4 != 0 {
+            return None; // never with CPython's allocators; not read unaligned if it were
+        }
         let units = match (state >> 2) & 7 {
             1 => Units::Latin1(std::slice::from_raw_parts(data, len)),
             2 => Units::Ucs2(std::slice::from_raw_parts(data as *const u16, len)),
