@@ -649,11 +649,14 @@ def test_every_str_width_read_in_place_matches_hf(name: str) -> None:
     assert [ours.encode_ordinary(t).tolist() for t in texts] == [
         ours.encode_ordinary(_Str(t)).tolist() for t in texts
     ]
+    # read in place, taken from CPython (str subclasses), both mixed in one batch
+    mixed = [_Str(t) if k % 3 == 1 else t for k, t in enumerate(texts)]
     for threads in (1, 2):
-        batch = ours.encode_batch(texts, num_threads=threads)
-        assert [a.tolist() for a in batch] == want
-        flat, offsets = ours.encode_batch_flat(texts, ordinary=False, num_threads=threads)
-        assert flat.tolist() == [i for ids in want for i in ids]
+        for batch_texts in (texts, mixed):
+            batch = ours.encode_batch(batch_texts, num_threads=threads)
+            assert [a.tolist() for a in batch] == want
+            flat, offsets = ours.encode_batch_flat(batch_texts, ordinary=False, num_threads=threads)
+            assert flat.tolist() == [i for ids in want for i in ids]
     assert [ours.pre_tokenize(t) for t in texts[:20]] == [
         ours.pre_tokenize(_Str(t)) for t in texts[:20]
     ]
