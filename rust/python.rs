@@ -326,21 +326,27 @@ fn runs(lens: impl IntoIterator<Item = usize>, limit: usize) -> Vec<std::ops::Ra
     out
 }
 
-/// Runs `work` on each chunk of `texts` (`runs` of `CHUNK_BYTES`) with the GIL released, hands its result
-/// to `done` with the GIL held, and checks for Ctrl-C between chunks.
-fn each_chunk<'s, T: Send>(
-    py: Python<'_>,
-    texts: &[&'s str],
-    mut work: impl FnMut(&[&'s str]) -> crate::Result<T> + Send,
-    mut done: impl FnMut(T) -> PyResult<()>,
+/// Cuts `texts` into chunks (`runs` of `CHUNK_BYTES`, counted in chars), hands each to `f`
+/// with its texts' lengths in chars, and checks for Ctrl-C between chunks.
+fn each_chunk<'py>(
+    py: Python<'py>,
+    texts: &[Bound<'py, PyString>],
+    mut f: impl FnMut(&[Bound<'py, PyString>], &[usize]) -> PyResult<()>,
 ) -> PyResult<()> {
-    for range in runs(texts.iter().map(|t| t.len()), CHUNK_BYTES) {
-        let part = &texts[range];
-        let r = py.detach(|| work(part));
-        done(r.map_err(|e| to_py(py, e))?)?;
+    let chars = texts
+        .iter()
+        .map(|t| t.len())
+        .collect::<PyResult<Vec<usize>>>()?;
+    for range in runs(chars.iter().copied(), CHUNK_BYTES) {
+        f(&texts[range.clone()], &chars[range])?;
         py.check_signals()?;
     }
     Ok(())
+}
+
+/// The UTF-8 of each of `texts` (see `utf8_of`), for as long as `arena`.
+fn utf8_all<'a>(texts: &'a [Bound<'_, PyString>], arena: &'a Utf8Arena) -> PyResult<Vec<&'a str>> {
+    texts.iter().map(|t| utf8_of(t, arena)).collect()
 }
 
 /// Ids of a run of texts, one after another, and where each text's end.
@@ -485,24 +491,19 @@ impl PyTokenizer {
         if pool.current_num_threads() == 1 {
             // One thread: every text's ids appended straight to the one result, on this
             // thread (no per-text vectors, no second copy).
-            let arena = Utf8Arena::default();
-            let strs = texts
-                .iter()
-                .map(|t| utf8_of(t, &arena))
-                .collect::<PyResult<Vec<&str>>>()?;
-            let bytes: usize = strs.iter().map(|t| t.len()).sum();
-            let mut flat: Vec<u32> = Vec::with_capacity(bytes / 4 + 16);
-            let mut offsets: Vec<u64> = Vec::with_capacity(strs.len() + 1);
+            let chars = texts.iter().map(|t| t.len()).sum::<PyResult<usize>>()?;
+            let mut flat: Vec<u32> = Vec::with_capacity(chars / 4 + 16);
+            let mut offsets: Vec<u64> = Vec::with_capacity(texts.len() + 1);
             offsets.push(0);
-            each_chunk(
-                py,
-                &strs,
-                |part| {
+            each_chunk(py, &texts, |chunk, _| {
+                let arena = Utf8Arena::default();
+                let strs = utf8_all(chunk, &arena)?;
+                py.detach(|| {
                     self.inner
-                        .encode_all(part, !ordinary, &mut flat, |n| offsets.push(n as u64))
-                },
-                |()| Ok(()),
-            )?;
+                        .encode_all(&strs, !ordinary, &mut flat, |n| offsets.push(n as u64))
+                })
+                .map_err(|e| to_py(py, e))
+            })?;
             return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
         }
         // Each run is appended as it comes back, while later runs are still encoding (a large
@@ -628,9 +629,9 @@ impl PyTokenizer {
     /// between chunks), and hands each run to `done`, in order: its ids in one buffer, with
     /// the end of each text's ids in it.
     ///
-    /// On several threads this thread converts the texts to UTF-8 (CPython makes a non-ASCII
-    /// string's UTF-8 on first use, with the GIL held) while the pool already encodes the runs
-    /// converted, so the conversion is not a serial phase ahead of the encoding; and a text
+    /// On several threads this thread takes the texts' UTF-8 (`utf8_of`; a non-ASCII string is
+    /// transcoded, with the GIL held) while the pool already encodes the runs converted, so
+    /// the conversion is not a serial phase ahead of the encoding; and a text
     /// longer than two runs is cut at safe line breaks (`Tokenizer::cut_points`, the same ids)
     /// into parts of about a run, encoded in parallel like runs and joined into one buffer of
     /// its own, so one long document does not keep the other threads waiting.
@@ -642,37 +643,26 @@ impl PyTokenizer {
         pool: &rayon::ThreadPool,
         mut done: impl FnMut(Run) -> PyResult<()>,
     ) -> PyResult<()> {
-        let chars = texts
-            .iter()
-            .map(|t| t.len())
-            .collect::<PyResult<Vec<usize>>>()?;
         let threads = pool.current_num_threads();
-        for range in runs(chars.iter().copied(), CHUNK_BYTES) {
-            let total: usize = chars[range.clone()].iter().map(|c| c + 16).sum();
+        each_chunk(py, texts, |chunk, chars| {
+            let total: usize = chars.iter().map(|c| c + 16).sum();
             let limit = (total / (4 * threads)).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
-            let chunk = &texts[range];
-            if threads == 1 {
-                let arena = Utf8Arena::default();
-                let strs = chunk
-                    .iter()
-                    .map(|t| utf8_of(t, &arena))
-                    .collect::<PyResult<Vec<&str>>>()?;
-                let tok = &self.inner;
-                let runs = py
-                    .detach(|| {
-                        runs(strs.iter().map(|t| t.len()), limit)
-                            .into_iter()
-                            .map(|r| encode_run(tok, &strs[r], !ordinary))
-                            .collect::<crate::Result<Vec<Run>>>()
-                    })
-                    .map_err(|e| to_py(py, e))?;
-                runs.into_iter().try_for_each(&mut done)?;
-            } else {
-                self.pipeline(py, chunk, limit, ordinary, pool, &mut done)?;
+            if threads > 1 {
+                return self.pipeline(py, chunk, limit, ordinary, pool, &mut done);
             }
-            py.check_signals()?;
-        }
-        Ok(())
+            let arena = Utf8Arena::default();
+            let strs = utf8_all(chunk, &arena)?;
+            let tok = &self.inner;
+            let runs = py
+                .detach(|| {
+                    runs(strs.iter().map(|t| t.len()), limit)
+                        .into_iter()
+                        .map(|r| encode_run(tok, &strs[r], !ordinary))
+                        .collect::<crate::Result<Vec<Run>>>()
+                })
+                .map_err(|e| to_py(py, e))?;
+            runs.into_iter().try_for_each(&mut done)
+        })
     }
 
     /// One chunk of `encode_texts` on several threads. The runs are handed to `done` as they
