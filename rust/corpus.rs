@@ -5,7 +5,7 @@
 use crate::error::{codes, Error, Result};
 use crate::huge::HugeSlice;
 use crate::jsonl;
-use crate::offload::Offload;
+use crate::offload::{update_ahead, Offload};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -699,7 +699,7 @@ impl RangeHasher {
             .spawn(move || {
                 let mut h = Sha256::new();
                 for (buf, start, end) in rx {
-                    h.update(&buf[start..end]);
+                    update_ahead(&mut h, &buf[start..end]);
                 }
                 h.finalize().into()
             })?;
@@ -708,7 +708,7 @@ impl RangeHasher {
 
     fn update(&mut self, buf: &Arc<Buf>, start: usize, end: usize) {
         match self {
-            RangeHasher::Inline(h) => h.update(&buf[start..end]),
+            RangeHasher::Inline(h) => update_ahead(h, &buf[start..end]),
             RangeHasher::Background { tx, .. } => {
                 // The thread only stops when `tx` is dropped, so the send cannot fail.
                 let _ = tx.send((Arc::clone(buf), start, end));
