@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub const SHARDS_SCHEMA: &str = "aprx.shards/1";
@@ -187,12 +188,167 @@ fn start_writeback(file: &File, from: u64, to: u64) {
     let _ = (file, from, to);
 }
 
+/// Waits for a shard's bytes to be hashed and written, syncs them, writes its document index,
+/// and renames both from their temporary names: the shard is then complete.
+fn complete_shard(dir: &Path, shard: OpenShard) -> Result<ShardInfo> {
+    let (bin, idx) = shard_name(shard.n);
+    let bin_tmp = dir.join(format!("{bin}.tmp"));
+    let idx_tmp = dir.join(format!("{idx}.tmp"));
+    let (f, digest) = shard
+        .bin
+        .finish()
+        .map_err(|e| Error::io(&bin_tmp, "write", &e))?;
+    f.file
+        .sync_all()
+        .map_err(|e| Error::io(&bin_tmp, "sync", &e))?;
+    let mut idx_bytes = Vec::with_capacity(shard.ends.len() * 8);
+    for e in &shard.ends {
+        idx_bytes.extend_from_slice(&e.to_le_bytes());
+    }
+    let mut fi = File::create(&idx_tmp).map_err(|e| Error::io(&idx_tmp, "create", &e))?;
+    fi.write_all(&idx_bytes)
+        .and_then(|_| fi.sync_all())
+        .map_err(|e| Error::io(&idx_tmp, "write", &e))?;
+    std::fs::rename(&bin_tmp, dir.join(&bin)).map_err(|e| Error::io(&bin_tmp, "rename", &e))?;
+    std::fs::rename(&idx_tmp, dir.join(&idx)).map_err(|e| Error::io(&idx_tmp, "rename", &e))?;
+    Ok(ShardInfo {
+        file: bin,
+        index: idx,
+        tokens: shard.tokens,
+        documents: shard.ends.len() as u64,
+        sha256: hex(&digest),
+    })
+}
+
+fn write_progress(dir: &Path, progress: &Progress) -> Result<()> {
+    let data = serde_json::to_vec_pretty(progress).expect("serialisable");
+    write_atomic(&dir.join(PROGRESS), &data)
+}
+
+/// Removes a shard that will not be completed (its temporary `.bin`).
+fn discard_shard(dir: &Path, shard: OpenShard) {
+    let (bin, _) = shard_name(shard.n);
+    drop(shard.bin); // waits for its thread, which closes the file
+    let _ = std::fs::remove_file(dir.join(format!("{bin}.tmp")));
+}
+
+/// A rotated shard and the progress to record once it is complete.
+struct Closing {
+    shard: OpenShard,
+    progress: Progress,
+}
+
+/// Completes rotated shards on a thread of its own (`aprx-shard-close`), in order, each
+/// followed by its progress record, so that the writer goes on with the next shard instead of
+/// waiting for a shard's three syncs (and every worker with it). The files reach the disk in
+/// the same order as before: a shard's `.bin` and index renamed, then `progress.json` naming
+/// it; a resume drops whatever came after the last progress record.
+struct Closer {
+    dir: PathBuf,
+    tx: Option<std::sync::mpsc::SyncSender<Closing>>,
+    thread: Option<std::thread::JoinHandle<Result<Vec<ShardInfo>>>>,
+    /// Set by the thread when it stops on an error; it then discards what it is sent.
+    failed: Arc<AtomicBool>,
+}
+
+impl Closer {
+    /// `shards`: those completed before (a resumed run's).
+    fn new(dir: &Path, mut shards: Vec<ShardInfo>) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Closing>(CLOSING_SHARDS);
+        let failed = Arc::new(AtomicBool::new(false));
+        let (dir_owned, f) = (dir.to_path_buf(), failed.clone());
+        let thread = std::thread::Builder::new()
+            .name("aprx-shard-close".into())
+            .spawn(move || {
+                let dir = dir_owned.as_path();
+                let mut queue = rx.iter();
+                for Closing {
+                    shard,
+                    mut progress,
+                } in queue.by_ref()
+                {
+                    let done = complete_shard(dir, shard).and_then(|info| {
+                        shards.push(info);
+                        progress.shards = shards.clone();
+                        write_progress(dir, &progress)
+                    });
+                    if let Err(e) = done {
+                        f.store(true, Ordering::Release);
+                        // Until the writer learns of it (it sends no more once `failed` is
+                        // set), what was queued is removed, never left half-written.
+                        for c in queue {
+                            discard_shard(dir, c.shard);
+                        }
+                        return Err(e);
+                    }
+                }
+                Ok(shards)
+            })
+            .map_err(|e| Error::io(dir, "start its shard-closing thread", &e))?;
+        Ok(Closer {
+            dir: dir.to_path_buf(),
+            tx: Some(tx),
+            thread: Some(thread),
+            failed,
+        })
+    }
+
+    /// Queues `shard`, or, once the thread has stopped on an error, removes it and returns
+    /// that error.
+    fn close(&mut self, shard: OpenShard, progress: Progress) -> Result<()> {
+        if !self.failed.load(Ordering::Acquire) {
+            let tx = self.tx.as_ref().expect("open until finish");
+            match tx.send(Closing { shard, progress }) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::SendError(c)) => discard_shard(&self.dir, c.shard),
+            }
+        } else {
+            discard_shard(&self.dir, shard);
+        }
+        self.join().map(|_| ())
+    }
+
+    /// Waits for every queued shard; all completed shards, the resumed run's first.
+    fn finish(mut self) -> Result<Vec<ShardInfo>> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Vec<ShardInfo>> {
+        self.tx = None; // the thread's loop ends after the last shard
+        let stopped =
+            |why: &str| Error::io(&self.dir, "complete a shard", &std::io::Error::other(why));
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(stopped("the shard-closing thread panicked"))),
+            None => Err(stopped(
+                "the shard-closing thread stopped on an earlier error",
+            )),
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.join();
+        }
+    }
+}
+
+/// Rotated shards waiting to be completed at once, at most (each holds its last chunks).
+const CLOSING_SHARDS: usize = 2;
+
 struct Writer<'a> {
     dir: &'a Path,
     opts: &'a Options,
     eos: Option<u32>,
     state: Progress,
     open: Option<OpenShard>,
+    /// Number of the next shard to open.
+    next_shard: usize,
+    /// Completes the shards rotated out during the run (started at the first rotation).
+    closer: Option<Closer>,
     /// Position (file, records consumed) of the record being processed.
     pos_file: usize,
     pos_record: u64,
@@ -234,8 +390,7 @@ impl<'a> Writer<'a> {
                 .as_ref()
                 .is_some_and(|s| s.tokens >= self.opts.shard_tokens)
             {
-                self.close_shard()?;
-                self.save_progress()?;
+                self.rotate_shard()?;
             }
         }
         self.push_tokens(ids)?;
@@ -260,7 +415,8 @@ impl<'a> Writer<'a> {
 
     fn push_tokens(&mut self, ids: &[u32]) -> Result<()> {
         if self.open.is_none() {
-            let n = self.state.shards.len();
+            let n = self.next_shard;
+            self.next_shard += 1;
             let path = self.dir.join(format!("{}.tmp", shard_name(n).0));
             let file = File::create(&path).map_err(|e| Error::io(&path, "create", &e))?;
             let shard_file = ShardFile {
@@ -294,49 +450,59 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Completes the open shard here, on the writer's thread (the last one of a run).
     fn close_shard(&mut self) -> Result<()> {
+        if let Some(shard) = self.open.take() {
+            let info = complete_shard(self.dir, shard)?;
+            self.state.shards.push(info);
+        }
+        Ok(())
+    }
+
+    /// Hands the open shard to the closer, with the progress to record once it is complete.
+    fn rotate_shard(&mut self) -> Result<()> {
         let Some(shard) = self.open.take() else {
             return Ok(());
         };
-        let (bin, idx) = shard_name(shard.n);
-        let bin_tmp = self.dir.join(format!("{bin}.tmp"));
-        let idx_tmp = self.dir.join(format!("{idx}.tmp"));
-        let (f, digest) = shard
-            .bin
-            .finish()
-            .map_err(|e| Error::io(&bin_tmp, "write", &e))?;
-        f.file
-            .sync_all()
-            .map_err(|e| Error::io(&bin_tmp, "sync", &e))?;
-        let mut idx_bytes = Vec::with_capacity(shard.ends.len() * 8);
-        for e in &shard.ends {
-            idx_bytes.extend_from_slice(&e.to_le_bytes());
+        if self.closer.is_none() {
+            self.closer = Some(Closer::new(self.dir, self.state.shards.clone())?);
         }
-        let mut fi = File::create(&idx_tmp).map_err(|e| Error::io(&idx_tmp, "create", &e))?;
-        fi.write_all(&idx_bytes)
-            .and_then(|_| fi.sync_all())
-            .map_err(|e| Error::io(&idx_tmp, "write", &e))?;
-        std::fs::rename(&bin_tmp, self.dir.join(&bin))
-            .map_err(|e| Error::io(&bin_tmp, "rename", &e))?;
-        std::fs::rename(&idx_tmp, self.dir.join(&idx))
-            .map_err(|e| Error::io(&idx_tmp, "rename", &e))?;
-        self.state.shards.push(ShardInfo {
-            file: bin,
-            index: idx,
-            tokens: shard.tokens,
-            documents: shard.ends.len() as u64,
-            sha256: hex(&digest),
-        });
-        Ok(())
+        let progress = self.progress_now();
+        self.closer
+            .as_mut()
+            .expect("started")
+            .close(shard, progress)
+    }
+
+    /// Waits for the closer's shards to be complete; they join the state's.
+    fn finish_closing(&mut self) -> Result<()> {
+        match self.closer.take() {
+            Some(c) => {
+                self.state.shards = c.finish()?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The state to record now: everything before the current record is in shards.
+    fn progress_now(&self) -> Progress {
+        Progress {
+            shards: Vec::new(), // the closer's list, which it fills in
+            next_file: self.pos_file,
+            next_record: self.pos_record,
+            elapsed_s: self.prior_elapsed + self.started.elapsed().as_secs_f64(),
+            ..self.state.clone()
+        }
     }
 
     /// Records that everything before the current record is in completed shards.
     fn save_progress(&mut self) -> Result<()> {
-        self.state.next_file = self.pos_file;
-        self.state.next_record = self.pos_record;
-        self.state.elapsed_s = self.prior_elapsed + self.started.elapsed().as_secs_f64();
-        let data = serde_json::to_vec_pretty(&self.state).expect("serialisable");
-        write_atomic(&self.dir.join(PROGRESS), &data)
+        let progress = Progress {
+            shards: self.state.shards.clone(),
+            ..self.progress_now()
+        };
+        write_progress(self.dir, &progress)
     }
 
     fn report(&mut self, force: bool) {
@@ -603,8 +769,10 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         opts,
         eos,
         prior_elapsed: state.elapsed_s,
+        next_shard: state.shards.len(),
         state,
         open: None,
+        closer: None,
         pos_file: start_file,
         pos_record: skip,
         started,
@@ -848,8 +1016,11 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         let read = reader.join().expect("reader thread");
         run.and(read)
     });
+    let result = result.and_then(|_| w.finish_closing());
     if let Err(e) = result {
-        // Leave no half-written shard; completed shards and progress stay for --resume.
+        // Leave no half-written shard; completed shards and progress stay for --resume (the
+        // closer completes those already handed to it).
+        let _ = w.finish_closing();
         if let Some(s) = w.open.take() {
             let (bin, _) = shard_name(s.n);
             drop(s.bin);
@@ -972,6 +1143,139 @@ mod tests {
             .chunks(4)
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
             .collect()
+    }
+
+    /// Shard `n` of `ids` (one document), written under its temporary name, as the writer
+    /// hands it on.
+    fn written_shard(dir: &Path, n: usize, ids: &[u32]) -> OpenShard {
+        let file = File::create(dir.join(format!("{}.tmp", shard_name(n).0))).unwrap();
+        let sink = ShardFile {
+            file,
+            written: 0,
+            flushing: 0,
+        };
+        let mut bin = Offload::new("test-shard-out", sink).unwrap();
+        let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+        bin.write(&bytes).unwrap();
+        OpenShard {
+            n,
+            bin,
+            tokens: ids.len() as u64,
+            ends: vec![ids.len() as u64],
+        }
+    }
+
+    fn progress_at(next_record: u64) -> Progress {
+        Progress {
+            config: json!({}),
+            shards: Vec::new(),
+            next_file: 0,
+            next_record,
+            inputs: Vec::new(),
+            current: InputDone::default(),
+            skipped: Vec::new(),
+            documents: next_record,
+            tokens: 0,
+            max_token_id: None,
+            elapsed_s: 0.0,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_closer_completes_shards_in_order_each_then_its_progress() {
+        let dir = scratch("closer");
+        let before = ShardInfo {
+            file: "shard-00000.bin".into(),
+            index: "shard-00000.idx".into(),
+            tokens: 0,
+            documents: 0,
+            sha256: "resumed".into(),
+        };
+        let mut c = Closer::new(&dir, vec![before]).unwrap();
+        let data: Vec<Vec<u32>> = (1..4).map(|n| (0..5000 * n).collect()).collect();
+        for (k, ids) in data.iter().enumerate() {
+            c.close(
+                written_shard(&dir, k + 1, ids),
+                progress_at(10 * k as u64 + 10),
+            )
+            .unwrap();
+        }
+        let shards = c.finish().unwrap();
+        assert_eq!(shards.len(), 4);
+        assert_eq!(shards[0].sha256, "resumed");
+        for (k, ids) in data.iter().enumerate() {
+            let s = &shards[k + 1];
+            assert_eq!(s.file, shard_name(k + 1).0);
+            assert_eq!((s.tokens, s.documents), (ids.len() as u64, 1));
+            assert_eq!(read_u32(&dir.join(&s.file)), *ids);
+            let want = std::fs::read(dir.join(&s.file)).unwrap();
+            assert_eq!(
+                s.sha256,
+                hex(&<[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(
+                    &want
+                )))
+            );
+            let idx = std::fs::read(dir.join(&s.index)).unwrap();
+            assert_eq!(idx, (ids.len() as u64).to_le_bytes());
+        }
+        // The last progress record is the last shard's, and lists every shard.
+        let p: Progress =
+            serde_json::from_slice(&std::fs::read(dir.join(PROGRESS)).unwrap()).unwrap();
+        assert_eq!(p.next_record, 30);
+        assert_eq!(p.shards.len(), 4);
+        assert!(
+            names(&dir).iter().all(|n| !n.ends_with(".tmp")),
+            "{:?}",
+            names(&dir)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_closer_error_is_the_runs_and_leaves_no_half_written_shard() {
+        let dir = scratch("closer-error");
+        let mut c = Closer::new(&dir, Vec::new()).unwrap();
+        let first = written_shard(&dir, 0, &[1, 2, 3]);
+        // The rename that completes it fails: its temporary file is gone.
+        std::fs::remove_file(dir.join(format!("{}.tmp", shard_name(0).0))).unwrap();
+        c.close(first, progress_at(1)).unwrap();
+        // Shards handed on after the failure are removed, whether the closer is still
+        // draining its queue or has stopped.
+        let mut err = None;
+        for n in 1..6 {
+            if let Err(e) = c.close(written_shard(&dir, n, &[4, 5]), progress_at(1 + n as u64)) {
+                err = Some(e);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let err = match err {
+            Some(e) => e,
+            None => c.finish().unwrap_err(),
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("shard-00000.bin.tmp") && msg.contains("rename"),
+            "{msg}"
+        );
+        let left = names(&dir);
+        assert!(
+            !left
+                .iter()
+                .any(|n| n.ends_with(".bin.tmp") || n.ends_with(".bin")),
+            "{left:?}"
+        );
+        assert!(!dir.join(PROGRESS).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
