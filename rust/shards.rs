@@ -336,7 +336,8 @@ impl Drop for Closer {
     }
 }
 
-/// Rotated shards waiting to be completed at once, at most (each holds its last chunks).
+/// Rotated shards queued for the closer, at most, besides the one it is completing (each
+/// holds its chunks not yet hashed and written, at most 5 MiB).
 const CLOSING_SHARDS: usize = 2;
 
 struct Writer<'a> {
