@@ -212,7 +212,7 @@ fn read_str<'a>(
             )));
         }
         let data = p.add(layout.data);
-        if (data as usize) % 4 != 0 {
+        if !(data as usize).is_multiple_of(4) {
             return None; // never with CPython's allocators; not read unaligned if it were
         }
         let units = match (state >> 2) & 7 {
