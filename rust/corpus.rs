@@ -1049,7 +1049,11 @@ mod tests {
         std::fs::write(&path, data).unwrap();
         let f = File::open(&path).unwrap();
         let mut got = Vec::new();
-        let background = if case.is_multiple_of(2) { 0 } else { OFFLOAD_HASH_BYTES };
+        let background = if case.is_multiple_of(2) {
+            0
+        } else {
+            OFFLOAD_HASH_BYTES
+        };
         let mut hasher = RangeHasher::new(background).unwrap();
         let n = read_lines_mapped(
             &f,

@@ -893,16 +893,25 @@ fn encode_corpus(
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let tok = tokenizer.inner.clone();
     let result = std::thread::scope(|s| -> PyResult<_> {
-        let handle = s.spawn(|| crate::shards::encode_corpus(&tok, &opts, &cancel));
+        // The run says when it ends (or its thread drops the sender when it panics), so this
+        // thread wakes at once then, and every 100 ms before that to look for Ctrl-C.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let done_rx = std::sync::Mutex::new(done_rx); // shared with `detach`'s closure
+        let (tok, opts, cancel) = (&tok, &opts, &cancel);
+        let handle = s.spawn(move || {
+            let r = crate::shards::encode_corpus(tok, opts, cancel);
+            let _ = done_tx.send(());
+            r
+        });
         loop {
             let done = py.detach(|| {
-                for _ in 0..20 {
-                    if handle.is_finished() {
-                        return true;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                handle.is_finished()
+                !matches!(
+                    done_rx
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .recv_timeout(std::time::Duration::from_millis(100)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                )
             });
             if done {
                 break;
