@@ -36,7 +36,8 @@ How it measures:
   tokenizer is imported with ``aprx.importer.import_hf(..., include_added_tokens=True)``, and
   ``aprx.corpus.encode_corpus(jsonl, tokenizer, out, num_workers=2, overwrite=True,
   eos_policy="none")`` is timed with a freshly loaded tokenizer (JSONL read, encode, shards
-  and manifest written); the shards are then checked against the reference per document.
+  and manifest written) into a new directory each time (no earlier run's shards to delete);
+  the shards are then checked against the reference per document.
 
 Peers (``--peers all`` takes those that import; ``none`` runs aprx only):
 
@@ -61,6 +62,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -652,17 +654,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 msg = r.get("error") or f"{r['tokens'] / r['seconds'] / 1e6:.2f} M tok/s"
                 log(f"[{rep + 1}/{args.repeat}] {enc.name} {n}t: {msg}")
             for cw in args.corpus_workers if corpus else []:
+                # A new output directory each time: with one reused, each run after the first
+                # would also delete the last one's shards (`overwrite`), on a third thread.
+                out = tmp / f"shards-{rep}-{cw}"
                 spec = {
                     "encoder": "encode-corpus",
                     "threads": cw,
                     "docs": str(docs_path),
-                    "corpus_out": str(tmp / "shards"),
+                    "corpus_out": str(out),
                     "warmup": not args.no_warmup,
                     "tokenizer_json": str(paths.tokenizer_json),
                     "tokenizer_dir": str(paths.tokenizer_dir),
                     "reference": str(ref_path) if ref_path else None,
                 }
                 r = _spawn(spec, args.timeout)
+                shutil.rmtree(out, ignore_errors=True)
                 runs.setdefault(("encode-corpus", cw), []).append(r)
                 msg = r.get("error") or f"{r['tokens'] / r['seconds'] / 1e6:.2f} M tok/s"
                 log(f"[{rep + 1}/{args.repeat}] encode-corpus {cw}w: {msg}")
