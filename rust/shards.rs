@@ -165,7 +165,7 @@ impl Write for ShardFile {
 }
 
 /// Bytes written between two requests to start writing a shard back to disk.
-const WRITEBACK_BYTES: u64 = 8 << 20;
+const WRITEBACK_BYTES: u64 = 2 << 20;
 
 /// Asks the kernel to start writing `file[from..to]` to disk now, without waiting, so the
 /// `sync_all` that closes the shard finds little left to do (Linux; elsewhere the sync does
