@@ -267,6 +267,7 @@ impl Closer {
                     mut progress,
                 } in queue.by_ref()
                 {
+                    let n = shard.n;
                     let done = complete_shard(dir, shard).and_then(|info| {
                         shards.push(info);
                         progress.shards = shards.clone();
@@ -274,6 +275,10 @@ impl Closer {
                     });
                     if let Err(e) = done {
                         f.store(true, Ordering::Release);
+                        let (bin, idx) = shard_name(n);
+                        for name in [bin, idx] {
+                            let _ = std::fs::remove_file(dir.join(format!("{name}.tmp")));
+                        }
                         // Until the writer learns of it (it sends no more once `failed` is
                         // set), what was queued is removed, never left half-written.
                         for c in queue {
@@ -1285,7 +1290,7 @@ mod tests {
         assert!(
             !left
                 .iter()
-                .any(|n| n.ends_with(".bin.tmp") || n.ends_with(".bin")),
+                .any(|n| n.ends_with(".tmp") || n.starts_with("shard-")),
             "{left:?}"
         );
         assert!(!dir.join(PROGRESS).exists());
