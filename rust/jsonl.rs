@@ -269,13 +269,17 @@ mod wide {
         Here(usize),
     }
 
-    /// Whether this CPU has what `unescape` is compiled for (cached by the standard library).
+    /// Whether this CPU has what `block` is compiled for, the same list (cached by the
+    /// standard library).
     #[inline]
     pub fn available() -> bool {
         std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vbmi")
             && std::is_x86_feature_detected!("avx512vbmi2")
+            && std::is_x86_feature_detected!("bmi1")
+            && std::is_x86_feature_detected!("bmi2")
+            && std::is_x86_feature_detected!("popcnt")
     }
 
     /// The byte a simple escape stands for, by the char after the backslash; 0 for the
@@ -318,11 +322,14 @@ mod wide {
     /// Unescapes the string text at `s[i..]` into `out` a 64-byte block at a time, while a
     /// block's escapes are all simple (`\"` `\\` `\/` `\b` `\f` `\n` `\r` `\t`). `out` must have
     /// room for `s.len() - i + 64` more bytes (each block is stored whole, then the length
-    /// moved past its text). Call only where `available()`.
+    /// moved past its text). Where not `available()`, it takes nothing.
     pub fn unescape(s: &[u8], mut i: usize, out: &mut Vec<u8>) -> Stop {
         assert!(out.capacity() - out.len() >= s.len() - i + 64);
+        if !available() {
+            return Stop::Here(i);
+        }
         while i + 64 <= s.len() {
-            // SAFETY: `available()` was checked by the caller (the features are the CPU's);
+            // SAFETY: the CPU has the features `block` is compiled for (checked above);
             // 64 bytes are read at `i`, within `s`, and 64 written at `out.len()`, within the
             // capacity: `out` grows by at most the bytes consumed, and had room for all of
             // them plus 64.
