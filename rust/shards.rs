@@ -225,11 +225,18 @@ fn write_progress(dir: &Path, progress: &Progress) -> Result<()> {
     write_atomic(&dir.join(PROGRESS), &data)
 }
 
-/// Removes a shard that will not be completed (its temporary `.bin`).
+/// Removes a shard that will not be completed.
 fn discard_shard(dir: &Path, shard: OpenShard) {
-    let (bin, _) = shard_name(shard.n);
     drop(shard.bin); // waits for its thread, which closes the file
-    let _ = std::fs::remove_file(dir.join(format!("{bin}.tmp")));
+    remove_temporaries(dir, shard.n);
+}
+
+/// Removes shard `n`'s temporary `.bin` and index, where they exist.
+fn remove_temporaries(dir: &Path, n: usize) {
+    let (bin, idx) = shard_name(n);
+    for name in [bin, idx] {
+        let _ = std::fs::remove_file(dir.join(format!("{name}.tmp")));
+    }
 }
 
 /// A rotated shard and the progress to record once it is complete.
@@ -275,10 +282,7 @@ impl Closer {
                     });
                     if let Err(e) = done {
                         f.store(true, Ordering::Release);
-                        let (bin, idx) = shard_name(n);
-                        for name in [bin, idx] {
-                            let _ = std::fs::remove_file(dir.join(format!("{name}.tmp")));
-                        }
+                        remove_temporaries(dir, n);
                         // Until the writer learns of it (it sends no more once `failed` is
                         // set), what was queued is removed, never left half-written.
                         for c in queue {
@@ -1041,9 +1045,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         // closer completes those already handed to it).
         let _ = w.finish_closing();
         if let Some(s) = w.open.take() {
-            let (bin, _) = shard_name(s.n);
-            drop(s.bin);
-            let _ = std::fs::remove_file(dir.join(format!("{bin}.tmp")));
+            discard_shard(dir, s);
         }
         if opts.progress {
             eprintln!();
