@@ -83,11 +83,12 @@ impl<'a> Parser<'a> {
 
     /// A string at `i` (its opening quote), unescaped into `out` when given.
     fn string(&mut self, out: Option<&mut Vec<u8>>) -> Option<()> {
-        self.string_with(out, wide::available())
+        self.string_with(out, true)
     }
 
-    /// `string`, with 64-byte blocks (`wide`) when `blocks` is true.
+    /// `string`, with 64-byte blocks (`wide`) when `blocks` is true and the CPU has them.
     fn string_with(&mut self, mut out: Option<&mut Vec<u8>>, blocks: bool) -> Option<()> {
+        let mut blocks = blocks && wide::available();
         self.eat(b'"')?;
         if let Some(o) = out.as_deref_mut() {
             // The text is never longer than the rest of the line: room for all of it, and
@@ -96,12 +97,17 @@ impl<'a> Parser<'a> {
         }
         loop {
             if let (Some(o), true) = (out.as_deref_mut(), blocks) {
-                match wide::unescape(self.s, self.i, o) {
+                // SAFETY: `blocks` is only true where `wide::available()`.
+                match unsafe { wide::unescape(self.s, self.i, o) } {
                     wide::Stop::Quote(at) => {
                         self.i = at + 1;
                         return Some(());
                     }
-                    wide::Stop::Here(at) => self.i = at,
+                    wide::Stop::Here(at) => {
+                        self.i = at;
+                        // Under 64 bytes left: the rest is the byte-wise loop's.
+                        blocks = at + 64 <= self.s.len();
+                    }
                 }
             }
             let end = match out.as_deref_mut() {
@@ -302,6 +308,16 @@ mod wide {
         escape_starts(b)
     }
 
+    /// The bits below bit `n` (`n` <= 64).
+    #[inline(always)]
+    fn below(n: u32) -> u64 {
+        if n == 64 {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
+        }
+    }
+
     /// The backslashes of `b` (a block's backslash mask) that start an escape: in each run of
     /// backslashes, those at an even offset from the run's start (the others are escaped).
     /// The block must not start inside an escape.
@@ -322,14 +338,14 @@ mod wide {
     /// Unescapes the string text at `s[i..]` into `out` a 64-byte block at a time, while a
     /// block's escapes are all simple (`\"` `\\` `\/` `\b` `\f` `\n` `\r` `\t`). `out` must have
     /// room for `s.len() - i + 64` more bytes (each block is stored whole, then the length
-    /// moved past its text). Where not `available()`, it takes nothing.
-    pub fn unescape(s: &[u8], mut i: usize, out: &mut Vec<u8>) -> Stop {
+    /// moved past its text).
+    ///
+    /// # Safety
+    /// Only where `available()`.
+    pub unsafe fn unescape(s: &[u8], mut i: usize, out: &mut Vec<u8>) -> Stop {
         assert!(out.capacity() - out.len() >= s.len() - i + 64);
-        if !available() {
-            return Stop::Here(i);
-        }
         while i + 64 <= s.len() {
-            // SAFETY: the CPU has the features `block` is compiled for (checked above);
+            // SAFETY: the CPU has the features `block` is compiled for (the caller's promise);
             // 64 bytes are read at `i`, within `s`, and 64 written at `out.len()`, within the
             // capacity: `out` grows by at most the bytes consumed, and had room for all of
             // them plus 64.
@@ -369,12 +385,7 @@ mod wide {
         if take == 64 && starts >> 63 == 1 {
             take = 63;
         }
-        let within = if take == 64 {
-            u64::MAX
-        } else {
-            (1u64 << take) - 1
-        };
-        let starts = starts & within;
+        let starts = starts & below(take);
         let escaped = starts << 1;
         let table = DECODED.as_ptr() as *const __m512i;
         // Each byte's decoding by its low 7 bits; only escaped bytes' are used.
@@ -388,15 +399,11 @@ mod wide {
         let (take, starts) = if unknown != 0 {
             // Up to the escape the loop must take (a `\u`, or an invalid one).
             let at = unknown.trailing_zeros() - 1;
-            (at, starts & ((1u64 << at) - 1))
+            (at, starts & below(at))
         } else {
             (take, starts)
         };
-        let keep = (if take == 64 {
-            u64::MAX
-        } else {
-            (1u64 << take) - 1
-        }) & !starts;
+        let keep = below(take) & !starts;
         let text = _mm512_mask_blend_epi8(starts << 1, v, decoded);
         let packed = _mm512_maskz_compress_epi8(keep, text);
         let len = out.len();
@@ -424,7 +431,11 @@ mod wide {
     pub fn available() -> bool {
         false
     }
-    pub fn unescape(_: &[u8], i: usize, _: &mut Vec<u8>) -> Stop {
+    /// Takes nothing.
+    ///
+    /// # Safety
+    /// None needed; `unsafe` to match the x86-64 copy.
+    pub unsafe fn unescape(_: &[u8], i: usize, _: &mut Vec<u8>) -> Stop {
         Stop::Here(i)
     }
 }
