@@ -2,13 +2,27 @@
 //! Qwen2 pre-tokenizer scan always; full encoding, warm (cache filled) and cold (a fresh thread
 //! per iteration), and the BPE of the short pieces that are not one token (one at a time, and in
 //! the batches the encoder merges them in), when APRX_BENCH_TOKENIZER names a tokenizer.json.
+//! Group `pipeline`: encode-corpus's other hot loops over the whole standard library: the JSONL
+//! `content` field's extraction, SHA-256 of 32 MB not in cache (with and without
+//! `update_ahead`'s prefetch), and the UTF-8 of the non-ASCII files' PEP 393 characters.
 
 use aprx::pretok::{PreTokenizer, QWEN2_PATTERN};
+use aprx::utf8::{push_utf8, Units};
 use aprx::Tokenizer;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 fn stdlib_text(limit: usize) -> String {
+    let mut text = String::new();
+    for s in stdlib_files(limit) {
+        text.push_str(&s);
+    }
+    text
+}
+
+/// The stdlib's `*.py` files that are UTF-8, in path order, until `limit` bytes are read.
+fn stdlib_files(limit: usize) -> Vec<String> {
     let out = std::process::Command::new("python3")
         .args([
             "-c",
@@ -34,16 +48,126 @@ fn stdlib_text(limit: usize) -> String {
         }
     }
     walk(&root, &mut files);
-    let mut text = String::new();
+    let (mut texts, mut bytes) = (Vec::new(), 0);
     for f in files {
         if let Ok(s) = std::fs::read_to_string(&f) {
-            text.push_str(&s);
-            if text.len() >= limit {
+            bytes += s.len();
+            texts.push(s);
+            if bytes >= limit {
                 break;
             }
         }
     }
-    text
+    texts
+}
+
+fn pipeline(c: &mut Criterion) {
+    let files = stdlib_files(usize::MAX);
+    let mut g = c.benchmark_group("pipeline");
+    g.sample_size(10);
+
+    let jsonl: Vec<String> = files
+        .iter()
+        .map(|t| serde_json::json!({ "content": t }).to_string())
+        .collect();
+    g.throughput(Throughput::Bytes(
+        jsonl.iter().map(|l| l.len() as u64).sum(),
+    ));
+    g.bench_function("jsonl_field_text_stdlib", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            let mut n = 0;
+            for line in &jsonl {
+                out.clear();
+                assert!(aprx::jsonl::field_text(
+                    line.as_bytes(),
+                    b"content",
+                    &mut out
+                ));
+                n += out.len();
+            }
+            n
+        })
+    });
+
+    // 32 MB windows of a 512 MB buffer, one after another: each is out of cache in its turn.
+    const WINDOW: usize = 32 << 20;
+    let data: Vec<u8> = (0..16 * WINDOW).map(|i| (i * 7 + i / 4093) as u8).collect();
+    g.throughput(Throughput::Bytes(WINDOW as u64));
+    for (name, ahead) in [
+        ("sha256_32mb_out_of_cache", false),
+        ("sha256_32mb_out_of_cache_update_ahead", true),
+    ] {
+        let mut k = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                k = (k + 1) % 16;
+                let w = &data[k * WINDOW..(k + 1) * WINDOW];
+                let mut h = Sha256::new();
+                if ahead {
+                    aprx::offload::update_ahead(&mut h, w);
+                } else {
+                    h.update(w);
+                }
+                h.finalize()
+            })
+        });
+    }
+
+    // The non-ASCII files as CPython keeps them: 1, 2 or 4 bytes a character.
+    let wide: Vec<(u32, Vec<u32>)> = files
+        .iter()
+        .filter(|t| !t.is_ascii())
+        .map(|t| {
+            let cps: Vec<u32> = t.chars().map(|c| c as u32).collect();
+            let max = cps.iter().copied().max().unwrap_or(0);
+            (
+                if max < 0x100 {
+                    1
+                } else if max < 0x10000 {
+                    2
+                } else {
+                    4
+                },
+                cps,
+            )
+        })
+        .collect();
+    let latin1: Vec<Vec<u8>> = wide
+        .iter()
+        .filter(|w| w.0 == 1)
+        .map(|w| w.1.iter().map(|&c| c as u8).collect())
+        .collect();
+    let ucs2: Vec<Vec<u16>> = wide
+        .iter()
+        .filter(|w| w.0 == 2)
+        .map(|w| w.1.iter().map(|&c| c as u16).collect())
+        .collect();
+    let ucs4: Vec<Vec<u32>> = wide
+        .iter()
+        .filter(|w| w.0 == 4)
+        .map(|w| w.1.clone())
+        .collect();
+    g.throughput(Throughput::Elements(
+        wide.iter().map(|w| w.1.len() as u64).sum(),
+    ));
+    g.bench_function("utf8_of_non_ascii_stdlib_files", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            out.clear();
+            for u in &latin1 {
+                push_utf8(Units::Latin1(u), &mut out).unwrap();
+            }
+            for u in &ucs2 {
+                push_utf8(Units::Ucs2(u), &mut out).unwrap();
+            }
+            for u in &ucs4 {
+                push_utf8(Units::Ucs4(u), &mut out).unwrap();
+            }
+            out.len()
+        })
+    });
+    g.finish();
 }
 
 fn benches(c: &mut Criterion) {
@@ -117,5 +241,5 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(all, benches);
+criterion_group!(all, benches, pipeline);
 criterion_main!(all);

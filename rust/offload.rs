@@ -24,7 +24,8 @@ const AHEAD: usize = 2048;
 /// `h.update(data)`, with the bytes `AHEAD` further on prefetched before each `AHEAD_STEP`.
 /// SHA-NI hashes ~1.7 GB/s on this machine's Xeon, but a lone sequential reader of memory not
 /// in cache (a mapped input, a shard just written by another core) is fed ~1.2 GB/s by the
-/// hardware prefetcher alone; so prefetched, 32 MB out of cache hash at the in-cache speed.
+/// hardware prefetcher alone (`cargo bench --bench encode -- pipeline/sha256`: 32 MB out of
+/// cache, 29.5-32.4 ms plain, 20.2-21.4 ms prefetched).
 pub fn update_ahead(h: &mut Sha256, data: &[u8]) {
     for (i, part) in data.chunks(AHEAD_STEP).enumerate() {
         let ahead = (i * AHEAD_STEP + AHEAD).min(data.len());
