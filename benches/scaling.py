@@ -7,6 +7,7 @@ freshly loaded tokenizer (cold tables, as in `compare.py`), rounds interleaved.
     python benches/scaling.py --copies 3 --workers 1,2,4,8,16 --rounds 3
     python benches/scaling.py --doc-lines 4        # many small documents: files cut in 4-line parts
     python benches/scaling.py --append-comment     # every document non-ASCII (a CJK comment added)
+    python benches/scaling.py --workers 2 --modes encode-corpus --shard-tokens 1000000  # 8 shards
 
 Prints, per mode and count, the best and the median rate in M tokens/s and the cores used (CPU
 time / wall time) in the best run. Ids are not checked here (`compare.py` checks them against
@@ -31,7 +32,7 @@ MODES = ("encode_batch", "encode-corpus", "encode_ordinary-loop")
 CJK_COMMENT = "\n# 中文注释：说明这个函数的用途。\n"
 
 
-def _child(mode: str, workers: int, tmp: Path) -> Dict[str, float]:
+def _child(mode: str, workers: int, tmp: Path, shard_tokens: int) -> Dict[str, float]:
     # numpy first, as in compare.py: its OpenBLAS threads spin for about 0.1 s after numpy is
     # imported, which the warm-up call (aprx's first numpy array) would otherwise do just
     # before the timed call, taking a core from it.
@@ -56,7 +57,13 @@ def _child(mode: str, workers: int, tmp: Path) -> Dict[str, float]:
     else:
         c0, t0 = time.process_time(), time.perf_counter()
         manifest = encode_corpus(
-            docs, tok, tmp / "shards", num_workers=workers, overwrite=True, eos_policy="none"
+            docs,
+            tok,
+            tmp / "shards",
+            num_workers=workers,
+            overwrite=True,
+            eos_policy="none",
+            shard_tokens=shard_tokens,
         )
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         tokens = manifest["total_tokens"]
@@ -95,11 +102,17 @@ def main() -> int:
         help=f"append {CJK_COMMENT!r} to every document, so every one is a non-ASCII string "
         "(CPython makes its UTF-8 on first use, with the GIL held)",
     )
+    ap.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=10_000_000,
+        help="encode-corpus's shard size (smaller: more shards to complete along the way)",
+    )
     ap.add_argument("--_child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
         mode, workers, tmp = args._child
-        print(json.dumps(_child(mode, int(workers), Path(tmp))))
+        print(json.dumps(_child(mode, int(workers), Path(tmp), args.shard_tokens)))
         return 0
 
     sys.path.insert(0, str(TESTS))
@@ -135,6 +148,7 @@ def main() -> int:
                     if mode == "encode_ordinary-loop" and workers != 1:
                         continue
                     cmd = [sys.executable, __file__, "--_child", mode, str(workers), str(tmp)]
+                    cmd += ["--shard-tokens", str(args.shard_tokens)]
                     out = subprocess.run(cmd, capture_output=True, text=True)
                     if out.returncode != 0:
                         print(f"{mode} {workers} workers failed:\n{out.stderr}", file=sys.stderr)
