@@ -90,6 +90,16 @@ fn pipeline(c: &mut Criterion) {
         })
     });
 
+    // What every JSONL line costs before parsing: its UTF-8 validation.
+    g.bench_function("utf8_validate_jsonl_stdlib", |b| {
+        b.iter(|| {
+            jsonl
+                .iter()
+                .map(|l| std::str::from_utf8(l.as_bytes()).map_or(0, str::len))
+                .sum::<usize>()
+        })
+    });
+
     // 32 MB windows of a 512 MB buffer, one after another: each is out of cache in its turn.
     const WINDOW: usize = 32 << 20;
     let data: Vec<u8> = (0..16 * WINDOW).map(|i| (i * 7 + i / 4093) as u8).collect();

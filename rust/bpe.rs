@@ -34,6 +34,9 @@ pub struct MergeTable {
 }
 
 const EMPTY: u64 = u64::MAX;
+const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
+/// Slots per probe: eight u64, one cache line.
+const LINE: usize = 8;
 
 #[inline(always)]
 fn pair_key(a: u32, b: u32) -> u64 {
@@ -51,7 +54,7 @@ impl MergeTable {
     pub fn new(merges: &[(u32, u32, u32)]) -> Self {
         assert!(merges.len() <= MAX_MERGES);
         // At most ~60% full.
-        let cap = (merges.len() * 5 / 3 + 1).next_power_of_two().max(16);
+        let cap = (merges.len() * 5 / 3 + 1).next_power_of_two().max(2 * LINE);
         let mut t = MergeTable {
             entries: HugeSlice::filled(cap, EMPTY),
             mask: cap - 1,
@@ -71,7 +74,7 @@ impl MergeTable {
         for (rank, &(a, b, _)) in merges.iter().enumerate() {
             assert!(a <= MAX_ID && b <= MAX_ID);
             let k = pair_key(a, b);
-            let mut i = hash64(k) & t.mask;
+            let mut i = t.line_of(k);
             loop {
                 let e = t.entries[i];
                 if e == EMPTY {
@@ -88,15 +91,22 @@ impl MergeTable {
         t
     }
 
+    /// First slot of the line of `LINE` slots where the pair `k` is placed or looked for:
+    /// linear probing that starts at a line's first slot, so a lookup reads whole lines.
+    #[inline(always)]
+    fn line_of(&self, k: u64) -> usize {
+        hash64(k) & self.mask & !(LINE - 1)
+    }
+
     /// Rank of the pair, or `NO_RANK`.
     #[inline(always)]
     pub fn rank(&self, a: u32, b: u32) -> u32 {
         let k = pair_key(a, b);
-        let mut i = hash64(k) & self.mask;
+        let mut i = self.line_of(k);
         loop {
             let e = self.entries[i];
             if e >> RANK_BITS == k {
-                return (e & ((1 << RANK_BITS) - 1)) as u32;
+                return (e & RANK_MASK) as u32;
             }
             if e == EMPTY {
                 return NO_RANK;
@@ -105,13 +115,58 @@ impl MergeTable {
         }
     }
 
-    /// Starts loading the slot where `rank(a, b)` will look first.
+    /// `rank` with AVX2, a line at a time and without a branch on what the line holds (the
+    /// answer, found or absent, is as unpredictable as the text): the pair is in its first
+    /// line unless that line is full, rare at this load.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (the caller is compiled for x86-64-v3).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub unsafe fn rank_avx2(&self, a: u32, b: u32) -> u32 {
+        use std::arch::x86_64::*;
+        let k = pair_key(a, b);
+        let want = _mm256_set1_epi64x(k as i64);
+        let empty = _mm256_set1_epi64x(EMPTY as i64);
+        let base = self.entries.as_ptr();
+        let mut i = self.line_of(k);
+        loop {
+            // SAFETY: `i` is a line's first slot (the table has whole lines: its length is a
+            // power of two of at least `2 * LINE`), so both loads are inside the table.
+            let (lo, hi) = unsafe {
+                let p = base.add(i) as *const __m256i;
+                (_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1)))
+            };
+            let mask = |v: __m256i| _mm256_movemask_pd(_mm256_castsi256_pd(v)) as u32;
+            let hit = mask(_mm256_cmpeq_epi64(
+                _mm256_srli_epi64::<{ RANK_BITS as i32 }>(lo),
+                want,
+            )) | mask(_mm256_cmpeq_epi64(
+                _mm256_srli_epi64::<{ RANK_BITS as i32 }>(hi),
+                want,
+            )) << 4;
+            let open = mask(_mm256_cmpeq_epi64(lo, empty)) | mask(_mm256_cmpeq_epi64(hi, empty));
+            // SAFETY: `i + 0..LINE` is inside the table (above).
+            let e = unsafe { *base.add(i + (hit | 1 << LINE).trailing_zeros() as usize % LINE) };
+            let rank = if hit != 0 {
+                (e & RANK_MASK) as u32
+            } else {
+                NO_RANK
+            };
+            if hit | open != 0 {
+                return rank;
+            }
+            i = (i + LINE) & self.mask;
+        }
+    }
+
+    /// Starts loading the line where `rank(a, b)` will look first.
     #[inline(always)]
     pub fn prefetch(&self, a: u32, b: u32) {
         crate::cache::prefetch(
             self.entries
                 .as_ptr()
-                .wrapping_add(hash64(pair_key(a, b)) & self.mask),
+                .wrapping_add(self.line_of(pair_key(a, b))),
         );
     }
 
@@ -201,21 +256,26 @@ impl<const N: usize> Lane<N> {
     /// and the new ones: reading the keys back just after the stores would wait for them (a
     /// wide load over narrow stores in flight is not forwarded), 7% of the merging time.
     #[inline(always)]
-    fn step(&mut self, merges: &MergeTable) -> bool {
+    fn step<const V3: bool>(&mut self, merges: &MergeTable) -> bool {
+        let rank = |a: u32, b: u32| {
+            #[cfg(target_arch = "x86_64")]
+            if V3 {
+                // SAFETY: `V3` only in copies compiled for x86-64-v3 (`merge_batch_v3`).
+                return unsafe { merges.rank_avx2(a, b) };
+            }
+            merges.rank(a, b)
+        };
         let old = self.keys;
         let at = self.at as usize % N;
         let (mut key_at, mut key_left) = (NO_KEY, NO_KEY);
         if self.right != Self::NONE {
-            key_at = small_key(
-                merges.rank(self.sym[at], self.sym[self.right as usize % N]),
-                at,
-            );
+            key_at = small_key(rank(self.sym[at], self.sym[self.right as usize % N]), at);
             self.keys[at] = key_at;
             self.right = Self::NONE;
         }
         if self.left != Self::NONE {
             let p = self.left as usize % N;
-            key_left = small_key(merges.rank(self.sym[p], self.sym[at]), p);
+            key_left = small_key(rank(self.sym[p], self.sym[at]), p);
             self.keys[p] = key_left;
             self.left = Self::NONE;
         }
@@ -364,7 +424,7 @@ impl Bpe {
         out: &mut Vec<u32>,
     ) {
         let mut lane = Lane::<N>::new(n, id, rank0);
-        while lane.step(&self.merges) {}
+        while lane.step::<false>(&self.merges) {}
         lane.emit(out);
     }
 
@@ -390,7 +450,7 @@ impl Bpe {
             // SAFETY: the CPU has the features `merge_batch_v3` is compiled for (checked above).
             return unsafe { self.merge_batch_v3(count, piece, unk, out, ends) };
         }
-        self.merge_batch_with(count, piece, unk, out, ends)
+        self.merge_batch_with::<false>(count, piece, unk, out, ends)
     }
 
     crate::simd::x86_64_v3_fn! {
@@ -404,13 +464,13 @@ impl Bpe {
             out: &mut Vec<u32>,
             ends: &mut Vec<usize>,
         ) {
-            self.merge_batch_with(count, piece, unk, out, ends)
+            self.merge_batch_with::<true>(count, piece, unk, out, ends)
         }
     }
 
     /// The body of `merge_batch`, inlined into each of its copies.
     #[inline(always)]
-    fn merge_batch_with<'a>(
+    fn merge_batch_with<'a, const V3: bool>(
         &self,
         count: usize,
         piece: impl Fn(usize) -> &'a [u8],
@@ -445,8 +505,8 @@ impl Bpe {
         let mut active_short: Vec<u32> = (0..short.len() as u32).collect();
         let mut active_long: Vec<u32> = (0..long.len() as u32).collect();
         while !(active_short.is_empty() && active_long.is_empty()) {
-            self.merge_round(&mut short, &mut active_short);
-            self.merge_round(&mut long, &mut active_long);
+            self.merge_round::<16, V3>(&mut short, &mut active_short);
+            self.merge_round::<32, V3>(&mut long, &mut active_long);
         }
         let (mut s, mut l) = (short.iter(), long.iter());
         for k in 0..count {
@@ -464,11 +524,15 @@ impl Bpe {
     /// prefetched and its next merge (`Lane::step`), prefetching that one's probes; lanes
     /// with nothing left to merge leave `active`.
     #[inline(always)]
-    fn merge_round<const N: usize>(&self, lanes: &mut [Lane<N>], active: &mut Vec<u32>) {
+    fn merge_round<const N: usize, const V3: bool>(
+        &self,
+        lanes: &mut [Lane<N>],
+        active: &mut Vec<u32>,
+    ) {
         let mut kept = 0;
         for t in 0..active.len() {
             let lane = &mut lanes[active[t] as usize];
-            if lane.step(&self.merges) {
+            if lane.step::<V3>(&self.merges) {
                 lane.prefetch(&self.merges);
                 active[kept] = active[t];
                 kept += 1;
@@ -536,6 +600,16 @@ mod tests {
         )
     }
 
+    /// `rank`, and `rank_avx2` where the CPU has AVX2, give `want` for the pair.
+    fn assert_ranks(t: &MergeTable, a: u32, b: u32, want: u32) {
+        assert_eq!(t.rank(a, b), want, "({a}, {b})");
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            assert_eq!(unsafe { t.rank_avx2(a, b) }, want, "({a}, {b}) with AVX2");
+        }
+    }
+
     /// Every pair's rank against a map, for tables of many sizes filled to ~60%: pairs
     /// present (the first rank of a repeated one) and absent; and pairs whose run of slots goes
     /// past the last slot and wraps to the first.
@@ -552,29 +626,39 @@ mod tests {
             }
             let t = MergeTable::new(&merges);
             for (&(a, b), &r) in &want {
-                assert_eq!(t.rank(a, b), r, "n {n}: ({a}, {b})");
+                assert_ranks(&t, a, b, r);
                 assert_eq!(t.get(a, b), Some((r, 3000 + r)));
             }
             for _ in 0..20_000 {
                 let (a, b) = (rnd(3100) as u32, rnd(3100) as u32);
                 let r = want.get(&(a, b)).copied().unwrap_or(NO_RANK);
-                assert_eq!(t.rank(a, b), r, "n {n}: ({a}, {b})");
+                assert_ranks(&t, a, b, r);
             }
         }
-        // Nine pairs whose home is the last slot of a 16-slot table: their run wraps.
+        // Nine pairs whose home is the last line of a 16-slot table: they fill it and the
+        // ninth wraps to the first slot; a pair absent from that full line is looked for in
+        // the first line too.
+        let home_last = |&(a, b): &(u32, u32)| hash64(pair_key(a, b)) & 15 >= LINE;
         let last: Vec<(u32, u32, u32)> = (0..1u32 << 20)
             .map(|x| (x >> 10, x & 1023))
-            .filter(|&(a, b)| hash64(pair_key(a, b)) & 15 == 15)
+            .filter(home_last)
             .take(9)
             .enumerate()
             .map(|(r, (a, b))| (a, b, 5000 + r as u32))
             .collect();
         let t = MergeTable::new(&last);
         assert_eq!(t.mask, 15);
-        assert!(t.entries[..8].iter().all(|&e| e != EMPTY) && t.entries[15] != EMPTY);
+        assert!(t.entries[LINE..].iter().all(|&e| e != EMPTY) && t.entries[0] != EMPTY);
+        assert!(t.entries[1..LINE].iter().all(|&e| e == EMPTY));
         for (r, &(a, b, _)) in last.iter().enumerate() {
-            assert_eq!(t.rank(a, b), r as u32);
-            assert_eq!(t.rank(b + 2000, a), NO_RANK);
+            assert_ranks(&t, a, b, r as u32);
+        }
+        let absent = (0..1u32 << 20)
+            .map(|x| (x >> 10 | 1024, x & 1023))
+            .filter(home_last)
+            .take(50);
+        for (a, b) in absent {
+            assert_ranks(&t, a, b, NO_RANK);
         }
     }
 
@@ -667,7 +751,9 @@ mod tests {
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut copies: Vec<(&str, Batch)> = vec![(
             "baseline",
-            Box::new(|ids, ends| bpe.merge_batch_with(batch.len(), |k| &batch[k], None, ids, ends)),
+            Box::new(|ids, ends| {
+                bpe.merge_batch_with::<false>(batch.len(), |k| &batch[k], None, ids, ends)
+            }),
         )];
         #[cfg(target_arch = "x86_64")]
         if crate::simd::has_x86_64_v3() {
