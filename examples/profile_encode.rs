@@ -262,6 +262,16 @@ fn main() {
             minor_faults() - faults
         );
     }
+    if std::env::var("SMAPS").as_deref() == Ok("1") {
+        // How much of the process is on transparent huge pages (the tables are advised to be).
+        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        for line in rollup
+            .lines()
+            .filter(|l| l.starts_with("AnonHugePages") || l.starts_with("Rss"))
+        {
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// Minor page faults of the process so far (0 where getrusage is unavailable).

@@ -11,7 +11,7 @@
 use crate::simd;
 
 /// Appends the text of the first `field` member of the JSON object `line` (valid UTF-8) to
-/// `out` and returns true when `line` is an object serde_json accepts (whitespace around it
+/// `out`, valid UTF-8 too (the tests check it), and returns true when `line` is an object serde_json accepts (whitespace around it
 /// allowed) and that member is a string. Returns false, with `out` in any state, otherwise,
 /// and in the cases listed in the module's doc.
 pub fn field_text(line: &[u8], field: &[u8], out: &mut Vec<u8>) -> bool {
