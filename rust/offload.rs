@@ -37,8 +37,8 @@ pub fn update_ahead(h: &mut Sha256, data: &[u8]) {
     }
 }
 
-/// Hashes (and writes to `W`) everything passed to `write`, on a thread of its own. `finish`
-/// returns the sink and the digest, or the first write error.
+/// Hashes (and writes to `W`) everything passed to `write`, on a thread of its own (or two:
+/// `with_writer_thread`). `finish` returns the sink and the digest, or the first write error.
 pub struct Offload<W: Write + Send + 'static> {
     buf: Vec<u8>,
     tx: Option<SyncSender<Vec<u8>>>,
@@ -50,29 +50,70 @@ pub struct Offload<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> Offload<W> {
-    /// Starts the thread (named `name`).
-    pub fn new(name: &str, mut sink: W) -> io::Result<Self> {
+    /// Starts the thread (named `name`), which hashes each chunk and then writes it.
+    pub fn new(name: &str, sink: W) -> io::Result<Self> {
+        Self::start(name, None, sink)
+    }
+
+    /// `new`, with the writes on a second thread (named `writer`): the hashing thread hands
+    /// each chunk on once hashed, so hashing and writing (the copy into the page cache) each
+    /// take a core, where one thread doing both would cap a many-core pipeline.
+    pub fn with_writer_thread(name: &str, writer: &str, sink: W) -> io::Result<Self> {
+        Self::start(name, Some(writer), sink)
+    }
+
+    fn start(name: &str, writer: Option<&str>, mut sink: W) -> io::Result<Self> {
         let (tx, rx) = sync_channel::<Vec<u8>>(CHUNKS);
         let (back_tx, back) = sync_channel::<Vec<u8>>(CHUNKS + 1);
         let failed = Arc::new(AtomicBool::new(false));
         let error = Arc::new(Mutex::new(None));
         let (f, e) = (failed.clone(), error.clone());
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
+        // Writes a hashed chunk (none after the first error) and hands it back for reuse.
+        let write = move |sink: &mut W, chunk: Vec<u8>| {
+            if !f.load(Ordering::Relaxed) {
+                if let Err(err) = sink.write_all(&chunk) {
+                    *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                    f.store(true, Ordering::Release);
+                }
+            }
+            let _ = back_tx.try_send(chunk);
+        };
+        let hashing = std::thread::Builder::new().name(name.into());
+        let thread = match writer {
+            None => hashing.spawn(move || {
                 let mut hasher = Sha256::new();
                 for chunk in rx {
                     update_ahead(&mut hasher, &chunk);
-                    if !f.load(Ordering::Relaxed) {
-                        if let Err(err) = sink.write_all(&chunk) {
-                            *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
-                            f.store(true, Ordering::Release);
-                        }
-                    }
-                    let _ = back_tx.try_send(chunk);
+                    write(&mut sink, chunk);
                 }
                 (sink, hasher.finalize().into())
-            })?;
+            })?,
+            Some(writer) => {
+                let (wtx, wrx) = sync_channel::<Vec<u8>>(CHUNKS);
+                let writing = std::thread::Builder::new()
+                    .name(writer.into())
+                    .spawn(move || {
+                        for chunk in wrx {
+                            write(&mut sink, chunk);
+                        }
+                        sink
+                    })?;
+                hashing.spawn(move || {
+                    let mut hasher = Sha256::new();
+                    for chunk in rx {
+                        update_ahead(&mut hasher, &chunk);
+                        if wtx.send(chunk).is_err() {
+                            break; // the writing thread is gone (it panicked): join says so
+                        }
+                    }
+                    drop(wtx); // the writing thread's loop ends after the last chunk
+                    match writing.join() {
+                        Ok(sink) => (sink, hasher.finalize().into()),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                })?
+            }
+        };
         Ok(Offload {
             buf: Vec::with_capacity(CHUNK),
             tx: Some(tx),
@@ -168,19 +209,31 @@ mod tests {
         }
     }
 
+    /// An `Offload` on one thread, or with its writes on a second (`split`).
+    fn offload<W: Write + Send + 'static>(split: bool, sink: W) -> Offload<W> {
+        match split {
+            false => Offload::new("test-offload", sink),
+            true => Offload::with_writer_thread("test-hash", "test-write", sink),
+        }
+        .unwrap()
+    }
+
     #[test]
     fn hashes_and_writes_every_byte_in_order() {
+        for split in [false, true] {
+            hashes_and_writes_every_byte_in_order_with(split);
+        }
+    }
+
+    fn hashes_and_writes_every_byte_in_order_with(split: bool) {
         let data: Vec<u8> = (0..(3 * CHUNK + 12345))
             .map(|i| (i * 7 + i / 991) as u8)
             .collect();
-        let mut o = Offload::new(
-            "test-offload",
-            Small {
-                data: Vec::new(),
-                limit: usize::MAX,
-            },
-        )
-        .unwrap();
+        let sink = Small {
+            data: Vec::new(),
+            limit: usize::MAX,
+        };
+        let mut o = offload(split, sink);
         // Uneven pieces, some larger than a chunk.
         let mut at = 0;
         for (k, step) in [1, 100, CHUNK + 3, 7, 2 * CHUNK, 999_999]
@@ -203,26 +256,52 @@ mod tests {
 
     #[test]
     fn the_sinks_error_comes_back() {
-        let mut o = Offload::new(
-            "test-offload",
-            Small {
+        for split in [false, true] {
+            let sink = Small {
                 data: Vec::new(),
                 limit: CHUNK + 10,
-            },
-        )
-        .unwrap();
-        let mut err = None;
+            };
+            let mut o = offload(split, sink);
+            let mut err = None;
+            for _ in 0..64 {
+                if let Err(e) = o.write(&[1u8; 100_000]) {
+                    err = Some(e);
+                    break;
+                }
+            }
+            let e = match err {
+                Some(e) => e,
+                None => o.finish().map(|_| ()).unwrap_err(),
+            };
+            assert_eq!(e.kind(), io::ErrorKind::StorageFull, "split: {split}");
+        }
+    }
+
+    /// A sink that panics on its first write.
+    struct Panics;
+
+    impl Write for Panics {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            panic!("a sink that panics");
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The writing thread's panic ends both threads and comes back as an error (no hang with
+    /// chunks still queued for it).
+    #[test]
+    fn a_writing_thread_panic_is_an_error() {
+        let mut o = offload(true, Panics);
+        let mut failed = false;
         for _ in 0..64 {
-            if let Err(e) = o.write(&[1u8; 100_000]) {
-                err = Some(e);
+            if o.write(&[7u8; 100_000]).is_err() {
+                failed = true;
                 break;
             }
         }
-        let e = match err {
-            Some(e) => e,
-            None => o.finish().map(|_| ()).unwrap_err(),
-        };
-        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(failed || o.finish().is_err());
     }
 
     #[test]
@@ -249,8 +328,9 @@ mod tests {
 
     #[test]
     fn an_empty_stream_has_the_empty_digest() {
-        let o = Offload::new("test-offload", io::sink()).unwrap();
-        let (_, digest) = o.finish().unwrap();
-        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(b"")));
+        for split in [false, true] {
+            let (_, digest) = offload(split, io::sink()).finish().unwrap();
+            assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(b"")));
+        }
     }
 }

@@ -349,6 +349,13 @@ impl Drop for Closer {
 /// holds its chunks not yet hashed and written, at most 5 MiB).
 const CLOSING_SHARDS: usize = 2;
 
+/// Workers from which a shard's writes get a thread apart from its hashing. On 16 cores, one
+/// thread hashing and writing the shards was busy 80% of the run (8 and 16 workers:
+/// `aprx-shard-out` 112-164 ms of CPU in 140-183 ms, `benches/threads.py encode-corpus
+/// --copies 10`), the cap of the whole pipeline; on 2 cores the extra thread only adds
+/// hand-offs.
+const SPLIT_WRITES_FROM: usize = 4;
+
 struct Writer<'a> {
     dir: &'a Path,
     opts: &'a Options,
@@ -359,6 +366,10 @@ struct Writer<'a> {
     next_shard: usize,
     /// Completes the shards rotated out during the run (started at the first rotation).
     closer: Option<Closer>,
+    /// Each shard's bytes are written on a thread of their own, apart from their hashing
+    /// (`Offload::with_writer_thread`): with `SPLIT_WRITES_FROM` workers or more, one thread
+    /// doing both caps the run.
+    split_writes: bool,
     /// Position (file, records consumed) of the record being processed.
     pos_file: usize,
     pos_record: u64,
@@ -434,8 +445,12 @@ impl<'a> Writer<'a> {
                 written: 0,
                 flushing: 0,
             };
-            let bin = Offload::new("aprx-shard-out", shard_file)
-                .map_err(|e| Error::io(&path, "start its writing thread", &e))?;
+            let bin = if self.split_writes {
+                Offload::with_writer_thread("aprx-shard-out", "aprx-shard-write", shard_file)
+            } else {
+                Offload::new("aprx-shard-out", shard_file)
+            }
+            .map_err(|e| Error::io(&path, "start its writing thread", &e))?;
             self.open = Some(OpenShard {
                 n,
                 bin,
@@ -795,6 +810,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         state,
         open: None,
         closer: None,
+        split_writes: false,
         pos_file: start_file,
         pos_record: skip,
         started,
@@ -810,6 +826,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         .all(|f| matches!(f.kind, InputKind::Jsonl | InputKind::Text))
         .then_some(bytes_total as usize);
     let pool = parallel::pool(opts.num_workers)?;
+    w.split_writes = pool.current_num_threads() >= SPLIT_WRITES_FROM;
     let normalizer = opts.normalization.unwrap_or(tok.normalizer());
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(CHANNEL_DEPTH);
     let stop = AtomicBool::new(false);
