@@ -346,7 +346,8 @@ impl Drop for Closer {
 }
 
 /// Rotated shards queued for the closer, at most, besides the one it is completing (each
-/// holds its chunks not yet hashed and written, at most 5 MiB).
+/// holds its chunks not yet hashed and written: at most 5 MiB, 10 MiB with a writing thread of
+/// its own).
 const CLOSING_SHARDS: usize = 2;
 
 /// Workers from which a shard's writes get a thread apart from its hashing. On 16 cores, one
