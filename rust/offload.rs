@@ -1,8 +1,9 @@
 //! SHA-256 (and writing) on a thread of its own. encode-corpus's reader hashes every input byte
 //! and its writer every shard byte; on one thread each, those two passes cap the whole
 //! pipeline (about 140M tokens/s on 16 cores, the workers half idle). Here the bytes are copied
-//! into 1 MiB chunks that a background thread hashes, and writes to a sink, in order; the
-//! caller only copies.
+//! into 1 MiB chunks that a background thread hashes, and writes to a sink, in order (or hands
+//! to a second thread that writes them, when hashing and writing together would still cap
+//! the pipeline); the caller only copies.
 
 use crate::cache::prefetch;
 use sha2::{Digest, Sha256};
