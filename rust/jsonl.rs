@@ -11,9 +11,9 @@
 use crate::simd;
 
 /// Appends the text of the first `field` member of the JSON object `line` (valid UTF-8) to
-/// `out`, valid UTF-8 too (the tests check it), and returns true when `line` is an object serde_json accepts (whitespace around it
-/// allowed) and that member is a string. Returns false, with `out` in any state, otherwise,
-/// and in the cases listed in the module's doc.
+/// `out`, valid UTF-8 too (the tests check it), and returns true when `line` is an object
+/// serde_json accepts (whitespace around it allowed) and that member is a string. Returns
+/// false, with `out` in any state, otherwise, and in the cases listed in the module's doc.
 pub fn field_text(line: &[u8], field: &[u8], out: &mut Vec<u8>) -> bool {
     let mut p = Parser { s: line, i: 0 };
     p.object_field(field, out).is_some()
@@ -88,7 +88,8 @@ impl<'a> Parser<'a> {
 
     /// `string`, with 64-byte blocks (`wide`) when `blocks` is true and the CPU has them.
     fn string_with(&mut self, mut out: Option<&mut Vec<u8>>, blocks: bool) -> Option<()> {
-        let mut blocks = blocks && wide::available();
+        // Keys and skipped strings (no `out`) take the byte-wise loop, and no feature check.
+        let mut blocks = blocks && out.is_some() && wide::available();
         self.eat(b'"')?;
         if let Some(o) = out.as_deref_mut() {
             // The text is never longer than the rest of the line: room for all of it, and
@@ -303,11 +304,6 @@ mod wide {
         t
     };
 
-    #[cfg(test)]
-    pub fn escape_starts_for_test(b: u64) -> u64 {
-        escape_starts(b)
-    }
-
     /// The bits below bit `n` (`n` <= 64).
     #[inline(always)]
     fn below(n: u32) -> u64 {
@@ -322,7 +318,7 @@ mod wide {
     /// backslashes, those at an even offset from the run's start (the others are escaped).
     /// The block must not start inside an escape.
     #[inline(always)]
-    fn escape_starts(b: u64) -> u64 {
+    pub(super) fn escape_starts(b: u64) -> u64 {
         const EVEN: u64 = 0x5555_5555_5555_5555;
         let run_starts = b & !(b << 1);
         // Adding a run's start bit clears the run: the runs starting at even / odd offsets.
@@ -558,9 +554,7 @@ mod tests {
         assert_eq!(serde(&deep, "content").as_deref(), Some("x"));
     }
 
-    /// Random objects (random keys, nested values, strings with every kind of char and
-    /// escape) agree with serde_json; every byte-level mutation of them either is left to
-    /// serde_json or agrees with it, so the fast path never accepts what serde_json rejects.
+    /// `escape_starts` against a byte-by-byte walk, on masks dense in runs of backslashes.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn escape_starts_are_the_unescaped_backslashes() {
@@ -582,7 +576,7 @@ mod tests {
                     k += 1;
                 }
             }
-            assert_eq!(wide::escape_starts_for_test(b), want, "{b:064b}");
+            assert_eq!(wide::escape_starts(b), want, "{b:064b}");
         }
     }
 
@@ -671,6 +665,9 @@ mod tests {
         );
     }
 
+    /// Random objects (random keys, nested values, strings with every kind of char and
+    /// escape) agree with serde_json; every byte-level mutation of them either is left to
+    /// serde_json or agrees with it, so the fast path never accepts what serde_json rejects.
     #[test]
     fn random_lines_and_their_mutations_agree_with_serde_json() {
         type Rnd<'r> = &'r mut dyn FnMut(usize) -> usize;
