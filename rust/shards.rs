@@ -802,6 +802,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     });
     let (start_file, skip) = (state.next_file, state.next_record);
     let bytes_total: u64 = files.iter().skip(start_file).map(|f| f.size).sum();
+    let pool = parallel::pool(opts.num_workers)?;
     let mut w = Writer {
         dir,
         opts,
@@ -811,7 +812,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         state,
         open: None,
         closer: None,
-        split_writes: false,
+        split_writes: pool.current_num_threads() >= SPLIT_WRITES_FROM,
         pos_file: start_file,
         pos_record: skip,
         started,
@@ -826,8 +827,6 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         .iter()
         .all(|f| matches!(f.kind, InputKind::Jsonl | InputKind::Text))
         .then_some(bytes_total as usize);
-    let pool = parallel::pool(opts.num_workers)?;
-    w.split_writes = pool.current_num_threads() >= SPLIT_WRITES_FROM;
     let normalizer = opts.normalization.unwrap_or(tok.normalizer());
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(CHANNEL_DEPTH);
     let stop = AtomicBool::new(false);
