@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,16 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import os, sys, time
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
-from aprx.corpus import encode_corpus
 import numpy  # before the timer: numpy's import starts an OpenBLAS thread that spins a while
 import fixtures
 import aprx
-texts = fixtures.stdlib_texts()
-if sys.argv[2] == "1":
-    texts = [t for t in texts if not t.isascii()]
-tok = aprx.Tokenizer.from_file(fixtures.qwen2_tokenizer_json())
+from aprx.corpus import encode_corpus
 api, threads = sys.argv[3], int(sys.argv[4])
-c0 = None
+if api != "encode-corpus":  # which reads the JSONL the parent wrote
+    texts = fixtures.stdlib_texts()
+    if sys.argv[2] == "1":
+        texts = [t for t in texts if not t.isascii()]
+tok = aprx.Tokenizer.from_file(fixtures.qwen2_tokenizer_json())
 if api == "encode_ordinary":
     tok.encode_ordinary("warm-up")
     c0, t0 = time.process_time(), time.perf_counter()
@@ -67,7 +68,7 @@ else:
                       eos_policy="none")
     wall = time.perf_counter() - t0
     n = m["total_tokens"]
-cpu = time.process_time() - c0 if c0 is not None else wall
+cpu = time.process_time() - c0
 print(n / wall / 1e6, cpu, aprx.__file__)
 """
 
@@ -80,6 +81,9 @@ def run(build: str, non_ascii: bool, api: str, threads: int, tmp: Path) -> Tuple
     argv = [sys.executable, "-c", CHILD, str(ROOT), "1" if non_ascii else "0", api, str(threads)]
     argv += [str(tmp / "docs.jsonl"), str(tmp / "shards")]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
+    # Untimed, as in compare.py and scaling.py: the next run then has no earlier shards to
+    # delete (`overwrite`) while it runs.
+    shutil.rmtree(tmp / "shards", ignore_errors=True)
     rate, cpu, where = float(out[0]), float(out[1]), out[2]
     if build != "-" and not where.startswith(os.path.abspath(build)):
         raise SystemExit(f"{build}: imported aprx from {where}, not from the build given")
@@ -98,6 +102,8 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=1, help="for the batch APIs and encode-corpus")
     args = ap.parse_args()
+    if args.builds[0] == args.builds[1]:
+        ap.error("give two different builds")
     rates: Dict[str, List[float]] = {b: [] for b in args.builds}
     cpus: Dict[str, List[float]] = {b: [] for b in args.builds}
     with tempfile.TemporaryDirectory(prefix="aprx-ab-") as tmp_s:
