@@ -480,6 +480,8 @@ impl Tokenizer {
             id_to_str[id] = Some(tok.clone());
             str_to_id.insert(tok.clone(), id as u32);
         }
+        // The ids of the vocabulary proper (not those only added tokens have, below).
+        let vocab_ids: Vec<bool> = id_to_str.iter().map(Option::is_some).collect();
         let bpe_vocab_size = vocab.len();
         let unk = match model.get("unk_token").and_then(Value::as_str) {
             Some(u) => Some(*str_to_id.get(u).ok_or_else(|| {
@@ -496,14 +498,14 @@ impl Tokenizer {
             return Err(unsupported(source, "fuse_unk with an unk_token"));
         }
 
-        // Merges, in rank order.
+        // Merges, in rank order: each resolved to its ids on the pool (read-only lookups,
+        // half of a load's time when done one by one); the first bad one, by index, is the
+        // error, as in a sequential pass.
         let merges_v = model
             .get("merges")
             .and_then(Value::as_array)
             .ok_or_else(|| field_err(source, "model.merges must be a list"))?;
-        let mut merges = Vec::with_capacity(merges_v.len());
-        let mut joined = String::new();
-        for (i, m) in merges_v.iter().enumerate() {
+        let resolve = |i: usize, m: &Value, joined: &mut String| -> Result<(u32, u32, u32)> {
             let (a, b): (&str, &str) = match m {
                 Value::String(s) => {
                     let mut it = s.split(' ');
@@ -539,9 +541,31 @@ impl Tokenizer {
             joined.clear();
             joined.push_str(a);
             joined.push_str(b);
-            let im = look(&joined)?;
-            merges.push((ia, ib, im));
-        }
+            Ok((ia, ib, look(joined)?))
+        };
+        let pool = crate::parallel::pool(None)?;
+        let merges: Vec<(u32, u32, u32)> = {
+            use rayon::prelude::*;
+            let parts: Vec<Result<Vec<(u32, u32, u32)>>> = pool.install(|| {
+                merges_v
+                    .par_chunks(LOAD_CHUNK)
+                    .enumerate()
+                    .map(|(c, chunk)| {
+                        let mut joined = String::new();
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(k, m)| resolve(c * LOAD_CHUNK + k, m, &mut joined))
+                            .collect()
+                    })
+                    .collect()
+            });
+            let mut merges = Vec::with_capacity(merges_v.len());
+            for part in parts {
+                merges.extend(part?);
+            }
+            merges
+        };
 
         // Added tokens: an id may coincide with a vocab entry only if the content is the same.
         for t in &added {
@@ -585,16 +609,23 @@ impl Tokenizer {
                 }
             }
         }
-        let id_to_bytes: Vec<Option<Box<[u8]>>> = id_to_str
-            .iter()
-            .map(|s| {
-                s.as_ref().map(|s| {
-                    bytelevel::decode_str(s)
-                        .unwrap_or_else(|| s.as_bytes().to_vec())
-                        .into_boxed_slice()
-                })
+        // Each token's bytes, and whether it is a byte-level string (every char one byte's
+        // stand-in): only those can be whole pieces of text.
+        let decoded: Vec<Option<(Box<[u8]>, bool)>> = {
+            use rayon::prelude::*;
+            pool.install(|| {
+                id_to_str
+                    .par_iter()
+                    .with_min_len(LOAD_CHUNK)
+                    .map(|s| {
+                        s.as_ref().map(|s| match bytelevel::decode_str(s) {
+                            Some(b) => (b.into_boxed_slice(), true),
+                            None => (s.as_bytes().into(), false),
+                        })
+                    })
+                    .collect()
             })
-            .collect();
+        };
         if merges.len() > crate::bpe::MAX_MERGES {
             return Err(Error::tokenizer(
                 codes::DUPLICATE_ID,
@@ -609,47 +640,72 @@ impl Tokenizer {
         // Whole-piece lookup: with `ignore_merges` it is the defined behaviour for every
         // entry; otherwise it is used only for tokens that BPE over their own bytes yields as
         // one token (checked here, once), so the shortcut never changes a result.
-        let candidates: Vec<(Vec<u8>, u32)> = vocab
+        // The vocabulary's byte-level entries of two bytes or more, in id order (an added
+        // token sharing a vocab entry's id has its content, so the same bytes).
+        let in_vocab = |id: usize, b: &[u8]| b.len() > 1 && vocab_ids.get(id) == Some(&true);
+        let candidates: Vec<(u32, &[u8])> = decoded
             .iter()
-            .filter_map(|(tok, id)| {
-                let b = bytelevel::decode_str(tok)?;
-                (b.len() > 1).then(|| (b, id.as_u64().unwrap() as u32))
+            .enumerate()
+            .filter_map(|(id, d)| match d {
+                Some((b, true)) if in_vocab(id, b) => Some((id as u32, &b[..])),
+                _ => None,
             })
             .collect();
-        let direct: Vec<(Vec<u8>, u32)> = if ignore_merges {
-            candidates
+        let direct: Vec<u32> = if ignore_merges {
+            candidates.iter().map(|&(id, _)| id).collect()
         } else {
+            // Merged in batches (`Bpe::merge_batch`, as the encoder merges its cold pieces):
+            // this check was a fifth of a load's time one token at a time.
             use rayon::prelude::*;
-            crate::parallel::pool(None)?.install(|| {
+            let kept: Vec<Vec<u32>> = pool.install(|| {
                 candidates
-                    .into_par_iter()
-                    .with_min_len(1024)
-                    .filter(|(b, id)| {
-                        let mut v = Vec::with_capacity(4);
-                        bpe.encode_piece(b, unk, &mut v);
-                        v == [*id]
+                    .par_chunks(16)
+                    .with_min_len(LOAD_CHUNK / 16)
+                    .map(|batch| {
+                        let (mut ids, mut ends) = (Vec::new(), Vec::new());
+                        bpe.merge_batch(batch.len(), |k| batch[k].1, unk, &mut ids, &mut ends);
+                        let mut start = 0;
+                        let mut kept = Vec::with_capacity(batch.len());
+                        for (&(id, _), end) in batch.iter().zip(ends) {
+                            if ids[start..end] == [id] {
+                                kept.push(id);
+                            }
+                            start = end;
+                        }
+                        kept
                     })
                     .collect()
-            })
+            });
+            kept.concat()
         };
+        let bytes_of = |id: u32| &decoded[id as usize].as_ref().expect("a token").0[..];
         let mut bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild> =
             HashMap::with_capacity_and_hasher(direct.len(), FxBuild::default());
-        for (b, id) in direct {
-            bytes_to_id.insert(b.into_boxed_slice(), id);
+        for &id in &direct {
+            bytes_to_id.insert(bytes_of(id).into(), id);
         }
         // In id order: a BPE vocabulary's ids follow its merges, the most frequent first (and
         // single bytes before them), so the pieces met most often take the first slot they
-        // probe, and the later, rarer ones are the ones pushed along.
-        let mut one_token: Vec<(&[u8], u32)> = bytes_to_id
-            .iter()
-            .map(|(b, &id)| (&b[..], id))
-            .chain((0..256).filter_map(|b| {
-                let id = bpe.byte_ids[b];
-                (id != NO_ID).then(|| (&ALL_BYTES[b..b + 1], id))
-            }))
+        // probe, and the later, rarer ones are the ones pushed along. `direct` is in id order
+        // already; the single bytes are merged in.
+        let mut bytes: Vec<(u32, usize)> = (0..256)
+            .filter(|&b| bpe.byte_ids[b] != NO_ID)
+            .map(|b| (bpe.byte_ids[b], b))
             .collect();
-        one_token.sort_unstable_by_key(|&(_, id)| id);
+        bytes.sort_unstable();
+        let mut one_token: Vec<(&[u8], u32)> = Vec::with_capacity(direct.len() + bytes.len());
+        let mut singles = bytes.iter().peekable();
+        for &id in &direct {
+            while let Some(&&(bid, b)) = singles.peek().filter(|&&&(bid, _)| bid < id) {
+                one_token.push((&ALL_BYTES[b..b + 1], bid));
+                singles.next();
+            }
+            one_token.push((bytes_of(id), id));
+        }
+        one_token.extend(singles.map(|&(bid, b)| (&ALL_BYTES[b..b + 1], bid)));
         let short_vocab = SharedTable::new(one_token.iter().copied());
+        let id_to_bytes: Vec<Option<Box<[u8]>>> =
+            decoded.into_iter().map(|d| d.map(|(b, _)| b)).collect();
 
         let mut special = vec![false; id_to_str.len()];
         for t in added.iter().filter(|t| t.special) {
@@ -1287,6 +1343,9 @@ pub fn normalize_with(normalizer: Normalizer, s: &str) -> Cow<'_, str> {
     }
 }
 
+/// Entries per task when a load's per-token work is spread over the pool.
+const LOAD_CHUNK: usize = 4096;
+
 /// Code points that HF `tokenizers`' NFC leaves inert but `unicode-normalization` does not.
 ///
 /// HF normalizes with `unicode-normalization-alignments`, whose tables are Unicode 9.0: a
@@ -1546,10 +1605,13 @@ mod tests {
     /// has it) give the ids of the piece-by-piece encode, on random code-like text and a
     /// vocabulary of 400 random merges (so pieces go through the cold batch, with both lane
     /// sizes, and through the caches). Each copy runs on a fresh tokenizer.
-    #[test]
-    fn both_copies_of_the_scan_loop_encode_alike() {
-        let mut rnd = crate::test_rng::draws(0x0dd_c0ffee_u64);
-        let alphabet = b"ab ";
+    /// `small_json` with `n` random merges over the tokens of `alphabet` (ids from 256 on, the
+    /// added token after them).
+    fn random_merges_json(
+        rnd: &mut impl FnMut(usize) -> usize,
+        alphabet: &[u8],
+        n: usize,
+    ) -> Value {
         let mut vocab = Map::new();
         for b in 0..=255u8 {
             vocab.insert(bytelevel::byte_to_char(b).to_string(), json!(b as u32));
@@ -1559,7 +1621,7 @@ mod tests {
             .map(|&b| bytelevel::byte_to_char(b).to_string())
             .collect();
         let mut merges = Vec::new();
-        while merges.len() < 400 {
+        while merges.len() < n {
             let a = tokens[rnd(tokens.len())].clone();
             let b = tokens[rnd(tokens.len())].clone();
             let ab = format!("{a}{b}");
@@ -1573,7 +1635,15 @@ mod tests {
         let mut j = small_json();
         j["model"]["vocab"] = Value::Object(vocab);
         j["model"]["merges"] = Value::Array(merges);
-        j["added_tokens"][0]["id"] = json!(256 + 400);
+        j["added_tokens"][0]["id"] = json!(256 + n);
+        j
+    }
+
+    #[test]
+    fn both_copies_of_the_scan_loop_encode_alike() {
+        let mut rnd = crate::test_rng::draws(0x0dd_c0ffee_u64);
+        let alphabet = b"ab ";
+        let j = random_merges_json(&mut rnd, alphabet, 400);
         let text: String = (0..20_000)
             .map(|_| match rnd(40) {
                 0 => '\n',
@@ -1625,6 +1695,74 @@ mod tests {
         if crate::simd::has_x86_64_v3() {
             check(run(true), "x86-64-v3");
         }
+    }
+
+    /// The whole-piece shortcut holds exactly the vocabulary's byte-level entries of two bytes
+    /// or more that BPE over their own bytes gives as that one token (checked at load in
+    /// batches on the pool; here one by one), and the shared table has every one of them and
+    /// every byte.
+    #[test]
+    fn whole_token_pieces_are_those_bpe_gives_as_one_token() {
+        let mut rnd = crate::test_rng::draws(0x5eed_10ad_u64);
+        let j = random_merges_json(&mut rnd, b"abc ", 6000);
+        let t = Tokenizer::from_value(&j, "merges").unwrap();
+        let mut want = HashMap::new();
+        for (tok, id) in j["model"]["vocab"].as_object().unwrap() {
+            let b = bytelevel::decode_str(tok).unwrap();
+            let mut ids = Vec::new();
+            t.bpe().encode_piece(&b, None, &mut ids);
+            let id = id.as_u64().unwrap() as u32;
+            if b.len() > 1 && ids == [id] {
+                want.insert(b.clone(), id);
+            }
+            if ids == [id] && b.len() <= SHORT {
+                let mut got = Vec::new();
+                assert!(t.short_vocab.get(&ShortKey::new(&b, 0, b.len()), &mut got));
+                assert_eq!(got, [id]);
+            }
+        }
+        assert!(
+            want.len() > 20 && want.len() < 6000,
+            "{} whole tokens",
+            want.len()
+        );
+        let got: HashMap<Vec<u8>, u32> = t
+            .bytes_to_id
+            .iter()
+            .map(|(b, &id)| (b.to_vec(), id))
+            .collect();
+        assert!(
+            got == want,
+            "{} whole tokens, {} expected",
+            got.len(),
+            want.len()
+        );
+    }
+
+    /// Merges are resolved in parallel chunks; the error is still the first bad merge's.
+    #[test]
+    fn the_first_bad_merge_is_the_one_reported() {
+        let mut v = small_json();
+        let mut merges = vec![json!(["Ġ", "t"]); 3 * LOAD_CHUNK];
+        merges[LOAD_CHUNK + 7] = json!("Ġ t x");
+        merges[2 * LOAD_CHUNK + 1] = json!(["Ġ", "zz"]);
+        v["model"]["merges"] = json!(merges.clone());
+        let e = Tokenizer::from_value(&v, "x").err().unwrap();
+        assert!(
+            e.message.contains(&format!("merges[{}]", LOAD_CHUNK + 7)),
+            "{}",
+            e.message
+        );
+        merges[LOAD_CHUNK + 7] = json!(["Ġ", "t"]);
+        v["model"]["merges"] = json!(merges);
+        let e = Tokenizer::from_value(&v, "x").err().unwrap();
+        assert_eq!(e.code, codes::MERGE_UNKNOWN);
+        assert!(
+            e.message
+                .contains(&format!("merges[{}]", 2 * LOAD_CHUNK + 1)),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
