@@ -450,36 +450,49 @@ impl Tokenizer {
             .get("vocab")
             .and_then(Value::as_object)
             .ok_or_else(|| field_err(source, "model.vocab must be an object of token -> id"))?;
-        let mut id_to_str: Vec<Option<String>> = Vec::new();
-        let mut str_to_id: HashMap<String, u32, FxBuild> =
-            HashMap::with_capacity_and_hasher(vocab.len(), FxBuild::default());
-        for (tok, id) in vocab {
-            let id = id
-                .as_u64()
-                .ok_or_else(|| field_err(source, format!("vocab[{tok:?}] is not a valid id")))?;
-            if id > crate::bpe::MAX_ID as u64 {
-                return Err(Error::tokenizer(
-                    codes::DUPLICATE_ID,
-                    format!(
-                        "{source}: vocab[{tok:?}] has id {id}, above the largest id aprx \
-                         supports ({})",
-                        crate::bpe::MAX_ID
-                    ),
-                ));
+        // id -> token (checking the ids) and token -> id, built side by side on the pool.
+        let pool = crate::parallel::pool(None)?;
+        let by_id = || -> Result<Vec<Option<String>>> {
+            let mut id_to_str: Vec<Option<String>> = Vec::new();
+            for (tok, id) in vocab {
+                let id = id.as_u64().ok_or_else(|| {
+                    field_err(source, format!("vocab[{tok:?}] is not a valid id"))
+                })?;
+                if id > crate::bpe::MAX_ID as u64 {
+                    return Err(Error::tokenizer(
+                        codes::DUPLICATE_ID,
+                        format!(
+                            "{source}: vocab[{tok:?}] has id {id}, above the largest id aprx \
+                             supports ({})",
+                            crate::bpe::MAX_ID
+                        ),
+                    ));
+                }
+                let id = id as usize;
+                if id >= id_to_str.len() {
+                    id_to_str.resize(id + 1, None);
+                }
+                if let Some(prev) = &id_to_str[id] {
+                    return Err(Error::tokenizer(
+                        codes::DUPLICATE_ID,
+                        format!("{source}: id {id} is used by both {prev:?} and {tok:?}"),
+                    ));
+                }
+                id_to_str[id] = Some(tok.clone());
             }
-            let id = id as usize;
-            if id >= id_to_str.len() {
-                id_to_str.resize(id + 1, None);
+            Ok(id_to_str)
+        };
+        let by_token = || {
+            let mut str_to_id: HashMap<String, u32, FxBuild> =
+                HashMap::with_capacity_and_hasher(vocab.len(), FxBuild::default());
+            for (tok, id) in vocab {
+                // Ids are checked by `by_id`; nothing built here is used if one is bad.
+                str_to_id.insert(tok.clone(), id.as_u64().unwrap_or(0) as u32);
             }
-            if let Some(prev) = &id_to_str[id] {
-                return Err(Error::tokenizer(
-                    codes::DUPLICATE_ID,
-                    format!("{source}: id {id} is used by both {prev:?} and {tok:?}"),
-                ));
-            }
-            id_to_str[id] = Some(tok.clone());
-            str_to_id.insert(tok.clone(), id as u32);
-        }
+            str_to_id
+        };
+        let (id_to_str, mut str_to_id) = pool.install(|| rayon::join(by_id, by_token));
+        let mut id_to_str = id_to_str?;
         // The ids of the vocabulary proper (not those only added tokens have, below).
         let vocab_ids: Vec<bool> = id_to_str.iter().map(Option::is_some).collect();
         let bpe_vocab_size = vocab.len();
@@ -543,7 +556,6 @@ impl Tokenizer {
             joined.push_str(b);
             Ok((ia, ib, look(joined)?))
         };
-        let pool = crate::parallel::pool(None)?;
         let merges: Vec<(u32, u32, u32)> = {
             use rayon::prelude::*;
             let parts: Vec<Result<Vec<(u32, u32, u32)>>> = pool.install(|| {
@@ -679,11 +691,14 @@ impl Tokenizer {
             kept.concat()
         };
         let bytes_of = |id: u32| &decoded[id as usize].as_ref().expect("a token").0[..];
-        let mut bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild> =
-            HashMap::with_capacity_and_hasher(direct.len(), FxBuild::default());
-        for &id in &direct {
-            bytes_to_id.insert(bytes_of(id).into(), id);
-        }
+        let whole_tokens = || {
+            let mut bytes_to_id: HashMap<Box<[u8]>, u32, FxBuild> =
+                HashMap::with_capacity_and_hasher(direct.len(), FxBuild::default());
+            for &id in &direct {
+                bytes_to_id.insert(bytes_of(id).into(), id);
+            }
+            bytes_to_id
+        };
         // In id order: a BPE vocabulary's ids follow its merges, the most frequent first (and
         // single bytes before them), so the pieces met most often take the first slot they
         // probe, and the later, rarer ones are the ones pushed along. `direct` is in id order
@@ -703,7 +718,9 @@ impl Tokenizer {
             one_token.push((bytes_of(id), id));
         }
         one_token.extend(singles.map(|&(bid, b)| (&ALL_BYTES[b..b + 1], bid)));
-        let short_vocab = SharedTable::new(one_token.iter().copied());
+        // The two tables are independent: built side by side.
+        let (bytes_to_id, short_vocab) = pool
+            .install(|| rayon::join(whole_tokens, || SharedTable::new(one_token.iter().copied())));
         let id_to_bytes: Vec<Option<Box<[u8]>>> =
             decoded.into_iter().map(|d| d.map(|(b, _)| b)).collect();
 
