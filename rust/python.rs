@@ -898,11 +898,23 @@ fn encode_corpus(
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let done_rx = std::sync::Mutex::new(done_rx); // shared with `detach`'s closure
         let (tok, opts, cancel) = (&tok, &opts, &cancel);
-        let handle = s.spawn(move || {
-            let r = crate::shards::encode_corpus(tok, opts, cancel);
-            let _ = done_tx.send(());
-            r
-        });
+        let handle = std::thread::Builder::new()
+            .name("aprx-corpus".into())
+            .spawn_scoped(s, move || {
+                let r = crate::shards::encode_corpus(tok, opts, cancel);
+                let _ = done_tx.send(());
+                r
+            })
+            .map_err(|e| {
+                to_py(
+                    py,
+                    crate::Error::new(
+                        crate::ErrorKind::Io,
+                        crate::error::codes::IO,
+                        format!("cannot start the encode-corpus thread: {e}"),
+                    ),
+                )
+            })?;
         loop {
             let done = py.detach(|| {
                 !matches!(
