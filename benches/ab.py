@@ -9,6 +9,7 @@ aprx-*.whl DIR``); ``-`` is the installed one::
     python benches/ab.py /tmp/before - --runs 10 --non-ascii   # only the non-ASCII documents
     python benches/ab.py /tmp/before - --api encode_batch --threads 2
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2   # JSONL in, shards out
+    python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree  # a .py tree in
 
 Prints the median and best M tokens/s of each build, the median CPU time of the timed call (all
 threads; steadier than the rate on a noisy machine), and the ratio of the medians.
@@ -79,7 +80,8 @@ def run(build: str, non_ascii: bool, api: str, threads: int, tmp: Path) -> Tuple
     if build != "-":
         env["PYTHONPATH"] = os.path.abspath(build)
     argv = [sys.executable, "-c", CHILD, str(ROOT), "1" if non_ascii else "0", api, str(threads)]
-    argv += [str(tmp / "docs.jsonl"), str(tmp / "shards")]
+    corpus = tmp / "tree" if (tmp / "tree").is_dir() else tmp / "docs.jsonl"
+    argv += [str(corpus), str(tmp / "shards")]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
     # Untimed, as in compare.py and scaling.py: the next run then has no earlier shards to
     # delete (`overwrite`) while it runs.
@@ -101,7 +103,15 @@ def main() -> None:
         default="encode_ordinary",
     )
     ap.add_argument("--threads", type=int, default=1, help="for the batch APIs and encode-corpus")
+    ap.add_argument(
+        "--tree",
+        action="store_true",
+        help="encode-corpus reads the documents as a tree of .py files (one document each), "
+        "not as one JSONL file",
+    )
     args = ap.parse_args()
+    if args.tree and args.api != "encode-corpus":
+        ap.error("--tree is for --api encode-corpus")
     if args.builds[0] == args.builds[1]:
         ap.error("give two different builds")
     rates: Dict[str, List[float]] = {b: [] for b in args.builds}
@@ -115,9 +125,17 @@ def main() -> None:
             texts = fixtures.stdlib_texts()
             if args.non_ascii:
                 texts = [t for t in texts if not t.isascii()]
-            with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
-                for t in texts:
-                    f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
+            if args.tree:
+                # The same documents, in the same (sorted) order: file names that sort as
+                # the documents do, a hundred to a directory.
+                for i, t in enumerate(texts):
+                    d = tmp / "tree" / f"{i // 100:03d}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    (d / f"{i:05d}.py").write_bytes(t.encode("utf-8", "surrogatepass"))
+            else:
+                with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
+                    for t in texts:
+                        f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
         for _ in range(args.runs):
             for b in args.builds:
                 rate, cpu = run(b, args.non_ascii, args.api, args.threads, tmp)
