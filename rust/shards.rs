@@ -23,6 +23,11 @@ use std::time::Instant;
 
 pub const SHARDS_SCHEMA: &str = "aprx.shards/1";
 const PROGRESS: &str = "progress.json";
+/// The inputs done and the lines skipped so far, one JSON line each (`LogEntry`), appended at
+/// each progress record, which says how many of its bytes it covers: a record stays small
+/// however many input files the corpus has (it listed them all, rewritten at every shard:
+/// 22,347 small files in 16 shards spent more time on that than on encoding).
+const PROGRESS_LOG: &str = "progress.log";
 const MANIFEST: &str = "manifest.json";
 /// Text per parallel batch; bounds memory together with the channel depth.
 const BATCH_BYTES: usize = 2 << 20;
@@ -113,22 +118,120 @@ struct InputDone {
     blank_lines: u64,
 }
 
-/// Everything needed to continue a run after its last completed shard.
+/// Everything needed to continue a run after its last completed shard. The inputs done and
+/// the lines skipped are the run's in memory; a progress record has them in `PROGRESS_LOG`
+/// instead (a record written before the log existed has them inline, and is read as such).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Progress {
+    /// The run's settings; in a record, with the input list as its count and digest
+    /// (`progress_config`).
     config: Value,
     shards: Vec<ShardInfo>,
     /// Input file and records consumed in it at the start of the next shard.
     next_file: usize,
     next_record: u64,
+    #[serde(default, skip_serializing)]
     inputs: Vec<InputDone>,
     /// Counts so far for the input file at `next_file`.
     current: InputDone,
+    #[serde(default, skip_serializing)]
     skipped: Vec<Skipped>,
     documents: u64,
     tokens: u64,
     max_token_id: Option<u32>,
     elapsed_s: f64,
+    /// Bytes of `PROGRESS_LOG` this record covers.
+    #[serde(default)]
+    log_bytes: u64,
+}
+
+/// A line of `PROGRESS_LOG`: `{"input": {...}}` or `{"skipped": {...}}`.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum LogLine<'a> {
+    Input(&'a InputDone),
+    Skipped(&'a Skipped),
+}
+
+/// `LogLine`, read back.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LogEntry {
+    Input(InputDone),
+    Skipped(Skipped),
+}
+
+/// `config` as a progress record holds it: the input list (a path and size per file) as its
+/// count and SHA-256, so a record's size does not grow with the number of files.
+fn progress_config(config: &Value) -> Value {
+    let mut c = config.clone();
+    if let Some(inputs) = c.get_mut("inputs") {
+        let n = inputs.as_array().map_or(0, Vec::len);
+        let bytes = serde_json::to_vec(inputs).expect("serialisable");
+        *inputs = json!({
+            "count": n,
+            "sha256": hex(&<[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&bytes))),
+        });
+    }
+    c
+}
+
+/// Appends `lines` to `PROGRESS_LOG` at byte `at` (anything after it, from a record never
+/// completed, is dropped), synced; the log's new length.
+fn append_log(dir: &Path, at: u64, lines: &[u8]) -> Result<u64> {
+    if lines.is_empty() && at == 0 && !dir.join(PROGRESS_LOG).exists() {
+        return Ok(0);
+    }
+    let path = dir.join(PROGRESS_LOG);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, "open", &e))?;
+    f.set_len(at)
+        .map_err(|e| Error::io(&path, "truncate", &e))?;
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(at))
+        .map_err(|e| Error::io(&path, "seek", &e))?;
+    f.write_all(lines)
+        .map_err(|e| Error::io(&path, "write", &e))?;
+    f.sync_data().map_err(|e| Error::io(&path, "sync", &e))?;
+    Ok(at + lines.len() as u64)
+}
+
+/// The inputs done and lines skipped in the first `bytes` of `PROGRESS_LOG`.
+fn read_log(dir: &Path, bytes: u64) -> Result<(Vec<InputDone>, Vec<Skipped>)> {
+    let path = dir.join(PROGRESS_LOG);
+    let damaged = |why: String| {
+        Error::corpus(
+            codes::RESUME_MISMATCH,
+            format!("{}: {why}; use --overwrite", path.display()),
+        )
+    };
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && bytes == 0 => Vec::new(),
+        Err(e) => return Err(Error::io(&path, "read", &e)),
+    };
+    if (data.len() as u64) < bytes {
+        return Err(damaged(format!(
+            "holds {} bytes, its progress record covers {bytes}",
+            data.len()
+        )));
+    }
+    let (mut inputs, mut skipped) = (Vec::new(), Vec::new());
+    for (i, line) in data[..bytes as usize].split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<LogEntry>(line) {
+            Ok(LogEntry::Input(d)) => inputs.push(d),
+            Ok(LogEntry::Skipped(k)) => skipped.push(k),
+            Err(e) => return Err(damaged(format!("line {}: {e}", i + 1))),
+        }
+    }
+    Ok((inputs, skipped))
 }
 
 /// The shard being written.
@@ -239,10 +342,12 @@ fn remove_temporaries(dir: &Path, n: usize) {
     }
 }
 
-/// A rotated shard and the progress to record once it is complete.
+/// A rotated shard and the progress to record once it is complete, with the log lines (the
+/// inputs done and lines skipped since the last record) to append first.
 struct Closing {
     shard: OpenShard,
     progress: Progress,
+    log: Vec<u8>,
 }
 
 /// Completes rotated shards on a thread of its own (`aprx-shard-close`), in order, each
@@ -259,8 +364,9 @@ struct Closer {
 }
 
 impl Closer {
-    /// `shards`: those completed before (a resumed run's).
-    fn new(dir: &Path, mut shards: Vec<ShardInfo>) -> Result<Self> {
+    /// `shards`: those completed before (a resumed run's); `log_bytes`: the length of
+    /// `PROGRESS_LOG` their last record covers.
+    fn new(dir: &Path, mut shards: Vec<ShardInfo>, mut log_bytes: u64) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Closing>(CLOSING_SHARDS);
         let failed = Arc::new(AtomicBool::new(false));
         let (dir_owned, f) = (dir.to_path_buf(), failed.clone());
@@ -272,12 +378,15 @@ impl Closer {
                 for Closing {
                     shard,
                     mut progress,
+                    log,
                 } in queue.by_ref()
                 {
                     let n = shard.n;
                     let done = complete_shard(dir, shard).and_then(|info| {
                         shards.push(info);
                         progress.shards = shards.clone();
+                        log_bytes = append_log(dir, log_bytes, &log)?;
+                        progress.log_bytes = log_bytes;
                         write_progress(dir, &progress)
                     });
                     if let Err(e) = done {
@@ -304,10 +413,14 @@ impl Closer {
 
     /// Queues `shard`, or, once the thread has stopped on an error, removes it and returns
     /// that error.
-    fn close(&mut self, shard: OpenShard, progress: Progress) -> Result<()> {
+    fn close(&mut self, shard: OpenShard, progress: Progress, log: Vec<u8>) -> Result<()> {
         if !self.failed.load(Ordering::Acquire) {
             let tx = self.tx.as_ref().expect("open until finish");
-            match tx.send(Closing { shard, progress }) {
+            match tx.send(Closing {
+                shard,
+                progress,
+                log,
+            }) {
                 Ok(()) => return Ok(()),
                 Err(std::sync::mpsc::SendError(c)) => discard_shard(&self.dir, c.shard),
             }
@@ -380,6 +493,13 @@ struct Writer<'a> {
     bytes_done: u64,
     bytes_total: u64,
     tokens_this_run: u64,
+    /// `config` as progress records hold it (`progress_config`).
+    progress_config: Value,
+    /// Inputs done and lines skipped already in `PROGRESS_LOG` (or handed to the closer for
+    /// it), and the log's length that the last record covers (where the closer appends).
+    logged_inputs: usize,
+    logged_skipped: usize,
+    log_bytes: u64,
 }
 
 fn shard_name(n: usize) -> (String, String) {
@@ -491,13 +611,28 @@ impl<'a> Writer<'a> {
             return Ok(());
         };
         if self.closer.is_none() {
-            self.closer = Some(Closer::new(self.dir, self.state.shards.clone())?);
+            self.closer = Some(Closer::new(
+                self.dir,
+                self.state.shards.clone(),
+                self.log_bytes,
+            )?);
         }
         let progress = self.progress_now();
+        let mut log = Vec::new();
+        for d in &self.state.inputs[self.logged_inputs..] {
+            serde_json::to_writer(&mut log, &LogLine::Input(d)).expect("serialisable");
+            log.push(b'\n');
+        }
+        for k in &self.state.skipped[self.logged_skipped..] {
+            serde_json::to_writer(&mut log, &LogLine::Skipped(k)).expect("serialisable");
+            log.push(b'\n');
+        }
+        self.logged_inputs = self.state.inputs.len();
+        self.logged_skipped = self.state.skipped.len();
         self.closer
             .as_mut()
             .expect("started")
-            .close(shard, progress)
+            .close(shard, progress, log)
     }
 
     /// Waits for the closer's shards to be complete; they join the state's.
@@ -513,12 +648,20 @@ impl<'a> Writer<'a> {
 
     /// The state to record now: everything before the current record is in shards.
     fn progress_now(&self) -> Progress {
+        let st = &self.state;
         Progress {
+            config: self.progress_config.clone(),
             shards: Vec::new(), // the closer's list, which it fills in
             next_file: self.pos_file,
             next_record: self.pos_record,
+            inputs: Vec::new(), // in the log
+            current: st.current.clone(),
+            skipped: Vec::new(), // in the log
+            documents: st.documents,
+            tokens: st.tokens,
+            max_token_id: st.max_token_id,
             elapsed_s: self.prior_elapsed + self.started.elapsed().as_secs_f64(),
-            ..self.state.clone()
+            log_bytes: 0, // the closer's, which it fills in
         }
     }
 
@@ -588,6 +731,7 @@ fn our_files(dir: &Path) -> Result<Vec<PathBuf>> {
         if name.starts_with("shard-")
             || name == MANIFEST
             || name == PROGRESS
+            || name == PROGRESS_LOG
             || name.starts_with("manifest.json")
             || name.starts_with("progress.json")
         {
@@ -684,7 +828,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", &e))?;
     let existing = our_files(dir)?;
     let mut old_files = Vec::new();
-    let mut state: Option<Progress> = None;
+    let mut state: Option<(Progress, bool)> = None;
     if !existing.is_empty() {
         if opts.overwrite {
             old_files = set_aside(dir, &existing)?;
@@ -720,8 +864,16 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                 .map_err(|e| {
                     Error::corpus(codes::RESUME_MISMATCH, format!("{}: {e}", pp.display()))
                 })?;
-                if p.config != config {
-                    let key = config
+                // A record from before the progress log has its inputs, and the whole input
+                // list in its config, inline.
+                let inline = p.config.get("inputs").is_some_and(Value::is_array);
+                let want = if inline {
+                    config.clone()
+                } else {
+                    progress_config(&config)
+                };
+                if p.config != want {
+                    let key = want
                         .as_object()
                         .and_then(|c| c.iter().find(|(k, v)| p.config.get(*k) != Some(v)))
                         .map_or("?".to_string(), |(k, _)| k.clone());
@@ -733,10 +885,16 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                         ),
                     ));
                 }
-                state = Some(p);
+                let mut p = p;
+                if inline {
+                    p.log_bytes = 0; // the log starts again, with every input (below)
+                } else {
+                    (p.inputs, p.skipped) = read_log(dir, p.log_bytes)?;
+                }
+                state = Some((p, inline));
             }
             // Remove partial shards and any completed after the last progress record.
-            let keep = state.as_ref().map_or(0, |p| p.shards.len());
+            let keep = state.as_ref().map_or(0, |(p, _)| p.shards.len());
             for p in &existing {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 let stale = name.ends_with(".tmp")
@@ -749,7 +907,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                     remove(p)?;
                 }
             }
-            if let Some(p) = &state {
+            if let Some((p, _)) = &state {
                 for s in &p.shards {
                     let path = dir.join(&s.file);
                     let len = std::fs::metadata(&path)
@@ -778,7 +936,9 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         old_files = set_aside(dir, &[])?; // left by an overwriting run that stopped
     }
     let resumed = state.is_some();
-    let state = state.unwrap_or(Progress {
+    // A record with its inputs inline: none of them is in the log yet.
+    let inline = state.as_ref().is_some_and(|&(_, inline)| inline);
+    let state = state.map(|(p, _)| p).unwrap_or(Progress {
         config: config.clone(),
         shards: Vec::new(),
         next_file: 0,
@@ -790,6 +950,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         tokens: 0,
         max_token_id: None,
         elapsed_s: 0.0,
+        log_bytes: 0,
     });
     let (start_file, skip) = (state.next_file, state.next_record);
     let bytes_total: u64 = files.iter().skip(start_file).map(|f| f.size).sum();
@@ -811,8 +972,17 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         bytes_done: 0,
         bytes_total,
         tokens_this_run: 0,
+        progress_config: progress_config(&config),
+        logged_inputs: 0,
+        logged_skipped: 0,
+        log_bytes: 0,
     };
     w.state.inputs.truncate(start_file);
+    if !inline {
+        w.logged_inputs = w.state.inputs.len();
+        w.logged_skipped = w.state.skipped.len();
+        w.log_bytes = w.state.log_bytes;
+    }
 
     let plain_bytes = files
         .iter()
@@ -1124,6 +1294,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     let data = serde_json::to_vec_pretty(&manifest).expect("serialisable");
     write_atomic(&dir.join(MANIFEST), &data)?;
     let _ = std::fs::remove_file(dir.join(PROGRESS));
+    let _ = std::fs::remove_file(dir.join(PROGRESS_LOG));
     Ok(manifest)
 }
 
@@ -1221,7 +1392,19 @@ mod tests {
             tokens: 0,
             max_token_id: None,
             elapsed_s: 0.0,
+            log_bytes: 0,
         }
+    }
+
+    /// A progress-log line for an input file named `name`.
+    fn input_line(name: &str) -> Vec<u8> {
+        let d = InputDone {
+            path: name.into(),
+            ..InputDone::default()
+        };
+        let mut v = serde_json::to_vec(&LogLine::Input(&d)).unwrap();
+        v.push(b'\n');
+        v
     }
 
     fn names(dir: &Path) -> Vec<String> {
@@ -1243,12 +1426,20 @@ mod tests {
             documents: 0,
             sha256: "resumed".into(),
         };
-        let mut c = Closer::new(&dir, vec![before]).unwrap();
+        // A resumed run's log, with a line past its last record (from a record never made).
+        let kept = input_line("f0");
+        std::fs::write(
+            dir.join(PROGRESS_LOG),
+            [&kept[..], b"{\"input\": {\"pa"].concat(),
+        )
+        .unwrap();
+        let mut c = Closer::new(&dir, vec![before], kept.len() as u64).unwrap();
         let data: Vec<Vec<u32>> = (1..4).map(|n| (0..5000 * n).collect()).collect();
         for (k, ids) in data.iter().enumerate() {
             c.close(
                 written_shard(&dir, k + 1, ids),
                 progress_at(10 * k as u64 + 10),
+                input_line(&format!("f{}", k + 1)),
             )
             .unwrap();
         }
@@ -1275,6 +1466,19 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join(PROGRESS)).unwrap()).unwrap();
         assert_eq!(p.next_record, 30);
         assert_eq!(p.shards.len(), 4);
+        // Its log holds the inputs appended with each record, after the resumed run's (the
+        // unfinished line dropped), and the record covers all of it.
+        let log = std::fs::read(dir.join(PROGRESS_LOG)).unwrap();
+        assert_eq!(p.log_bytes, log.len() as u64);
+        let (inputs, skipped) = read_log(&dir, p.log_bytes).unwrap();
+        let paths: Vec<&str> = inputs.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, ["f0", "f1", "f2", "f3"]);
+        assert!(skipped.is_empty());
+        // A log shorter than its record says is damaged, not silently short.
+        assert_eq!(
+            read_log(&dir, p.log_bytes + 1).unwrap_err().code,
+            codes::RESUME_MISMATCH
+        );
         assert!(
             names(&dir).iter().all(|n| !n.ends_with(".tmp")),
             "{:?}",
@@ -1286,16 +1490,20 @@ mod tests {
     #[test]
     fn a_closer_error_is_the_runs_and_leaves_no_half_written_shard() {
         let dir = scratch("closer-error");
-        let mut c = Closer::new(&dir, Vec::new()).unwrap();
+        let mut c = Closer::new(&dir, Vec::new(), 0).unwrap();
         let first = written_shard(&dir, 0, &[1, 2, 3]);
         // The rename that completes it fails: its temporary file is gone.
         std::fs::remove_file(dir.join(format!("{}.tmp", shard_name(0).0))).unwrap();
-        c.close(first, progress_at(1)).unwrap();
+        c.close(first, progress_at(1), Vec::new()).unwrap();
         // Shards handed on after the failure are removed, whether the closer is still
         // draining its queue or has stopped.
         let mut err = None;
         for n in 1..6 {
-            if let Err(e) = c.close(written_shard(&dir, n, &[4, 5]), progress_at(1 + n as u64)) {
+            if let Err(e) = c.close(
+                written_shard(&dir, n, &[4, 5]),
+                progress_at(1 + n as u64),
+                Vec::new(),
+            ) {
                 err = Some(e);
                 break;
             }
@@ -1380,6 +1588,91 @@ mod tests {
         assert_eq!(m["empty_documents"], json!(1));
         assert_eq!(m["blank_lines"], json!(1));
         assert!(!dir.join("o/progress.json").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A corpus of many files, with lines skipped, stopped late (a damaged gzip file) after
+    /// several shards: the inputs done and the lines skipped are in the progress log, not in
+    /// the records, and a resume with the file repaired gives what a run without the damage
+    /// gives, its manifest listing every input and skipped line once.
+    #[test]
+    fn resumes_many_files_from_the_progress_log() {
+        use std::io::Write as _;
+        let dir = scratch("progress-log");
+        let src = dir.join("in");
+        std::fs::create_dir_all(&src).unwrap();
+        for k in 0..12 {
+            std::fs::write(
+                src.join(format!("t{k:02}.txt")),
+                format!("text {k} {}\n", "x".repeat(k)),
+            )
+            .unwrap();
+        }
+        let mut jsonl = String::new();
+        for k in 0..9 {
+            if k % 3 == 1 {
+                jsonl += "{not json\n";
+            } else {
+                jsonl += &format!("{{\"content\": \"line {k} of u\"}}\n");
+            }
+        }
+        std::fs::write(src.join("u.jsonl"), jsonl).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        for k in 0..20 {
+            writeln!(gz, "{{\"content\": \"gz document {k} {}\"}}", "y".repeat(k)).unwrap();
+        }
+        let good = gz.finish().unwrap();
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff; // same size, so the same inputs for the resume
+        let cancel = AtomicBool::new(false);
+        let tok = byte_tokenizer();
+        let mut opts = options(src.clone(), dir.join("ref"), EosPolicy::Between, 40);
+        opts.on_error = OnError::Skip;
+        std::fs::write(src.join("z.jsonl.gz"), &good).unwrap();
+        let want = encode_corpus(&tok, &opts, &cancel).unwrap();
+        std::fs::write(src.join("z.jsonl.gz"), &bad).unwrap();
+        opts.output = dir.join("o");
+        assert!(encode_corpus(&tok, &opts, &cancel).is_err());
+        let out = dir.join("o");
+        let p: Progress =
+            serde_json::from_slice(&std::fs::read(out.join(PROGRESS)).unwrap()).unwrap();
+        assert!(p.shards.len() >= 3, "{} shards", p.shards.len());
+        let record = std::fs::read_to_string(out.join(PROGRESS)).unwrap();
+        assert!(
+            !record.contains("t05.txt"),
+            "the inputs are in the log, not the record"
+        );
+        let (inputs, skipped) = read_log(&out, p.log_bytes).unwrap();
+        assert_eq!(inputs.len(), p.next_file);
+        assert!(
+            inputs.len() >= 12 && !skipped.is_empty(),
+            "{inputs:?} {skipped:?}"
+        );
+        std::fs::write(src.join("z.jsonl.gz"), &good).unwrap();
+        opts.overwrite = false;
+        opts.resume = true;
+        let got = encode_corpus(&tok, &opts, &cancel).unwrap();
+        assert_eq!(got["run"]["resumed"], json!(true));
+        for key in [
+            "shards",
+            "total_tokens",
+            "total_documents",
+            "inputs",
+            "skipped",
+            "config",
+        ] {
+            assert_eq!(got[key], want[key], "{key}");
+        }
+        for s in want["shards"].as_array().unwrap() {
+            let name = s["file"].as_str().unwrap();
+            assert_eq!(
+                std::fs::read(dir.join("ref").join(name)).unwrap(),
+                std::fs::read(out.join(name)).unwrap(),
+                "{name}"
+            );
+        }
+        assert!(!out.join(PROGRESS).exists() && !out.join(PROGRESS_LOG).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
