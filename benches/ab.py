@@ -10,6 +10,9 @@ aprx-*.whl DIR``); ``-`` is the installed one::
     python benches/ab.py /tmp/before - --api encode_batch --threads 2
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2   # JSONL in, shards out
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree  # a .py tree in
+    # 22,347 files of at most 40 lines, 16 shards:
+    python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree --doc-lines 40 \
+        --shard-tokens 500000
 
 Prints the median and best M tokens/s of each build, the median CPU time of the timed call (all
 threads; steadier than the rate on a noisy machine), and the ratio of the medians.
@@ -66,7 +69,7 @@ else:
     time.sleep(0.2)  # numpy's OpenBLAS thread, started by the warm-up's array, goes to sleep
     c0, t0 = time.process_time(), time.perf_counter()
     m = encode_corpus(sys.argv[5], tok, sys.argv[6], num_workers=threads, overwrite=True,
-                      eos_policy="none")
+                      eos_policy="none", shard_tokens=int(sys.argv[7]))
     wall = time.perf_counter() - t0
     n = m["total_tokens"]
 cpu = time.process_time() - c0
@@ -74,14 +77,16 @@ print(n / wall / 1e6, cpu, aprx.__file__)
 """
 
 
-def run(build: str, non_ascii: bool, api: str, threads: int, tmp: Path) -> Tuple[float, float]:
+def run(
+    build: str, non_ascii: bool, api: str, threads: int, tmp: Path, shard_tokens: int
+) -> Tuple[float, float]:
     """(M tokens/s, CPU seconds) of one timed call in a fresh process."""
     env = dict(os.environ)
     if build != "-":
         env["PYTHONPATH"] = os.path.abspath(build)
     argv = [sys.executable, "-c", CHILD, str(ROOT), "1" if non_ascii else "0", api, str(threads)]
     corpus = tmp / "tree" if (tmp / "tree").is_dir() else tmp / "docs.jsonl"
-    argv += [str(corpus), str(tmp / "shards")]
+    argv += [str(corpus), str(tmp / "shards"), str(shard_tokens)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
     # Untimed, as in compare.py and scaling.py: the next run then has no earlier shards to
     # delete (`overwrite`) while it runs.
@@ -109,9 +114,16 @@ def main() -> None:
         help="encode-corpus reads the documents as a tree of .py files (one document each), "
         "not as one JSONL file",
     )
+    ap.add_argument(
+        "--doc-lines",
+        type=int,
+        default=0,
+        help="encode-corpus: each file cut into documents of at most this many lines",
+    )
+    ap.add_argument("--shard-tokens", type=int, default=10_000_000, help="encode-corpus")
     args = ap.parse_args()
-    if args.tree and args.api != "encode-corpus":
-        ap.error("--tree is for --api encode-corpus")
+    if (args.tree or args.doc_lines) and args.api != "encode-corpus":
+        ap.error("--tree and --doc-lines are for --api encode-corpus")
     if args.builds[0] == args.builds[1]:
         ap.error("give two different builds")
     rates: Dict[str, List[float]] = {b: [] for b in args.builds}
@@ -125,6 +137,13 @@ def main() -> None:
             texts = fixtures.stdlib_texts()
             if args.non_ascii:
                 texts = [t for t in texts if not t.isascii()]
+            if args.doc_lines:
+                lines = [t.splitlines(keepends=True) for t in texts]
+                texts = [
+                    "".join(ls[i : i + args.doc_lines])
+                    for ls in lines
+                    for i in range(0, len(ls), args.doc_lines)
+                ]
             if args.tree:
                 # The same documents, in the same (sorted) order: file names that sort as
                 # the documents do, a hundred to a directory.
@@ -138,7 +157,7 @@ def main() -> None:
                         f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
         for _ in range(args.runs):
             for b in args.builds:
-                rate, cpu = run(b, args.non_ascii, args.api, args.threads, tmp)
+                rate, cpu = run(b, args.non_ascii, args.api, args.threads, tmp, args.shard_tokens)
                 rates[b].append(rate)
                 cpus[b].append(cpu)
     print(f"command: python benches/ab.py {' '.join(sys.argv[1:])}")
