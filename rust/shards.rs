@@ -32,6 +32,8 @@ const MANIFEST: &str = "manifest.json";
 /// Text per parallel batch; bounds memory together with the channel depth.
 const BATCH_BYTES: usize = 2 << 20;
 const BATCH_RECORDS: usize = 2048;
+/// Input files a batch ends after, at most (see the reader).
+const BATCH_FILES: usize = 64;
 /// The first batch's text, and the least of a batch near the end of the input.
 const FIRST_BATCH_BYTES: usize = 128 << 10;
 const CHANNEL_DEPTH: usize = 4;
@@ -212,6 +214,11 @@ fn read_log(dir: &Path, bytes: u64) -> Result<(Vec<InputDone>, Vec<Skipped>)> {
     let data = match std::fs::read(&path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && bytes == 0 => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(damaged(format!(
+                "is missing; its progress record covers {bytes} bytes"
+            )))
+        }
         Err(e) => return Err(Error::io(&path, "read", &e)),
     };
     if (data.len() as u64) < bytes {
@@ -459,8 +466,7 @@ impl Drop for Closer {
 }
 
 /// Rotated shards queued for the closer, at most, besides the one it is completing (each
-/// holds its chunks not yet hashed and written: at most 5 MiB, 10 MiB with a writing thread of
-/// its own).
+/// holds its chunks not yet hashed and written: at most its pool, 3 MiB).
 const CLOSING_SHARDS: usize = 2;
 
 /// Workers from which a shard's writes get a thread apart from its hashing. On 16 cores, one
@@ -890,6 +896,17 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                     p.log_bytes = 0; // the log starts again, with every input (below)
                 } else {
                     (p.inputs, p.skipped) = read_log(dir, p.log_bytes)?;
+                    if p.inputs.len() != p.next_file {
+                        return Err(Error::corpus(
+                            codes::RESUME_MISMATCH,
+                            format!(
+                                "{}: lists {} inputs done, its progress record {}; use --overwrite",
+                                dir.join(PROGRESS_LOG).display(),
+                                p.inputs.len(),
+                                p.next_file
+                            ),
+                        ));
+                    }
                 }
                 state = Some((p, inline));
             }
@@ -1011,6 +1028,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             .spawn_scoped(scope, move || {
                 let mut batch = Vec::new();
                 let mut bytes = 0usize;
+                let mut files_in_batch = 0usize;
                 // Batches start small, so the workers start early, and end small, so the
                 // last ones finish together (plain inputs only: their size is the text's).
                 let mut limit = FIRST_BATCH_BYTES;
@@ -1021,9 +1039,17 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                     }
                     // A file's end does not end the batch: a tree of small files (one
                     // document each) goes in batches of the same size as a JSONL file's
-                    // lines, not one batch, one hand-off and one wake-up per file.
+                    // lines, not one batch, one hand-off and one wake-up per file. At most
+                    // `BATCH_FILES` files a batch, though: each mapped file stays mapped
+                    // until its batch is written, and the mappings a process may hold are
+                    // limited (65530 by default on Linux).
+                    files_in_batch += usize::from(matches!(item, Item::FileEnd { .. }));
                     batch.push(item);
-                    if bytes >= limit || batch.len() >= BATCH_RECORDS {
+                    if bytes >= limit
+                        || batch.len() >= BATCH_RECORDS
+                        || files_in_batch >= BATCH_FILES
+                    {
+                        files_in_batch = 0;
                         left = left.map(|l| l.saturating_sub(bytes));
                         limit = (2 * limit).min(BATCH_BYTES);
                         if let Some(l) = left {
@@ -1250,8 +1276,6 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         }
     }
     w.close_shard()?;
-    w.pos_file = files.len();
-    w.pos_record = 0;
     // No progress record for the last shard: the manifest, written next, says the run is
     // complete, and the progress file is removed then. A run stopped between the two resumes
     // from the last shard rotation, redoing the last shard into the same bytes. (Writing and
@@ -1633,46 +1657,63 @@ mod tests {
         let want = encode_corpus(&tok, &opts, &cancel).unwrap();
         std::fs::write(src.join("z.jsonl.gz"), &bad).unwrap();
         opts.output = dir.join("o");
-        assert!(encode_corpus(&tok, &opts, &cancel).is_err());
-        let out = dir.join("o");
-        let p: Progress =
-            serde_json::from_slice(&std::fs::read(out.join(PROGRESS)).unwrap()).unwrap();
-        assert!(p.shards.len() >= 3, "{} shards", p.shards.len());
-        let record = std::fs::read_to_string(out.join(PROGRESS)).unwrap();
-        assert!(
-            !record.contains("t05.txt"),
-            "the inputs are in the log, not the record"
-        );
-        let (inputs, skipped) = read_log(&out, p.log_bytes).unwrap();
-        assert_eq!(inputs.len(), p.next_file);
-        assert!(
-            inputs.len() >= 12 && !skipped.is_empty(),
-            "{inputs:?} {skipped:?}"
-        );
-        std::fs::write(src.join("z.jsonl.gz"), &good).unwrap();
-        opts.overwrite = false;
-        opts.resume = true;
-        let got = encode_corpus(&tok, &opts, &cancel).unwrap();
-        assert_eq!(got["run"]["resumed"], json!(true));
-        for key in [
-            "shards",
-            "total_tokens",
-            "total_documents",
-            "inputs",
-            "skipped",
-            "config",
-        ] {
-            assert_eq!(got[key], want[key], "{key}");
-        }
-        for s in want["shards"].as_array().unwrap() {
-            let name = s["file"].as_str().unwrap();
-            assert_eq!(
-                std::fs::read(dir.join("ref").join(name)).unwrap(),
-                std::fs::read(out.join(name)).unwrap(),
-                "{name}"
+        // Each stopped run resumed as it is, and as a record from before the log would have
+        // been written (the inputs and lines skipped inline, the whole input list in the
+        // settings, no log).
+        for old_format in [false, true] {
+            std::fs::write(src.join("z.jsonl.gz"), &bad).unwrap();
+            opts.overwrite = true;
+            opts.resume = false;
+            assert!(encode_corpus(&tok, &opts, &cancel).is_err());
+            let out = dir.join("o");
+            let p: Progress =
+                serde_json::from_slice(&std::fs::read(out.join(PROGRESS)).unwrap()).unwrap();
+            assert!(p.shards.len() >= 3, "{} shards", p.shards.len());
+            let record = std::fs::read_to_string(out.join(PROGRESS)).unwrap();
+            assert!(
+                !record.contains("t05.txt"),
+                "the inputs are in the log, not the record"
             );
+            let (inputs, skipped) = read_log(&out, p.log_bytes).unwrap();
+            assert_eq!(inputs.len(), p.next_file);
+            assert!(
+                inputs.len() >= 12 && !skipped.is_empty(),
+                "{inputs:?} {skipped:?}"
+            );
+            if old_format {
+                let mut v: Value = serde_json::from_str(&record).unwrap();
+                v["inputs"] = serde_json::to_value(&inputs).unwrap();
+                v["skipped"] = serde_json::to_value(&skipped).unwrap();
+                v["config"] = want["config"].clone();
+                v.as_object_mut().unwrap().remove("log_bytes");
+                std::fs::write(out.join(PROGRESS), serde_json::to_vec(&v).unwrap()).unwrap();
+                std::fs::remove_file(out.join(PROGRESS_LOG)).unwrap();
+            }
+            std::fs::write(src.join("z.jsonl.gz"), &good).unwrap();
+            opts.overwrite = false;
+            opts.resume = true;
+            let got = encode_corpus(&tok, &opts, &cancel).unwrap();
+            assert_eq!(got["run"]["resumed"], json!(true));
+            for key in [
+                "shards",
+                "total_tokens",
+                "total_documents",
+                "inputs",
+                "skipped",
+                "config",
+            ] {
+                assert_eq!(got[key], want[key], "{key}");
+            }
+            for s in want["shards"].as_array().unwrap() {
+                let name = s["file"].as_str().unwrap();
+                assert_eq!(
+                    std::fs::read(dir.join("ref").join(name)).unwrap(),
+                    std::fs::read(out.join(name)).unwrap(),
+                    "{name}"
+                );
+            }
+            assert!(!out.join(PROGRESS).exists() && !out.join(PROGRESS_LOG).exists());
         }
-        assert!(!out.join(PROGRESS).exists() && !out.join(PROGRESS_LOG).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
