@@ -212,8 +212,7 @@ fn main() {
             }
             (n, t.elapsed().as_secs_f64())
         };
-        let faults = minor_faults();
-        let cpu0 = cpu_seconds();
+        let (cpu0, faults) = usage();
         let threads: usize = std::env::var("THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -261,10 +260,10 @@ fn main() {
             docs.len(),
             bytes as f64 / 1e6,
             s,
-            cpu_seconds() - cpu0,
+            usage().0 - cpu0,
             bytes as f64 / s / 1e6,
             n as f64 / s / 1e6,
-            minor_faults() - faults
+            usage().1 - faults
         );
     }
     if std::env::var("SMAPS").as_deref() == Ok("1") {
@@ -279,29 +278,17 @@ fn main() {
     }
 }
 
-/// CPU seconds (user + system) the process has used so far (0 where getrusage is unavailable).
-fn cpu_seconds() -> f64 {
+/// (CPU seconds, user + system; minor page faults) of the process so far (zeros where
+/// getrusage is unavailable).
+fn usage() -> (f64, i64) {
     #[cfg(unix)]
     {
         // SAFETY: getrusage writes into the zeroed struct we pass.
         let mut u: libc::rusage = unsafe { std::mem::zeroed() };
         if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
             let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
-            return t(u.ru_utime) + t(u.ru_stime);
+            return (t(u.ru_utime) + t(u.ru_stime), u.ru_minflt);
         }
     }
-    0.0
-}
-
-/// Minor page faults of the process so far (0 where getrusage is unavailable).
-fn minor_faults() -> i64 {
-    #[cfg(unix)]
-    {
-        // SAFETY: getrusage writes into the zeroed struct we pass.
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
-            return u.ru_minflt;
-        }
-    }
-    0
+    (0.0, 0)
 }

@@ -908,11 +908,7 @@ fn encode_corpus(
             .map_err(|e| {
                 to_py(
                     py,
-                    crate::Error::new(
-                        crate::ErrorKind::Io,
-                        crate::error::codes::IO,
-                        format!("cannot start the encode-corpus thread: {e}"),
-                    ),
+                    crate::Error::io(&opts.output, "start its encode-corpus thread", &e),
                 )
             })?;
         loop {

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,8 +25,8 @@ pub const SHARDS_SCHEMA: &str = "aprx.shards/1";
 const PROGRESS: &str = "progress.json";
 /// The inputs done and the lines skipped so far, one JSON line each (`LogEntry`), appended at
 /// each progress record, which says how many of its bytes it covers: a record stays small
-/// however many input files the corpus has (it listed them all, rewritten at every shard:
-/// 22,347 small files in 16 shards spent more time on that than on encoding).
+/// however many input files the corpus has (it listed them all, rewritten at every shard; see
+/// ARCHITECTURE for what that cost).
 const PROGRESS_LOG: &str = "progress.log";
 const MANIFEST: &str = "manifest.json";
 /// Text per parallel batch; bounds memory together with the channel depth.
@@ -179,10 +179,11 @@ fn progress_config(config: &Value) -> Value {
 }
 
 /// Appends `lines` to `PROGRESS_LOG` at byte `at` (anything after it, from a record never
-/// completed, is dropped), synced; the log's new length.
+/// completed, is dropped), synced; the log's new length. With no lines, nothing is touched:
+/// whatever lies past `at` is never read, and the next append cuts it off.
 fn append_log(dir: &Path, at: u64, lines: &[u8]) -> Result<u64> {
-    if lines.is_empty() && at == 0 && !dir.join(PROGRESS_LOG).exists() {
-        return Ok(0);
+    if lines.is_empty() {
+        return Ok(at);
     }
     let path = dir.join(PROGRESS_LOG);
     let mut f = std::fs::OpenOptions::new()
@@ -193,7 +194,6 @@ fn append_log(dir: &Path, at: u64, lines: &[u8]) -> Result<u64> {
         .map_err(|e| Error::io(&path, "open", &e))?;
     f.set_len(at)
         .map_err(|e| Error::io(&path, "truncate", &e))?;
-    use std::io::Seek;
     f.seek(std::io::SeekFrom::Start(at))
         .map_err(|e| Error::io(&path, "seek", &e))?;
     f.write_all(lines)
@@ -502,10 +502,9 @@ struct Writer<'a> {
     /// `config` as progress records hold it (`progress_config`).
     progress_config: Value,
     /// Inputs done and lines skipped already in `PROGRESS_LOG` (or handed to the closer for
-    /// it), and the log's length that the last record covers (where the closer appends).
+    /// it); the log's length that the last record covers is `state.log_bytes`.
     logged_inputs: usize,
     logged_skipped: usize,
-    log_bytes: u64,
 }
 
 fn shard_name(n: usize) -> (String, String) {
@@ -620,7 +619,7 @@ impl<'a> Writer<'a> {
             self.closer = Some(Closer::new(
                 self.dir,
                 self.state.shards.clone(),
-                self.log_bytes,
+                self.state.log_bytes,
             )?);
         }
         let progress = self.progress_now();
@@ -830,11 +829,15 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     let all_files = corpus::discover(&opts.inputs, &opts.text_extensions)?;
     let files: Vec<InputFile> = corpus::task_slice(all_files, opts.num_tasks, opts.task_index);
     let config = config_of(opts, tok, &files, eos);
+    let record_config = progress_config(&config);
 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", &e))?;
     let existing = our_files(dir)?;
     let mut old_files = Vec::new();
-    let mut state: Option<(Progress, bool)> = None;
+    let mut state: Option<Progress> = None;
+    // The record read has its inputs inline (written before the progress log): none of them
+    // is in the log yet.
+    let mut inline = false;
     if !existing.is_empty() {
         if opts.overwrite {
             old_files = set_aside(dir, &existing)?;
@@ -864,7 +867,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             }
             let pp = dir.join(PROGRESS);
             if pp.exists() {
-                let p: Progress = serde_json::from_slice(
+                let mut p: Progress = serde_json::from_slice(
                     &std::fs::read(&pp).map_err(|e| Error::io(&pp, "read", &e))?,
                 )
                 .map_err(|e| {
@@ -872,13 +875,9 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                 })?;
                 // A record from before the progress log has its inputs, and the whole input
                 // list in its config, inline.
-                let inline = p.config.get("inputs").is_some_and(Value::is_array);
-                let want = if inline {
-                    config.clone()
-                } else {
-                    progress_config(&config)
-                };
-                if p.config != want {
+                inline = p.config.get("inputs").is_some_and(Value::is_array);
+                let want = if inline { &config } else { &record_config };
+                if p.config != *want {
                     let key = want
                         .as_object()
                         .and_then(|c| c.iter().find(|(k, v)| p.config.get(*k) != Some(v)))
@@ -891,7 +890,6 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                         ),
                     ));
                 }
-                let mut p = p;
                 if inline {
                     p.log_bytes = 0; // the log starts again, with every input (below)
                 } else {
@@ -908,10 +906,10 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                         ));
                     }
                 }
-                state = Some((p, inline));
+                state = Some(p);
             }
             // Remove partial shards and any completed after the last progress record.
-            let keep = state.as_ref().map_or(0, |(p, _)| p.shards.len());
+            let keep = state.as_ref().map_or(0, |p| p.shards.len());
             for p in &existing {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 let stale = name.ends_with(".tmp")
@@ -924,7 +922,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                     remove(p)?;
                 }
             }
-            if let Some((p, _)) = &state {
+            if let Some(p) = &state {
                 for s in &p.shards {
                     let path = dir.join(&s.file);
                     let len = std::fs::metadata(&path)
@@ -953,9 +951,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         old_files = set_aside(dir, &[])?; // left by an overwriting run that stopped
     }
     let resumed = state.is_some();
-    // A record with its inputs inline: none of them is in the log yet.
-    let inline = state.as_ref().is_some_and(|&(_, inline)| inline);
-    let state = state.map(|(p, _)| p).unwrap_or(Progress {
+    let state = state.unwrap_or(Progress {
         config: config.clone(),
         shards: Vec::new(),
         next_file: 0,
@@ -989,16 +985,14 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         bytes_done: 0,
         bytes_total,
         tokens_this_run: 0,
-        progress_config: progress_config(&config),
+        progress_config: record_config,
         logged_inputs: 0,
         logged_skipped: 0,
-        log_bytes: 0,
     };
     w.state.inputs.truncate(start_file);
     if !inline {
         w.logged_inputs = w.state.inputs.len();
         w.logged_skipped = w.state.skipped.len();
-        w.log_bytes = w.state.log_bytes;
     }
 
     let plain_bytes = files
@@ -1278,8 +1272,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     w.close_shard()?;
     // No progress record for the last shard: the manifest, written next, says the run is
     // complete, and the progress file is removed then. A run stopped between the two resumes
-    // from the last shard rotation, redoing the last shard into the same bytes. (Writing and
-    // syncing a progress record that lists every input took 4 ms of a stdlib tree's run.)
+    // from the last shard rotation, redoing the last shard into the same bytes.
     w.report(true);
     let elapsed = w.prior_elapsed + started.elapsed().as_secs_f64();
     let st = &w.state;

@@ -701,23 +701,16 @@ impl Tokenizer {
         };
         // In id order: a BPE vocabulary's ids follow its merges, the most frequent first (and
         // single bytes before them), so the pieces met most often take the first slot they
-        // probe, and the later, rarer ones are the ones pushed along. `direct` is in id order
-        // already; the single bytes are merged in.
-        let mut bytes: Vec<(u32, usize)> = (0..256)
-            .filter(|&b| bpe.byte_ids[b] != NO_ID)
-            .map(|b| (bpe.byte_ids[b], b))
+        // probe, and the later, rarer ones are the ones pushed along.
+        let mut one_token: Vec<(&[u8], u32)> = direct
+            .iter()
+            .map(|&id| (bytes_of(id), id))
+            .chain((0..256).filter_map(|b| {
+                let id = bpe.byte_ids[b];
+                (id != NO_ID).then(|| (&ALL_BYTES[b..b + 1], id))
+            }))
             .collect();
-        bytes.sort_unstable();
-        let mut one_token: Vec<(&[u8], u32)> = Vec::with_capacity(direct.len() + bytes.len());
-        let mut singles = bytes.iter().peekable();
-        for &id in &direct {
-            while let Some(&&(bid, b)) = singles.peek().filter(|&&&(bid, _)| bid < id) {
-                one_token.push((&ALL_BYTES[b..b + 1], bid));
-                singles.next();
-            }
-            one_token.push((bytes_of(id), id));
-        }
-        one_token.extend(singles.map(|&(bid, b)| (&ALL_BYTES[b..b + 1], bid)));
+        one_token.sort_unstable_by_key(|&(_, id)| id);
         // The two tables are independent: built side by side.
         let (bytes_to_id, short_vocab) = pool
             .install(|| rayon::join(whole_tokens, || SharedTable::new(one_token.iter().copied())));
@@ -1618,10 +1611,6 @@ mod tests {
         assert!(e.message.contains("line 1"));
     }
 
-    /// Both copies of the bit-parallel scan loop (baseline, and x86-64-v3 where this CPU
-    /// has it) give the ids of the piece-by-piece encode, on random code-like text and a
-    /// vocabulary of 400 random merges (so pieces go through the cold batch, with both lane
-    /// sizes, and through the caches). Each copy runs on a fresh tokenizer.
     /// `small_json` with `n` random merges over the tokens of `alphabet` (ids from 256 on, the
     /// added token after them).
     fn random_merges_json(
@@ -1656,6 +1645,10 @@ mod tests {
         j
     }
 
+    /// Both copies of the bit-parallel scan loop (baseline, and x86-64-v3 where this CPU
+    /// has it) give the ids of the piece-by-piece encode, on random code-like text and a
+    /// vocabulary of 400 random merges (so pieces go through the cold batch, with both lane
+    /// sizes, and through the caches). Each copy runs on a fresh tokenizer.
     #[test]
     fn both_copies_of_the_scan_loop_encode_alike() {
         let mut rnd = crate::test_rng::draws(0x0dd_c0ffee_u64);
