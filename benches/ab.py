@@ -21,7 +21,6 @@ threads; steadier than the rate on a noisy machine), and the ratio of the median
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -30,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+import corpus_files  # benches/corpus_files.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,14 +79,19 @@ print(n / wall / 1e6, cpu, aprx.__file__)
 
 
 def run(
-    build: str, non_ascii: bool, api: str, threads: int, tmp: Path, shard_tokens: int
+    build: str,
+    non_ascii: bool,
+    api: str,
+    threads: int,
+    corpus: Path,
+    tmp: Path,
+    shard_tokens: int,
 ) -> Tuple[float, float]:
     """(M tokens/s, CPU seconds) of one timed call in a fresh process."""
     env = dict(os.environ)
     if build != "-":
         env["PYTHONPATH"] = os.path.abspath(build)
     argv = [sys.executable, "-c", CHILD, str(ROOT), "1" if non_ascii else "0", api, str(threads)]
-    corpus = tmp / "tree" if (tmp / "tree").is_dir() else tmp / "docs.jsonl"
     argv += [str(corpus), str(tmp / "shards"), str(shard_tokens)]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
     # Untimed, as in compare.py and scaling.py: the next run then has no earlier shards to
@@ -130,6 +136,7 @@ def main() -> None:
     cpus: Dict[str, List[float]] = {b: [] for b in args.builds}
     with tempfile.TemporaryDirectory(prefix="aprx-ab-") as tmp_s:
         tmp = Path(tmp_s)
+        corpus = tmp / "docs.jsonl"  # read by the encode-corpus child only
         if args.api == "encode-corpus":
             sys.path.insert(0, str(ROOT / "tests"))
             import fixtures
@@ -137,27 +144,16 @@ def main() -> None:
             texts = fixtures.stdlib_texts()
             if args.non_ascii:
                 texts = [t for t in texts if not t.isascii()]
-            if args.doc_lines:
-                lines = [t.splitlines(keepends=True) for t in texts]
-                texts = [
-                    "".join(ls[i : i + args.doc_lines])
-                    for ls in lines
-                    for i in range(0, len(ls), args.doc_lines)
-                ]
+            texts = corpus_files.cut(texts, args.doc_lines)
             if args.tree:
-                # The same documents, in the same (sorted) order: file names that sort as
-                # the documents do, a hundred to a directory.
-                for i, t in enumerate(texts):
-                    d = tmp / "tree" / f"{i // 100:03d}"
-                    d.mkdir(parents=True, exist_ok=True)
-                    (d / f"{i:05d}.py").write_bytes(t.encode("utf-8", "surrogatepass"))
+                corpus = corpus_files.write_tree(tmp / "tree", texts)
             else:
-                with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
-                    for t in texts:
-                        f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
+                corpus_files.write_jsonl(corpus, texts)
         for _ in range(args.runs):
             for b in args.builds:
-                rate, cpu = run(b, args.non_ascii, args.api, args.threads, tmp, args.shard_tokens)
+                rate, cpu = run(
+                    b, args.non_ascii, args.api, args.threads, corpus, tmp, args.shard_tokens
+                )
                 rates[b].append(rate)
                 cpus[b].append(cpu)
     print(f"command: python benches/ab.py {' '.join(sys.argv[1:])}")

@@ -74,6 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
+import corpus_files  # benches/corpus_files.py
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -590,9 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="aprx-compare-") as tmp_s:
         tmp = Path(tmp_s)
         docs_path = tmp / "docs.jsonl"
-        with open(docs_path, "w", encoding="utf-8") as f:
-            for t in texts:
-                f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
+        corpus_files.write_jsonl(docs_path, texts)
         import_hf(tokenizer_json, tmp / "tokenizer", include_added_tokens=True)
         paths = Paths(Path(tokenizer_json), tmp / "tokenizer")
 

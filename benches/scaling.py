@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import corpus_files  # benches/corpus_files.py
+
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 MODES = ("encode_batch", "encode-corpus", "encode_ordinary-loop")
 CJK_COMMENT = "\n# 中文注释：说明这个函数的用途。\n"
@@ -123,19 +125,12 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - set(MODES):
         ap.error(f"--modes: expected some of {', '.join(MODES)}, got {args.modes!r}")
-    texts = fixtures.stdlib_texts()
-    if args.doc_lines > 0:
-        n = args.doc_lines
-        parts = (t.splitlines(keepends=True) for t in texts)
-        texts = ["".join(lines[i : i + n]) for lines in parts for i in range(0, len(lines), n)]
+    texts = corpus_files.cut(fixtures.stdlib_texts(), args.doc_lines)
     if args.append_comment:
         texts = [t + CJK_COMMENT for t in texts]
     with tempfile.TemporaryDirectory(prefix="aprx-scaling-") as tmp_s:
         tmp = Path(tmp_s)
-        with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
-            for _ in range(args.copies):
-                for t in texts:
-                    f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
+        corpus_files.write_jsonl(tmp / "docs.jsonl", texts * args.copies)
         import_hf(fixtures.qwen2_tokenizer_json(), tmp / "tokenizer", include_added_tokens=True)
         size = (tmp / "docs.jsonl").stat().st_size
         what = f"{args.doc_lines}-line parts of stdlib files" if args.doc_lines else "stdlib files"

@@ -10,6 +10,9 @@ tokenizer warmed up on one short text, as in ``scaling.py``::
     APRX_MMAP=0 python benches/threads.py encode-corpus --threads 2 --copies 5
     python benches/threads.py encode_batch --threads 2 --late-numpy
     python benches/threads.py encode-corpus --threads 2 --second-pass
+    python benches/threads.py encode-corpus --threads 2 --tree   # one .py file per document
+    python benches/threads.py encode-corpus --threads 2 --tree --doc-lines 40 \
+        --shard-tokens 500000   # 22,347 files, 16 shards
 
 ``--late-numpy`` leaves numpy to be imported by aprx's warm-up call (its first array), just
 before the timed call, as a script that does not import numpy itself does. ``--second-pass``
@@ -21,13 +24,14 @@ a tokenizer's first pass over the corpus (its cold pieces' merges and inserts).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Dict, Tuple
+
+import corpus_files  # benches/corpus_files.py
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 
@@ -52,6 +56,9 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--late-numpy", action="store_true")
     ap.add_argument("--second-pass", action="store_true", help="time a second call, see above")
+    ap.add_argument("--tree", action="store_true", help="encode-corpus: a .py file per document")
+    ap.add_argument("--doc-lines", type=int, default=0, help="documents of at most N lines")
+    ap.add_argument("--shard-tokens", type=int, default=10_000_000, help="encode-corpus")
     args = ap.parse_args()
     if not args.late_numpy:
         import numpy  # noqa: F401
@@ -63,14 +70,16 @@ def main() -> int:
     from aprx.corpus import encode_corpus
     from aprx.importer import import_hf
 
-    texts = fixtures.stdlib_texts() * args.copies
+    texts = corpus_files.cut(fixtures.stdlib_texts(), args.doc_lines) * args.copies
     with tempfile.TemporaryDirectory(prefix="aprx-threads-") as tmp_s:
         tmp = Path(tmp_s)
         import_hf(fixtures.qwen2_tokenizer_json(), tmp / "tok", include_added_tokens=True)
+        corpus = tmp / "docs.jsonl"
         if args.mode == "encode-corpus":
-            with open(tmp / "docs.jsonl", "w", encoding="utf-8") as f:
-                for t in texts:
-                    f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
+            if args.tree:
+                corpus = corpus_files.write_tree(tmp / "tree", texts)
+            else:
+                corpus_files.write_jsonl(corpus, texts)
         tok = aprx.Tokenizer.from_file(tmp / "tok")
         tok.encode_batch(["warm-up"] * 2, ordinary=True, num_threads=2)
 
@@ -88,12 +97,13 @@ def main() -> int:
                 ids = tok.encode_batch(texts, ordinary=True, num_threads=args.threads)
                 return sum(len(x) for x in ids)
             m = encode_corpus(
-                tmp / "docs.jsonl",
+                corpus,
                 tok,
                 tmp / out,
                 num_workers=args.threads,
                 overwrite=True,
                 eos_policy="none",
+                shard_tokens=args.shard_tokens,
             )
             return int(m["total_tokens"])
 
