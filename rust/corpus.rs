@@ -8,6 +8,7 @@ use crate::jsonl;
 use crate::offload::{update_ahead, Offload};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
@@ -40,19 +41,41 @@ pub const DEFAULT_TEXT_EXTENSIONS: &[&str] = &[
     "yml", "html", "css",
 ];
 
-fn kind_of(path: &Path) -> Option<InputKind> {
-    let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
-    if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
-        Some(InputKind::Jsonl)
-    } else if name.ends_with(".jsonl.gz") || name.ends_with(".ndjson.gz") {
-        Some(InputKind::JsonlGz)
-    } else if name.ends_with(".jsonl.zst") || name.ends_with(".ndjson.zst") {
-        Some(InputKind::JsonlZst)
-    } else if name.ends_with(".parquet") {
-        Some(InputKind::Parquet)
+/// The kind of an input, from its file name (case-insensitive suffixes).
+fn kind_of(name: &OsStr) -> InputKind {
+    let name = name.as_encoded_bytes();
+    let ends = |suffixes: &[&str]| {
+        suffixes.iter().any(|s| {
+            name.len() >= s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+        })
+    };
+    if ends(&[".jsonl", ".ndjson"]) {
+        InputKind::Jsonl
+    } else if ends(&[".jsonl.gz", ".ndjson.gz"]) {
+        InputKind::JsonlGz
+    } else if ends(&[".jsonl.zst", ".ndjson.zst"]) {
+        InputKind::JsonlZst
+    } else if ends(&[".parquet"]) {
+        InputKind::Parquet
     } else {
-        Some(InputKind::Text)
+        InputKind::Text
     }
+}
+
+/// Whether a text file's name has one of `exts` (lower case) as its extension (`Path`'s: after
+/// the last dot that does not start the name), compared in lower case.
+fn has_extension(name: &OsStr, exts: &[String]) -> bool {
+    let name = name.as_encoded_bytes();
+    let ext = match name.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot > 0 => &name[dot + 1..],
+        _ => &[],
+    };
+    exts.iter().any(|x| {
+        x.len() == ext.len()
+            && x.bytes()
+                .zip(ext)
+                .all(|(a, &b)| a == b.to_ascii_lowercase())
+    })
 }
 
 /// Expands paths into input files: directories recursively, entries sorted by name, hidden
@@ -69,7 +92,7 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
         if meta.is_dir() {
             walk(p, text_extensions, &mut out)?;
         } else {
-            let kind = kind_of(p).unwrap_or(InputKind::Text);
+            let kind = p.file_name().map_or(InputKind::Text, kind_of);
             out.push(InputFile {
                 path: p.clone(),
                 kind,
@@ -81,17 +104,20 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
 }
 
 fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list directory", &e))?;
-    let mut entries: Vec<(PathBuf, std::fs::DirEntry)> = rd
-        .map(|e| e.map(|e| (e.path(), e)))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io(dir, "list directory", &e))?;
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    for (e, entry) in entries {
-        let name = e.file_name().map(|n| n.to_string_lossy().into_owned());
-        if name.as_deref().is_none_or(|n| n.starts_with('.')) {
-            continue;
+    let listing_err = |e: std::io::Error| Error::io(dir, "list directory", &e);
+    let mut entries: Vec<(OsString, std::fs::DirEntry)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing_err)? {
+        let entry = entry.map_err(listing_err)?;
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().starts_with(b".") {
+            entries.push((name, entry));
         }
+    }
+    // By name: the order of the entries' paths (they differ in their last component only),
+    // without comparing paths component by component.
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, entry) in entries {
+        let path = || dir.join(&name);
         // The directory listing's own file type where it has one (no stat), and a stat only
         // for a file that is taken (its size), made relative to the directory rather than
         // walking the whole path again; a symlink (or an unknown type) is followed, as
@@ -99,33 +125,24 @@ fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
         let listed = entry.file_type().ok();
         let stat = || match listed {
             Some(t) if !t.is_symlink() => entry.metadata(),
-            _ => std::fs::metadata(&e),
+            _ => std::fs::metadata(path()),
         };
-        let stat_err = |err: std::io::Error| Error::io(&e, "stat", &err);
+        let stat_err = |err: std::io::Error| Error::io(&path(), "stat", &err);
         let is_dir = match listed.filter(|t| t.is_dir() || t.is_file()) {
             Some(t) => t.is_dir(),
             None => stat().map_err(stat_err)?.is_dir(),
         };
         if is_dir {
-            walk(&e, exts, out)?;
+            walk(&path(), exts, out)?;
             continue;
         }
-        let kind = match kind_of(&e) {
-            None | Some(InputKind::Text) => {
-                let ext = e
-                    .extension()
-                    .map(|x| x.to_string_lossy().to_ascii_lowercase())
-                    .unwrap_or_default();
-                if !exts.contains(&ext) {
-                    continue;
-                }
-                InputKind::Text
-            }
-            Some(kind) => kind,
-        };
+        let kind = kind_of(&name);
+        if kind == InputKind::Text && !has_extension(&name, exts) {
+            continue;
+        }
         let size = stat().map_err(stat_err)?.len();
         out.push(InputFile {
-            path: e,
+            path: path(),
             kind,
             size,
         });
@@ -385,8 +402,13 @@ fn read_file(
             }
         }
     };
-    // Hash what the decoder did not need (trailing bytes) so the digest covers the file.
-    std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
+    // Hash what the decoder did not need (trailing bytes) so the digest covers the file. A
+    // text file was read to its end (one read fewer per file: a tree of small files makes
+    // three system calls per file besides opening and closing it).
+    if f.kind != InputKind::Text {
+        std::io::copy(&mut hr, &mut std::io::sink())
+            .map_err(|e| Error::io(&f.path, "read", &e))?;
+    }
     let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
     Ok(Some((records, sha256)))
 }
@@ -747,8 +769,15 @@ fn use_mmap() -> bool {
     std::env::var_os("APRX_MMAP").is_none_or(|v| v != "0")
 }
 
+/// Lower-case hex digits of `bytes` (one per input file: no formatting machinery per byte).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
 }
 
 /// Why a record is not a document: a stable code and a reason.
@@ -1022,6 +1051,40 @@ mod tests {
         want.push(("elsewhere/real.py".to_string(), InputKind::Text, 40));
         assert_eq!(got, want);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
+        assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
+    fn kinds_and_extensions_are_read_from_names_case_insensitively() {
+        let os = |s: &str| OsString::from(s);
+        assert_eq!(kind_of(&os("a.JSONL")), InputKind::Jsonl);
+        assert_eq!(kind_of(&os("a.ndjson.Gz")), InputKind::JsonlGz);
+        assert_eq!(kind_of(&os("a.jsonl.zst")), InputKind::JsonlZst);
+        assert_eq!(kind_of(&os("a.PARQUET")), InputKind::Parquet);
+        assert_eq!(kind_of(&os("jsonl")), InputKind::Text);
+        assert_eq!(kind_of(&os("a.jsonl.bak")), InputKind::Text);
+        let exts = ["py".to_string(), "md".to_string()];
+        for (name, taken) in [
+            ("A.PY", true),
+            ("b.tar.md", true),
+            ("c.pyc", false),
+            ("py", false),
+            ("d.", false),
+            ("e.p", false),
+        ] {
+            assert_eq!(has_extension(&os(name), &exts), taken, "{name}");
+            // The same rule as `Path::extension`.
+            let ext = Path::new(name)
+                .extension()
+                .map(|x| x.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            assert_eq!(exts.contains(&ext), taken, "{name}");
+        }
     }
 
     #[test]

@@ -932,8 +932,7 @@ fn encode_corpus(
         }
         Ok(handle.join().expect("encode-corpus thread"))
     })?;
-    let manifest = result.map_err(|e| to_py(py, e))?;
-    Ok(serde_json::to_string(&manifest).expect("serialisable"))
+    result.map_err(|e| to_py(py, e))
 }
 
 /// Raw bytes -> the byte-level (GPT-2 alphabet) token string.

@@ -163,19 +163,88 @@ enum LogEntry {
     Skipped(Skipped),
 }
 
-/// `config` as a progress record holds it: the input list (a path and size per file) as its
-/// count and SHA-256, so a record's size does not grow with the number of files.
-fn progress_config(config: &Value) -> Value {
-    let mut c = config.clone();
-    if let Some(inputs) = c.get_mut("inputs") {
-        let n = inputs.as_array().map_or(0, Vec::len);
-        let bytes = serde_json::to_vec(inputs).expect("serialisable");
-        *inputs = json!({
-            "count": n,
-            "sha256": hex(&<[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&bytes))),
-        });
+/// A run's settings, as the manifest's `config` holds them (`I`: the input list) and, with the
+/// input list as its count and SHA-256, as progress records do (`Config::for_record`), so a
+/// record's size does not grow with the number of files. Serialized from the run's own input
+/// list: as JSON values, building it cost as much as walking the tree of files.
+#[derive(Serialize)]
+struct Config<'a, I> {
+    tokenizer_sha256: &'a str,
+    inputs: I,
+    shard_tokens: u64,
+    content_field: &'a str,
+    eos_policy: EosPolicy,
+    eos_id: Option<u32>,
+    normalization: &'static str,
+    on_error: OnError,
+    num_tasks: u32,
+    task_index: u32,
+}
+
+/// An input file as the config lists it.
+#[derive(Serialize)]
+struct ConfigInput<'a> {
+    #[serde(serialize_with = "display_path")]
+    path: &'a Path,
+    size: u64,
+}
+
+fn display_path<S: serde::Serializer>(p: &&Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
+}
+
+type RunConfig<'a> = Config<'a, Vec<ConfigInput<'a>>>;
+
+impl<'a> RunConfig<'a> {
+    fn new(
+        opts: &'a Options,
+        tok: &'a Tokenizer,
+        files: &'a [InputFile],
+        eos: Option<u32>,
+    ) -> Self {
+        Config {
+            tokenizer_sha256: &tok.info().fingerprint,
+            inputs: files
+                .iter()
+                .map(|f| ConfigInput {
+                    path: &f.path,
+                    size: f.size,
+                })
+                .collect(),
+            shard_tokens: opts.shard_tokens,
+            content_field: &opts.content_field,
+            eos_policy: opts.eos_policy,
+            eos_id: eos,
+            normalization: norm_name(opts.normalization.unwrap_or(tok.normalizer())),
+            on_error: opts.on_error,
+            num_tasks: opts.num_tasks,
+            task_index: opts.task_index,
+        }
     }
-    c
+
+    fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("serialisable")
+    }
+
+    /// As a progress record holds it.
+    fn for_record(&self) -> Value {
+        let bytes = serde_json::to_vec(&self.inputs).expect("serialisable");
+        let digest = <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let inputs = json!({"count": self.inputs.len(), "sha256": hex(&digest)});
+        let record = Config {
+            tokenizer_sha256: self.tokenizer_sha256,
+            inputs,
+            shard_tokens: self.shard_tokens,
+            content_field: self.content_field,
+            eos_policy: self.eos_policy,
+            eos_id: self.eos_id,
+            normalization: self.normalization,
+            on_error: self.on_error,
+            num_tasks: self.num_tasks,
+            task_index: self.task_index,
+        };
+        serde_json::to_value(record).expect("serialisable")
+    }
 }
 
 /// Appends `lines` to `PROGRESS_LOG` at byte `at` (anything after it, from a record never
@@ -702,21 +771,6 @@ impl<'a> Writer<'a> {
     }
 }
 
-fn config_of(opts: &Options, tok: &Tokenizer, files: &[InputFile], eos: Option<u32>) -> Value {
-    json!({
-        "tokenizer_sha256": tok.info().fingerprint,
-        "inputs": files.iter().map(|f| json!({"path": f.path.display().to_string(), "size": f.size})).collect::<Vec<_>>(),
-        "shard_tokens": opts.shard_tokens,
-        "content_field": opts.content_field,
-        "eos_policy": opts.eos_policy,
-        "eos_id": eos,
-        "normalization": norm_name(opts.normalization.unwrap_or(tok.normalizer())),
-        "on_error": opts.on_error,
-        "num_tasks": opts.num_tasks,
-        "task_index": opts.task_index,
-    })
-}
-
 fn norm_name(n: Normalizer) -> &'static str {
     match n {
         Normalizer::Nfc => "nfc",
@@ -791,7 +845,35 @@ fn set_aside(dir: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Runs encode-corpus; returns the manifest. `cancel` stops the run between batches
 /// (completed shards and progress stay, so `resume` continues).
-pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Result<Value> {
+/// `manifest.json`, serialized from the run's own lists (no copy of them as JSON values: with
+/// many input files, each copy cost as much as the rest of writing the manifest).
+#[derive(Serialize)]
+struct Manifest<'a> {
+    schema: &'a str,
+    dtype: &'a str,
+    byte_order: &'a str,
+    tokenizer: Value,
+    eos_policy: EosPolicy,
+    eos_id: Option<u32>,
+    normalization: &'a str,
+    content_field: &'a str,
+    shard_tokens: u64,
+    shards: &'a [ShardInfo],
+    total_tokens: u64,
+    total_documents: u64,
+    empty_documents: u64,
+    blank_lines: u64,
+    max_token_id: Option<u32>,
+    inputs: &'a [InputDone],
+    skipped_count: usize,
+    skipped: &'a [Skipped],
+    task: Value,
+    config: &'a RunConfig<'a>,
+    run: Value,
+}
+
+/// Runs encode-corpus; returns the manifest, as written to `manifest.json`.
+pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Result<String> {
     let started = Instant::now();
     let dir = opts.output.as_path();
     if opts.shard_tokens == 0 {
@@ -828,8 +910,8 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     }
     let all_files = corpus::discover(&opts.inputs, &opts.text_extensions)?;
     let files: Vec<InputFile> = corpus::task_slice(all_files, opts.num_tasks, opts.task_index);
-    let config = config_of(opts, tok, &files, eos);
-    let record_config = progress_config(&config);
+    let config = RunConfig::new(opts, tok, &files, eos);
+    let record_config = config.for_record();
 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", &e))?;
     let existing = our_files(dir)?;
@@ -844,18 +926,16 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         } else if opts.resume {
             let manifest_path = dir.join(MANIFEST);
             if manifest_path.exists() {
-                let m: Value = serde_json::from_slice(
-                    &std::fs::read(&manifest_path)
-                        .map_err(|e| Error::io(&manifest_path, "read", &e))?,
-                )
-                .map_err(|e| {
-                    Error::corpus(
-                        codes::RESUME_MISMATCH,
-                        format!("{}: {e}", manifest_path.display()),
-                    )
-                })?;
-                if m.get("config") == Some(&config) {
-                    return Ok(m); // already complete
+                let bytes = std::fs::read(&manifest_path)
+                    .map_err(|e| Error::io(&manifest_path, "read", &e))?;
+                let bad = |e: &dyn std::fmt::Display| {
+                    let what = format!("{}: {e}", manifest_path.display());
+                    Error::corpus(codes::RESUME_MISMATCH, what)
+                };
+                let m: Value = serde_json::from_slice(&bytes).map_err(|e| bad(&e))?;
+                let text = String::from_utf8(bytes).map_err(|e| bad(&e))?;
+                if m.get("config") == Some(&config.to_value()) {
+                    return Ok(text); // already complete
                 }
                 return Err(Error::corpus(
                     codes::RESUME_MISMATCH,
@@ -876,7 +956,13 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                 // A record from before the progress log has its inputs, and the whole input
                 // list in its config, inline.
                 inline = p.config.get("inputs").is_some_and(Value::is_array);
-                let want = if inline { &config } else { &record_config };
+                let full;
+                let want = if inline {
+                    full = config.to_value();
+                    &full
+                } else {
+                    &record_config
+                };
                 if p.config != *want {
                     let key = want
                         .as_object()
@@ -952,7 +1038,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     }
     let resumed = state.is_some();
     let state = state.unwrap_or(Progress {
-        config: config.clone(),
+        config: Value::Null, // records take `Writer::progress_config`
         shards: Vec::new(),
         next_file: 0,
         next_record: 0,
@@ -1276,48 +1362,54 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     w.report(true);
     let elapsed = w.prior_elapsed + started.elapsed().as_secs_f64();
     let st = &w.state;
-    let manifest = json!({
-        "schema": SHARDS_SCHEMA,
-        "dtype": "uint32",
-        "byte_order": "little",
-        "tokenizer": {
+    let run = json!({
+        "elapsed_s": elapsed,
+        "tokens_per_s": if elapsed > 0.0 { st.tokens as f64 / elapsed } else { 0.0 },
+        "num_workers": pool.current_num_threads(),
+        "resumed": resumed,
+    });
+    let manifest = Manifest {
+        schema: SHARDS_SCHEMA,
+        dtype: "uint32",
+        byte_order: "little",
+        tokenizer: json!({
             "path": opts.tokenizer_path,
             "sha256": tok.info().fingerprint,
             "vocab_size": tok.vocab_size(),
-        },
-        "eos_policy": opts.eos_policy,
-        "eos_id": eos,
-        "normalization": norm_name(normalizer),
-        "content_field": opts.content_field,
-        "shard_tokens": opts.shard_tokens,
-        "shards": st.shards,
-        "total_tokens": st.tokens,
-        "total_documents": st.documents,
-        "empty_documents": st.inputs.iter().map(|i| i.empty_documents).sum::<u64>(),
-        "blank_lines": st.inputs.iter().map(|i| i.blank_lines).sum::<u64>(),
-        "max_token_id": st.max_token_id,
-        "inputs": st.inputs,
-        "skipped_count": st.skipped.len(),
-        "skipped": st.skipped,
-        "task": {"num_tasks": opts.num_tasks, "task_index": opts.task_index},
-        "config": config,
-        "run": {
-            "elapsed_s": elapsed,
-            "tokens_per_s": if elapsed > 0.0 { st.tokens as f64 / elapsed } else { 0.0 },
-            "num_workers": pool.current_num_threads(),
-            "resumed": resumed,
-        },
-    });
-    let data = serde_json::to_vec_pretty(&manifest).expect("serialisable");
-    write_atomic(&dir.join(MANIFEST), &data)?;
+        }),
+        eos_policy: opts.eos_policy,
+        eos_id: eos,
+        normalization: norm_name(normalizer),
+        content_field: &opts.content_field,
+        shard_tokens: opts.shard_tokens,
+        shards: &st.shards,
+        total_tokens: st.tokens,
+        total_documents: st.documents,
+        empty_documents: st.inputs.iter().map(|i| i.empty_documents).sum(),
+        blank_lines: st.inputs.iter().map(|i| i.blank_lines).sum(),
+        max_token_id: st.max_token_id,
+        inputs: &st.inputs,
+        skipped_count: st.skipped.len(),
+        skipped: &st.skipped,
+        task: json!({"num_tasks": opts.num_tasks, "task_index": opts.task_index}),
+        config: &config,
+        run,
+    };
+    let data = serde_json::to_string_pretty(&manifest).expect("serialisable");
+    write_atomic(&dir.join(MANIFEST), data.as_bytes())?;
     let _ = std::fs::remove_file(dir.join(PROGRESS));
     let _ = std::fs::remove_file(dir.join(PROGRESS_LOG));
-    Ok(manifest)
+    Ok(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `encode_corpus`, its manifest parsed.
+    fn run(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Result<Value> {
+        encode_corpus(tok, opts, cancel).map(|m| serde_json::from_str(&m).expect("JSON"))
+    }
     use serde_json::Map;
 
     /// A byte-level tokenizer with no merges: one id per byte, `<|endoftext|>` = 256.
@@ -1554,7 +1646,7 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let tok = byte_tokenizer();
         // One document and "between": no EOS is written, so it is not the max id.
-        let m = encode_corpus(
+        let m = run(
             &tok,
             &options(input.clone(), dir.join("b"), EosPolicy::Between, 100),
             &cancel,
@@ -1562,7 +1654,7 @@ mod tests {
         .unwrap();
         assert_eq!(read_u32(&dir.join("b/shard-00000.bin")), [97, 98]);
         assert_eq!(m["max_token_id"], json!(98));
-        let m = encode_corpus(
+        let m = run(
             &tok,
             &options(input, dir.join("a"), EosPolicy::After, 100),
             &cancel,
@@ -1583,7 +1675,7 @@ mod tests {
         )
         .unwrap();
         let cancel = AtomicBool::new(false);
-        let m = encode_corpus(
+        let m = run(
             &byte_tokenizer(),
             &options(input, dir.join("o"), EosPolicy::Between, 4),
             &cancel,
@@ -1647,7 +1739,7 @@ mod tests {
         let mut opts = options(src.clone(), dir.join("ref"), EosPolicy::Between, 40);
         opts.on_error = OnError::Skip;
         std::fs::write(src.join("z.jsonl.gz"), &good).unwrap();
-        let want = encode_corpus(&tok, &opts, &cancel).unwrap();
+        let want = run(&tok, &opts, &cancel).unwrap();
         std::fs::write(src.join("z.jsonl.gz"), &bad).unwrap();
         opts.output = dir.join("o");
         // Each stopped run resumed as it is, and as a record from before the log would have
@@ -1657,7 +1749,7 @@ mod tests {
             std::fs::write(src.join("z.jsonl.gz"), &bad).unwrap();
             opts.overwrite = true;
             opts.resume = false;
-            assert!(encode_corpus(&tok, &opts, &cancel).is_err());
+            assert!(run(&tok, &opts, &cancel).is_err());
             let out = dir.join("o");
             let p: Progress =
                 serde_json::from_slice(&std::fs::read(out.join(PROGRESS)).unwrap()).unwrap();
@@ -1685,7 +1777,7 @@ mod tests {
             std::fs::write(src.join("z.jsonl.gz"), &good).unwrap();
             opts.overwrite = false;
             opts.resume = true;
-            let got = encode_corpus(&tok, &opts, &cancel).unwrap();
+            let got = run(&tok, &opts, &cancel).unwrap();
             assert_eq!(got["run"]["resumed"], json!(true));
             for key in [
                 "shards",
@@ -1727,17 +1819,17 @@ mod tests {
         for policy in [EosPolicy::Between, EosPolicy::After, EosPolicy::None] {
             let mut opts = options(dir.join("in.jsonl"), dir.join("ref"), policy, 20);
             write(r#"{"content":"5"}"#);
-            let want = encode_corpus(&tok, &opts, &cancel).unwrap();
+            let want = run(&tok, &opts, &cancel).unwrap();
             write(r#"{"content":555}"#);
             opts.output = dir.join("o");
-            let e = encode_corpus(&tok, &opts, &cancel).unwrap_err();
+            let e = run(&tok, &opts, &cancel).unwrap_err();
             assert_eq!(e.code, codes::CORPUS_FIELD_TYPE);
             assert!(dir.join("o").join(PROGRESS).exists());
             assert!(dir.join("o/shard-00003.bin").exists());
             write(r#"{"content":"5"}"#);
             opts.overwrite = false;
             opts.resume = true;
-            let got = encode_corpus(&tok, &opts, &cancel).unwrap();
+            let got = run(&tok, &opts, &cancel).unwrap();
             assert_eq!(got["run"]["resumed"], json!(true));
             for s in want["shards"].as_array().unwrap() {
                 for key in ["file", "index"] {
