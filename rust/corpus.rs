@@ -6,6 +6,7 @@ use crate::error::{codes, Error, Result};
 use crate::huge::HugeSlice;
 use crate::jsonl;
 use crate::offload::{update_ahead, Offload};
+use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 use std::ffi::{OsStr, OsString};
@@ -90,7 +91,7 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
             )
         })?;
         if meta.is_dir() {
-            walk(p, text_extensions, &mut out)?;
+            out.extend(walk(p, text_extensions)?);
         } else {
             let kind = p.file_name().map_or(InputKind::Text, kind_of);
             out.push(InputFile {
@@ -103,7 +104,10 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
     Ok(out)
 }
 
-fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
+/// The input files under `dir`, in order. The entries of a directory are taken in parallel
+/// (on the current rayon pool, if any): a tree of many small files spends its discovery
+/// waiting on a stat per file.
+fn walk(dir: &Path, exts: &[String]) -> Result<Vec<InputFile>> {
     let listing_err = |e: std::io::Error| Error::io(dir, "list directory", &e);
     let mut entries: Vec<(OsString, std::fs::DirEntry)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(listing_err)? {
@@ -116,38 +120,56 @@ fn walk(dir: &Path, exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
     // By name: the order of the entries' paths (they differ in their last component only),
     // without comparing paths component by component.
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (name, entry) in entries {
-        let path = || dir.join(&name);
-        // The directory listing's own file type where it has one (no stat), and a stat only
-        // for a file that is taken (its size), made relative to the directory rather than
-        // walking the whole path again; a symlink (or an unknown type) is followed, as
-        // `fs::metadata` does.
-        let listed = entry.file_type().ok();
-        let stat = || match listed {
-            Some(t) if !t.is_symlink() => entry.metadata(),
-            _ => std::fs::metadata(path()),
-        };
-        let stat_err = |err: std::io::Error| Error::io(&path(), "stat", &err);
-        let is_dir = match listed.filter(|t| t.is_dir() || t.is_file()) {
-            Some(t) => t.is_dir(),
-            None => stat().map_err(stat_err)?.is_dir(),
-        };
-        if is_dir {
-            walk(&path(), exts, out)?;
-            continue;
+    let found: Vec<Result<Found>> = entries
+        .into_par_iter()
+        .map(|(name, entry)| take(dir, &name, &entry, exts))
+        .collect();
+    let mut out = Vec::new();
+    for f in found {
+        match f? {
+            Found::File(f) => out.push(f),
+            Found::Dir(files) => out.extend(files),
+            Found::Nothing => {}
         }
-        let kind = kind_of(&name);
-        if kind == InputKind::Text && !has_extension(&name, exts) {
-            continue;
-        }
-        let size = stat().map_err(stat_err)?.len();
-        out.push(InputFile {
-            path: path(),
-            kind,
-            size,
-        });
     }
-    Ok(())
+    Ok(out)
+}
+
+/// What one directory entry holds for the corpus.
+enum Found {
+    File(InputFile),
+    Dir(Vec<InputFile>),
+    Nothing,
+}
+
+fn take(dir: &Path, name: &OsStr, entry: &std::fs::DirEntry, exts: &[String]) -> Result<Found> {
+    let path = || dir.join(name);
+    // The directory listing's own file type where it has one (no stat), and a stat only for a
+    // file that is taken (its size), made relative to the directory rather than walking the
+    // whole path again; a symlink (or an unknown type) is followed, as `fs::metadata` does.
+    let listed = entry.file_type().ok();
+    let stat = || match listed {
+        Some(t) if !t.is_symlink() => entry.metadata(),
+        _ => std::fs::metadata(path()),
+    };
+    let stat_err = |err: std::io::Error| Error::io(&path(), "stat", &err);
+    let is_dir = match listed.filter(|t| t.is_dir() || t.is_file()) {
+        Some(t) => t.is_dir(),
+        None => stat().map_err(stat_err)?.is_dir(),
+    };
+    if is_dir {
+        return walk(&path(), exts).map(Found::Dir);
+    }
+    let kind = kind_of(name);
+    if kind == InputKind::Text && !has_extension(name, exts) {
+        return Ok(Found::Nothing);
+    }
+    let size = stat().map_err(stat_err)?.len();
+    Ok(Found::File(InputFile {
+        path: path(),
+        kind,
+        size,
+    }))
 }
 
 /// Task `index` of `num_tasks`: a contiguous slice of `files` (in their sorted order),
@@ -406,8 +428,7 @@ fn read_file(
     // text file was read to its end (one read fewer per file: a tree of small files makes
     // three system calls per file besides opening and closing it).
     if f.kind != InputKind::Text {
-        std::io::copy(&mut hr, &mut std::io::sink())
-            .map_err(|e| Error::io(&f.path, "read", &e))?;
+        std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
     }
     let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
     Ok(Some((records, sha256)))
@@ -772,12 +793,11 @@ fn use_mmap() -> bool {
 /// Lower-case hex digits of `bytes` (one per input file: no formatting machinery per byte).
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for &b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+    let digits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+        .collect();
+    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 /// Why a record is not a document: a stable code and a reason.

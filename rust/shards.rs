@@ -908,7 +908,9 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             ));
         }
     }
-    let all_files = corpus::discover(&opts.inputs, &opts.text_extensions)?;
+    // The pool's threads take a directory's entries in parallel.
+    let pool = parallel::pool(opts.num_workers)?;
+    let all_files = pool.install(|| corpus::discover(&opts.inputs, &opts.text_extensions))?;
     let files: Vec<InputFile> = corpus::task_slice(all_files, opts.num_tasks, opts.task_index);
     let config = RunConfig::new(opts, tok, &files, eos);
     let record_config = config.for_record();
@@ -1053,7 +1055,6 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     });
     let (start_file, skip) = (state.next_file, state.next_record);
     let bytes_total: u64 = files.iter().skip(start_file).map(|f| f.size).sum();
-    let pool = parallel::pool(opts.num_workers)?;
     let mut w = Writer {
         dir,
         opts,
