@@ -322,17 +322,51 @@ pub enum Item {
     },
 }
 
+/// Small text files read at once by `read_items`'s helper threads, at most: a group's files
+/// are read in parallel, then emitted in order.
+const READ_GROUP: usize = 64;
+
 /// Calls `emit` for every item of `files[start_file..]`, skipping the first `skip_records`
-/// records of `start_file` (resume). Stops early when `emit` returns false.
+/// records of `start_file` (resume). Stops early when `emit` returns false. With a
+/// `read_pool`, runs of small text files (a tree of source files) are read `READ_GROUP` at a
+/// time by its threads: one thread opening, reading, hashing and closing each file in turn
+/// caps a many-core run on such a tree.
 pub fn read_items(
     files: &[InputFile],
     start_file: usize,
     skip_records: u64,
     field: &str,
+    read_pool: Option<&rayon::ThreadPool>,
     mut emit: impl FnMut(Item) -> bool,
 ) -> Result<()> {
-    for (fi, f) in files.iter().enumerate().skip(start_file) {
+    let small_text = |f: &InputFile| f.kind == InputKind::Text && f.size < OFFLOAD_HASH_BYTES;
+    let mut fi = start_file;
+    while fi < files.len() {
+        let f = &files[fi];
         let skip = if fi == start_file { skip_records } else { 0 };
+        if let (Some(pool), true) = (read_pool, small_text(f)) {
+            let group = files[fi..]
+                .iter()
+                .take(READ_GROUP)
+                .take_while(|f| small_text(f))
+                .count();
+            let read: Vec<Result<(Vec<u8>, String)>> =
+                pool.install(|| files[fi..fi + group].par_iter().map(read_text).collect());
+            for (k, r) in read.into_iter().enumerate() {
+                let (data, sha256) = r?;
+                let file = (fi + k) as u32;
+                let skip = if fi + k == start_file {
+                    skip_records
+                } else {
+                    0
+                };
+                if !emit_text(file, data, sha256, skip, &mut emit) {
+                    return Ok(());
+                }
+            }
+            fi += group;
+            continue;
+        }
         let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
         let fi32 = fi as u32;
         // Mapped where the file system can map it, else read.
@@ -368,8 +402,43 @@ pub fn read_items(
         }) {
             return Ok(());
         }
+        fi += 1;
     }
     Ok(())
+}
+
+/// A small text file's bytes and SHA-256, read on one of `read_items`'s helper threads.
+fn read_text(f: &InputFile) -> Result<(Vec<u8>, String)> {
+    let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
+    let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
+    let mut data = Vec::with_capacity(f.size as usize);
+    hr.read_to_end(&mut data)
+        .map_err(|e| Error::io(&f.path, "read", &e))?;
+    let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
+    Ok((data, sha256))
+}
+
+/// A text file's one record (unless resuming past it) and its end; false if `emit` asked to
+/// stop.
+fn emit_text(
+    file: u32,
+    data: Vec<u8>,
+    sha256: String,
+    skip: u64,
+    emit: &mut impl FnMut(Item) -> bool,
+) -> bool {
+    let record = Record {
+        file,
+        line: 1,
+        data: data.into(),
+        invalid: None,
+    };
+    (skip > 0 || emit(Item::Record(record)))
+        && emit(Item::FileEnd {
+            file,
+            sha256,
+            records: 1,
+        })
 }
 
 /// One input file read through `std::io::Read` (compressed input, text files, Parquet, and
@@ -1070,6 +1139,93 @@ mod tests {
         }
         want.push(("elsewhere/real.py".to_string(), InputKind::Text, 40));
         assert_eq!(got, want);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn text_files_read_by_helper_threads_come_in_order_with_their_digests() {
+        let root = std::env::temp_dir().join(format!("aprx-read-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        // More small text files than a group, a JSONL file and an empty file among them.
+        let mut files = Vec::new();
+        for i in 0..150usize {
+            let (name, body) = match i {
+                70 => (
+                    format!("f{i:03}.jsonl"),
+                    "{\"content\": \"x\"}\n\n{}\n".to_string(),
+                ),
+                71 => (format!("f{i:03}.py"), String::new()),
+                _ => (
+                    format!("f{i:03}.py"),
+                    format!("# file {i}\n").repeat(i % 7 + 1),
+                ),
+            };
+            let path = root.join(&name);
+            std::fs::write(&path, &body).unwrap();
+            let kind = kind_of(OsStr::new(&name));
+            files.push(InputFile {
+                path,
+                kind,
+                size: body.len() as u64,
+            });
+        }
+        type Seen = Vec<(u32, u64, Vec<u8>, String)>;
+        let read = |pool: Option<&rayon::ThreadPool>, start: usize, skip: u64, stop: usize| {
+            let mut seen: Seen = Vec::new();
+            read_items(&files, start, skip, "content", pool, |item| {
+                seen.push(match item {
+                    Item::Record(r) => (r.file, r.line, r.data.to_vec(), String::new()),
+                    Item::Blank { file } => (file, 0, Vec::new(), String::new()),
+                    Item::FileEnd {
+                        file,
+                        sha256,
+                        records,
+                    } => (file, records, Vec::new(), sha256),
+                });
+                seen.len() < stop
+            })
+            .unwrap();
+            seen
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let all = read(None, 0, 0, usize::MAX);
+        // Every file: its digest, and its text as its one record.
+        let ends: Vec<_> = all.iter().filter(|s| !s.3.is_empty()).collect();
+        assert_eq!(ends.len(), files.len());
+        for (e, f) in ends.iter().zip(&files) {
+            assert_eq!(e.3, hex(&Sha256::digest(std::fs::read(&f.path).unwrap())));
+        }
+        assert!(all.contains(&(5, 1, std::fs::read(&files[5].path).unwrap(), String::new())));
+        for (start, skip, stop) in [
+            (0, 0, usize::MAX),
+            (3, 1, usize::MAX),
+            (70, 1, usize::MAX),
+            (64, 0, 9),
+            (0, 0, 140),
+        ] {
+            assert_eq!(
+                read(Some(&pool), start, skip, stop),
+                read(None, start, skip, stop),
+                "from file {start}, skipping {skip}, stopping after {stop} items"
+            );
+        }
+        // A file that cannot be read: the same error, after the same items.
+        let gone = files[100].path.clone();
+        std::fs::remove_file(&gone).unwrap();
+        for pool in [None, Some(&pool)] {
+            let mut n = 0;
+            let e = read_items(&files, 0, 0, "content", pool, |_| {
+                n += 1;
+                true
+            })
+            .unwrap_err();
+            assert!(e.message.contains("f100.py"), "{}", e.message);
+            assert_eq!(n, all.iter().position(|s| s.0 == 100).unwrap());
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -402,7 +402,8 @@ def test_workers_give_identical_bytes(tmp_path, full_run, corpus, tok_dir):
     assert m1["run"]["num_workers"] == 1 and m2["run"]["num_workers"] == 2
     assert out_files(tmp_path / "w1") == out_files(out2)
     assert without_run(m1) == without_run(m2)
-    # From 4 workers each shard is written on a thread apart from its hashing.
+    # From 4 workers each shard is written on a thread apart from its hashing, and the tree's
+    # small text files are read by helper threads.
     m4 = encode_corpus(inputs, tok_dir, tmp_path / "w4", shard_tokens=30_000, num_workers=4)
     assert m4["run"]["num_workers"] == 4
     assert out_files(tmp_path / "w4") == out_files(out2)
