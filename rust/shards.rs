@@ -1772,8 +1772,9 @@ mod tests {
         opts.output = dir.join("o");
         // Each stopped run resumed as it is, and as a record from before the log would have
         // been written (the inputs and lines skipped inline, the whole input list in the
-        // settings, no log).
-        for old_format in [false, true] {
+        // settings, no log); and with 4 workers, whose text files are read by helper threads.
+        for (old_format, workers) in [(false, 2), (true, 2), (false, 4)] {
+            opts.num_workers = Some(workers);
             std::fs::write(src.join("z.jsonl.gz"), &bad).unwrap();
             opts.overwrite = true;
             opts.resume = false;
