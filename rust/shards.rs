@@ -32,7 +32,7 @@ const MANIFEST: &str = "manifest.json";
 /// Text per parallel batch; bounds memory together with the channel depth.
 const BATCH_BYTES: usize = 2 << 20;
 const BATCH_RECORDS: usize = 2048;
-/// Input files a batch ends after, at most (see the reader).
+/// Plain JSONL files (mapped) a batch ends after, at most (see the reader).
 const BATCH_FILES: usize = 64;
 /// The first batch's text, and the least of a batch near the end of the input.
 const FIRST_BATCH_BYTES: usize = 128 << 10;
@@ -1148,10 +1148,16 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                     // A file's end does not end the batch: a tree of small files (one
                     // document each) goes in batches of the same size as a JSONL file's
                     // lines, not one batch, one hand-off and one wake-up per file. At most
-                    // `BATCH_FILES` files a batch, though: each mapped file stays mapped
-                    // until its batch is written, and the mappings a process may hold are
-                    // limited (65530 by default on Linux).
-                    files_in_batch += usize::from(matches!(item, Item::FileEnd { .. }));
+                    // `BATCH_FILES` plain JSONL files a batch, though: each mapped file stays
+                    // mapped until its batch is written, and the mappings a process may hold
+                    // are limited (65530 by default on Linux). Other files are read into
+                    // memory, which the batch's bytes bound: a tree of small text files goes
+                    // in batches of up to 2 MB, not 64 files (90 KB for the stdlib cut into
+                    // 40-line files: 350 batches, each a hand-off and a wake-up).
+                    files_in_batch += usize::from(matches!(
+                        &item,
+                        Item::FileEnd { file, .. } if files_ref[*file as usize].kind == InputKind::Jsonl
+                    ));
                     batch.push(item);
                     if bytes >= limit
                         || batch.len() >= BATCH_RECORDS
