@@ -441,9 +441,11 @@ impl PyTokenizer {
         self.encode_impl(py, text, false)
     }
 
-    /// Encodes many texts in parallel (GIL released); one uint32 array per text. The texts of
-    /// each run of about `SEGMENT_BYTES` are encoded into one buffer and their arrays are views
-    /// of it (no allocation per text); a longer text gets a buffer of its own.
+    /// Encodes many texts in parallel (GIL released); one uint32 array per text, each a view
+    /// of a buffer shared with other texts' arrays (no allocation per text), which stays alive
+    /// as long as any of them does: on several threads one buffer for the call, on one thread
+    /// one per run of about `SEGMENT_BYTES` of text (a longer text gets a buffer of its own).
+    /// Copy an array (`.copy()`) to keep it without the rest.
     #[pyo3(signature = (texts, ordinary = false, num_threads = None))]
     fn encode_batch<'py>(
         &self,
@@ -454,6 +456,24 @@ impl PyTokenizer {
     ) -> PyResult<Bound<'py, PyList>> {
         ensure_numpy(py)?;
         let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
+        if pool.current_num_threads() > 1 {
+            // As `encode_batch_flat`: each run appended to one buffer as it comes back, while
+            // later runs are still encoding, and every text's array a view of that buffer. A
+            // run's own buffer for its arrays (as below) is fresh memory for each run, whose
+            // first touch on two threads at once cost 6% (118.5 against 111.9 M tokens/s,
+            // `benches/compare.py --threads 1,2 --peers none --no-corpus --repeat 5`).
+            let (flat, offsets) = self.encode_flat(py, &texts, ordinary, &pool)?;
+            let base = flat.into_pyarray(py);
+            // SAFETY: `base` was just made here; nothing else borrows it.
+            let data = unsafe { base.as_slice() }?;
+            let arrays = offsets.windows(2).map(|w| {
+                let view = numpy::ndarray::ArrayView1::from(&data[w[0] as usize..w[1] as usize]);
+                // SAFETY: the view's memory is `base`'s buffer, which `base` owns and never
+                // reallocates; `base` is made the view's base object, so it outlives the view.
+                unsafe { PyArray1::borrow_from_array(&view, base.clone().into_any()) }
+            });
+            return PyList::new(py, arrays);
+        }
         let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(texts.len());
         self.encode_texts(py, &texts, ordinary, &pool, |(ids, ends)| {
             if let [_] = ends[..] {
@@ -506,18 +526,7 @@ impl PyTokenizer {
             })?;
             return Ok((flat.into_pyarray(py), offsets.into_pyarray(py)));
         }
-        // Each run is appended as it comes back, while later runs are still encoding (a large
-        // buffer grows by remapping, not copying).
-        let chars = texts.iter().map(|t| t.len()).sum::<PyResult<usize>>()?;
-        let mut flat: Vec<u32> = Vec::with_capacity(chars / 4 + 16);
-        let mut offsets: Vec<u64> = Vec::with_capacity(texts.len() + 1);
-        offsets.push(0);
-        self.encode_texts(py, &texts, ordinary, &pool, |(ids, ends)| {
-            let base = flat.len();
-            offsets.extend(ends.iter().map(|&e| (base + e) as u64));
-            flat.extend_from_slice(&ids);
-            Ok(())
-        })?;
+        let (flat, offsets) = self.encode_flat(py, &texts, ordinary, &pool)?;
         Ok((flat.into_pyarray(py), offsets.into_pyarray(py)))
     }
 
@@ -624,6 +633,30 @@ impl PyTokenizer {
 }
 
 impl PyTokenizer {
+    /// The texts' ids on several threads, one after another in one buffer, and where each
+    /// text's starts and ends (`offsets[i]..offsets[i + 1]`). Each run is appended as it comes
+    /// back, while later runs are still encoding (a large buffer grows by remapping, not
+    /// copying), and the workers' own buffers are freed and reused.
+    fn encode_flat<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &[Bound<'py, PyString>],
+        ordinary: bool,
+        pool: &rayon::ThreadPool,
+    ) -> PyResult<(Vec<u32>, Vec<u64>)> {
+        let chars = texts.iter().map(|t| t.len()).sum::<PyResult<usize>>()?;
+        let mut flat: Vec<u32> = Vec::with_capacity(chars / 4 + 16);
+        let mut offsets: Vec<u64> = Vec::with_capacity(texts.len() + 1);
+        offsets.push(0);
+        self.encode_texts(py, texts, ordinary, pool, |(ids, ends)| {
+            let base = flat.len();
+            offsets.extend(ends.iter().map(|&e| (base + e) as u64));
+            flat.extend_from_slice(&ids);
+            Ok(())
+        })?;
+        Ok((flat, offsets))
+    }
+
     /// Encodes `texts` in runs (see `runs`; up to `SEGMENT_BYTES` of text, about a quarter
     /// of a thread's share), chunk by chunk (`CHUNK_BYTES`, counted in chars; Ctrl-C is checked
     /// between chunks), and hands each run to `done`, in order: its ids in one buffer, with

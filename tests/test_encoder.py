@@ -725,9 +725,9 @@ def test_batch_threads_match_single(name: str) -> None:
 
 
 def test_batch_arrays_share_buffers_safely() -> None:
-    """encode_batch's arrays are views of a buffer per run of texts: each must still be its
-    own text's ids, stay valid when the list and the other arrays are gone, and writing one
-    must not touch another."""
+    """encode_batch's arrays are views of a buffer per run of texts (one thread) or of one
+    buffer for the call (several threads): each must still be its own text's ids, stay valid
+    when the list and the other arrays are gone, and writing one must not touch another."""
     ours = _ours("qwen2")
     sources = [t for _, t in fx.stdlib_sources()[:400]]
     # Many short texts (runs of many texts share a buffer), empty ones, and texts longer than a
