@@ -534,6 +534,60 @@ impl Drop for Closer {
     }
 }
 
+/// How the reader cuts the items into batches. Batches start small, so the workers start
+/// early, and end small, so the last ones finish together (plain inputs only: their size is
+/// the text's). A file's end does not end the batch: a tree of small files (one document each)
+/// goes in batches of the same size as a JSONL file's lines, not one batch, one hand-off and
+/// one wake-up per file. At most `BATCH_FILES` plain JSONL files a batch, though: each mapped
+/// file stays mapped until its batch is written, and the mappings a process may hold are
+/// limited (65530 by default on Linux). Other files are read into memory, which the batch's
+/// bytes bound: a tree of small text files goes in batches of up to `BATCH_BYTES`, not 64
+/// files (90 KB for the stdlib cut into 40-line files: 350 batches, each a hand-off and a
+/// wake-up).
+struct Batcher {
+    batch: Vec<Item>,
+    bytes: usize,
+    mapped_files: usize,
+    limit: usize,
+    /// Text not yet read, for plain inputs.
+    left: Option<usize>,
+}
+
+impl Batcher {
+    fn new(plain_bytes: Option<usize>) -> Self {
+        Batcher {
+            batch: Vec::new(),
+            bytes: 0,
+            mapped_files: 0,
+            limit: FIRST_BATCH_BYTES,
+            left: plain_bytes,
+        }
+    }
+
+    /// Adds `item` (`mapped`: the end of a file that may be mapped); the batch, once full.
+    fn push(&mut self, item: Item, mapped: bool) -> Option<Vec<Item>> {
+        if let Item::Record(r) = &item {
+            self.bytes += r.data.len();
+        }
+        self.mapped_files += usize::from(mapped);
+        self.batch.push(item);
+        let full = self.bytes >= self.limit
+            || self.batch.len() >= BATCH_RECORDS
+            || self.mapped_files >= BATCH_FILES;
+        if !full {
+            return None;
+        }
+        self.mapped_files = 0;
+        self.left = self.left.map(|l| l.saturating_sub(self.bytes));
+        self.limit = (2 * self.limit).min(BATCH_BYTES);
+        if let Some(l) = self.left {
+            self.limit = self.limit.min(l / 8).max(FIRST_BATCH_BYTES);
+        }
+        self.bytes = 0;
+        Some(std::mem::take(&mut self.batch))
+    }
+}
+
 /// Rotated shards queued for the closer, at most, besides the one it is completing (each
 /// holds its chunks not yet hashed and written: at most its pool, 3 MiB).
 const CLOSING_SHARDS: usize = 2;
@@ -1134,50 +1188,22 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
         let reader = std::thread::Builder::new()
             .name("aprx-reader".into())
             .spawn_scoped(scope, move || {
-                let mut batch = Vec::new();
-                let mut bytes = 0usize;
-                let mut files_in_batch = 0usize;
-                // Batches start small, so the workers start early, and end small, so the
-                // last ones finish together (plain inputs only: their size is the text's).
-                let mut limit = FIRST_BATCH_BYTES;
-                let mut left = plain_bytes;
+                let mut batcher = Batcher::new(plain_bytes);
                 let r = corpus::read_items(files_ref, start_file, skip, field, read_pool, |item| {
-                    if let Item::Record(r) = &item {
-                        bytes += r.data.len();
-                    }
-                    // A file's end does not end the batch: a tree of small files (one
-                    // document each) goes in batches of the same size as a JSONL file's
-                    // lines, not one batch, one hand-off and one wake-up per file. At most
-                    // `BATCH_FILES` plain JSONL files a batch, though: each mapped file stays
-                    // mapped until its batch is written, and the mappings a process may hold
-                    // are limited (65530 by default on Linux). Other files are read into
-                    // memory, which the batch's bytes bound: a tree of small text files goes
-                    // in batches of up to 2 MB, not 64 files (90 KB for the stdlib cut into
-                    // 40-line files: 350 batches, each a hand-off and a wake-up).
-                    files_in_batch += usize::from(matches!(
+                    let mapped = matches!(
                         &item,
                         Item::FileEnd { file, .. } if files_ref[*file as usize].kind == InputKind::Jsonl
-                    ));
-                    batch.push(item);
-                    if bytes >= limit
-                        || batch.len() >= BATCH_RECORDS
-                        || files_in_batch >= BATCH_FILES
-                    {
-                        files_in_batch = 0;
-                        left = left.map(|l| l.saturating_sub(bytes));
-                        limit = (2 * limit).min(BATCH_BYTES);
-                        if let Some(l) = left {
-                            limit = limit.min(l / 8).max(FIRST_BATCH_BYTES);
-                        }
-                        bytes = 0;
-                        if tx.send(std::mem::take(&mut batch)).is_err() {
+                    );
+                    if let Some(batch) = batcher.push(item, mapped) {
+                        if tx.send(batch).is_err() {
                             return false;
                         }
                     }
                     !stop_ref.load(Ordering::Relaxed)
                 });
-                if !batch.is_empty() {
-                    let _ = tx.send(batch);
+                let rest = batcher.batch;
+                if !rest.is_empty() {
+                    let _ = tx.send(rest);
                 }
                 r
             })
@@ -1670,6 +1696,82 @@ mod tests {
         );
         assert!(!dir.join(PROGRESS).exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn batches_end_by_bytes_records_or_mapped_files() {
+        let rec = |n: usize| {
+            Item::Record(Record {
+                file: 0,
+                line: 1,
+                data: vec![b'x'; n].into(),
+                invalid: None,
+            })
+        };
+        let end = |file: u32| Item::FileEnd {
+            file,
+            sha256: String::new(),
+            records: 1,
+        };
+        let file_ends = |batch: &[Item]| {
+            batch
+                .iter()
+                .filter(|i| matches!(i, Item::FileEnd { .. }))
+                .count()
+        };
+        // Plain JSONL files (mapped): a batch ends at its 64th file, however small.
+        let mut b = Batcher::new(None);
+        let mut files = Vec::new();
+        for f in 0..200 {
+            for (item, mapped) in [(rec(10), false), (end(f), true)] {
+                files.extend(b.push(item, mapped).map(|batch| file_ends(&batch)));
+            }
+        }
+        assert_eq!(files, [BATCH_FILES; 3]);
+        // Small text files: their ends do not count; a batch ends at BATCH_RECORDS items.
+        let mut b = Batcher::new(None);
+        let mut items = Vec::new();
+        for f in 0..2000 {
+            for item in [rec(10), end(f)] {
+                items.extend(b.push(item, false).map(|batch| batch.len()));
+            }
+        }
+        assert_eq!(items, [BATCH_RECORDS; 1]);
+        assert_eq!(b.batch.len(), 2 * 2000 - BATCH_RECORDS);
+        // Bytes: the first batch's, then doubling up to BATCH_BYTES.
+        let mut b = Batcher::new(None);
+        let mut bytes = Vec::new();
+        for _ in 0..200 {
+            bytes.extend(
+                b.push(rec(64 << 10), false)
+                    .map(|batch| batch.len() * (64 << 10)),
+            );
+        }
+        assert_eq!(
+            bytes[..6],
+            [
+                FIRST_BATCH_BYTES,
+                256 << 10,
+                512 << 10,
+                1 << 20,
+                2 << 20,
+                BATCH_BYTES
+            ]
+        );
+        assert!(bytes[5..].iter().all(|&n| n == BATCH_BYTES));
+        // A plain input of known size: near its end, batches of an eighth of what is left.
+        let total = 200 * (64 << 10);
+        let mut b = Batcher::new(Some(total));
+        let mut bytes = Vec::new();
+        for _ in 0..200 {
+            bytes.extend(
+                b.push(rec(64 << 10), false)
+                    .map(|batch| batch.len() * (64 << 10)),
+            );
+        }
+        let last = bytes[bytes.len() - 3..].to_vec();
+        assert!(last.iter().all(|&n| n < BATCH_BYTES / 2), "{bytes:?}");
+        assert!(bytes.iter().all(|&n| n >= FIRST_BATCH_BYTES), "{bytes:?}");
     }
 
     #[test]
