@@ -104,9 +104,9 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
     Ok(out)
 }
 
-/// The input files under `dir`, in order. The entries of a directory are taken in parallel
-/// (on the current rayon pool, if any): a tree of many small files spends its discovery
-/// waiting on a stat per file.
+/// The input files under `dir`, in order. The entries of a directory are taken in parallel,
+/// on the rayon pool this runs in (encode-corpus's; elsewhere rayon's global one): a tree of
+/// many small files spends its discovery waiting on a stat per file.
 fn walk(dir: &Path, exts: &[String]) -> Result<Vec<InputFile>> {
     let listing_err = |e: std::io::Error| Error::io(dir, "list directory", &e);
     let mut entries: Vec<(OsString, std::fs::DirEntry)> = Vec::new();

@@ -603,8 +603,8 @@ const SPLIT_WRITES_FROM: usize = 4;
 /// none apart from the reader below `SPLIT_WRITES_FROM` workers, where every core already has
 /// a thread of the pipeline; else one for every two workers, up to 8. On 16 cores (8 and 16
 /// workers, a tree of 44,694 small files), the one reader capped the run at 29-34 M tokens/s;
-/// with 8 reading threads it ran at 42-47 (`benches/threads.py encode-corpus --tree
-/// --doc-lines 40 --shard-tokens 500000 --copies 2`).
+/// with 8 reading threads it ran at 38-47 (`benches/threads.py encode-corpus --tree
+/// --doc-lines 40 --shard-tokens 500000 --copies 2`, two rounds).
 fn read_threads(workers: usize) -> usize {
     if workers < SPLIT_WRITES_FROM {
         1
@@ -911,8 +911,6 @@ fn set_aside(dir: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(old)
 }
 
-/// Runs encode-corpus; returns the manifest. `cancel` stops the run between batches
-/// (completed shards and progress stay, so `resume` continues).
 /// `manifest.json`, serialized from the run's own lists (no copy of them as JSON values: with
 /// many input files, each copy cost as much as the rest of writing the manifest).
 #[derive(Serialize)]
@@ -940,7 +938,8 @@ struct Manifest<'a> {
     run: Value,
 }
 
-/// Runs encode-corpus; returns the manifest, as written to `manifest.json`.
+/// Runs encode-corpus; returns the manifest, as written to `manifest.json`. `cancel` stops
+/// the run between batches (completed shards and progress stay, so `resume` continues).
 pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Result<String> {
     let started = Instant::now();
     let dir = opts.output.as_path();
@@ -1465,12 +1464,12 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     /// `encode_corpus`, its manifest parsed.
     fn run(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Result<Value> {
         encode_corpus(tok, opts, cancel).map(|m| serde_json::from_str(&m).expect("JSON"))
     }
-    use serde_json::Map;
 
     /// A byte-level tokenizer with no merges: one id per byte, `<|endoftext|>` = 256.
     fn byte_tokenizer() -> Tokenizer {
