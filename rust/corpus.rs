@@ -325,6 +325,10 @@ pub enum Item {
 /// Small text files read at once by `read_items`'s helper threads, at most: a group's files
 /// are read in parallel, then emitted in order.
 const READ_GROUP: usize = 64;
+/// A group's bytes (by the sizes found at discovery), at most, beyond its first file: the
+/// group is in memory until its files are emitted (64 files of up to `OFFLOAD_HASH_BYTES`
+/// each would be 256 MiB).
+const READ_GROUP_BYTES: u64 = 8 << 20;
 
 /// Calls `emit` for every item of `files[start_file..]`, skipping the first `skip_records`
 /// records of `start_file` (resume). Stops early when `emit` returns false. With a
@@ -345,10 +349,15 @@ pub fn read_items(
         let f = &files[fi];
         let skip = if fi == start_file { skip_records } else { 0 };
         if let (Some(pool), true) = (read_pool, small_text(f)) {
+            let mut bytes = 0;
             let group = files[fi..]
                 .iter()
                 .take(READ_GROUP)
-                .take_while(|f| small_text(f))
+                .enumerate()
+                .take_while(|&(k, f)| {
+                    bytes += f.size;
+                    small_text(f) && (k == 0 || bytes <= READ_GROUP_BYTES)
+                })
                 .count();
             let read: Vec<Result<(Vec<u8>, String)>> =
                 pool.install(|| files[fi..fi + group].par_iter().map(read_text).collect());
@@ -1171,9 +1180,9 @@ mod tests {
             });
         }
         type Seen = Vec<(u32, u64, Vec<u8>, String)>;
-        let read = |pool: Option<&rayon::ThreadPool>, start: usize, skip: u64, stop: usize| {
+        let read_from = |files: &[InputFile], pool, start, skip, stop| {
             let mut seen: Seen = Vec::new();
-            read_items(&files, start, skip, "content", pool, |item| {
+            read_items(files, start, skip, "content", pool, |item| {
                 seen.push(match item {
                     Item::Record(r) => (r.file, r.line, r.data.to_vec(), String::new()),
                     Item::Blank { file } => (file, 0, Vec::new(), String::new()),
@@ -1188,6 +1197,7 @@ mod tests {
             .unwrap();
             seen
         };
+        let read = |pool, start, skip, stop| read_from(&files, pool, start, skip, stop);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
@@ -1213,6 +1223,13 @@ mod tests {
                 "from file {start}, skipping {skip}, stopping after {stop} items"
             );
         }
+        // Files that discovery found large (4 MiB - 1 each, whatever they hold now): a group
+        // ends after READ_GROUP_BYTES of them.
+        let mut large = files.clone();
+        for f in &mut large[10..40] {
+            f.size = OFFLOAD_HASH_BYTES - 1;
+        }
+        assert_eq!(read_from(&large, Some(&pool), 0, 0, usize::MAX), all);
         // A file that cannot be read: the same error, after the same items.
         let gone = files[100].path.clone();
         std::fs::remove_file(&gone).unwrap();
