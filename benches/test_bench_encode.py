@@ -10,7 +10,9 @@ tokenizer loading) and checks the ids against ``tokenizers``. To time them::
 
 These measure steady state: the same tokenizer instance encodes the sample round after round,
 so whatever it caches is warm. For cold, fresh-instance throughput on the whole standard
-library against every peer, use ``python benches/compare.py``.
+library against every peer, use ``python benches/compare.py``. The encode-corpus cases write
+the sample as one JSONL file and as a tree of ``.py`` files, and time the whole run (shards,
+index, manifest) into a fresh output directory each round, on 2 workers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus_files  # noqa: E402
 import fixtures  # noqa: E402
 
 SAMPLE_BYTES = 256 * 1024
@@ -145,3 +149,36 @@ def test_hf_encode_batch(
     out = benchmark(hf_tok.encode_batch, sample_texts, add_special_tokens=False)
     assert [list(e.ids) for e in out] == expected_batch
     _tokens(benchmark, sum(len(e.ids) for e in out))
+
+
+@pytest.fixture(scope="module")
+def corpus_inputs(tmp_path_factory: Any, sample_texts: List[str]) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("corpus")
+    return {
+        "jsonl": corpus_files.write_jsonl(root / "docs.jsonl", sample_texts),
+        "tree": corpus_files.write_tree(root / "tree", sample_texts),
+    }
+
+
+@pytest.mark.benchmark(group="encode-corpus, 2 workers")
+@pytest.mark.parametrize("kind", ["jsonl", "tree"])
+def test_aprx_encode_corpus(
+    benchmark: Any,
+    aprx_tok: Any,
+    corpus_inputs: dict[str, Path],
+    tmp_path: Path,
+    kind: str,
+    expected_batch: List[List[int]],
+) -> None:
+    from aprx.corpus import encode_corpus
+
+    outputs = iter(tmp_path / f"out{i}" for i in range(1 << 30))
+
+    def setup() -> Any:
+        return (corpus_inputs[kind], aprx_tok, next(outputs)), {"num_workers": 2}
+
+    m = benchmark.pedantic(encode_corpus, setup=setup, rounds=5)
+    # Every document, in order, one EOS between each two (the default policy).
+    assert m["total_documents"] == len(expected_batch)
+    assert m["total_tokens"] == sum(map(len, expected_batch)) + len(expected_batch) - 1
+    _tokens(benchmark, m["total_tokens"])
