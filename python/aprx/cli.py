@@ -55,9 +55,9 @@ def _tokenizer_summary(out: str, m: dict[str, Any]) -> str:
 
 
 def _cmd_encode_corpus(args: argparse.Namespace) -> int:
-    from aprx.corpus import encode_corpus
+    from aprx.corpus import encode_corpus_text
 
-    m = encode_corpus(
+    text = encode_corpus_text(
         args.corpus,
         args.tokenizer,
         args.output,
@@ -75,6 +75,12 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
         num_tasks=args.num_tasks,
         task_index=args.task_index,
     )
+    if args.json:
+        # The manifest as written: re-encoding it with an indent is pure Python, slower than
+        # the run itself on a tree of many small files.
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        return 0
+    m = json.loads(text)
     run = m["run"]
     _print_result(
         args,
