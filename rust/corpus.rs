@@ -348,32 +348,32 @@ pub fn read_items(
     while fi < files.len() {
         let f = &files[fi];
         let skip = if fi == start_file { skip_records } else { 0 };
-        if let (Some(pool), true) = (read_pool, small_text(f)) {
-            let mut bytes = 0;
-            let group = files[fi..]
-                .iter()
-                .take(READ_GROUP)
-                .enumerate()
-                .take_while(|&(k, f)| {
-                    bytes += f.size;
-                    small_text(f) && (k == 0 || bytes <= READ_GROUP_BYTES)
-                })
-                .count();
-            let read: Vec<Result<(Vec<u8>, String)>> =
-                pool.install(|| files[fi..fi + group].par_iter().map(read_text).collect());
-            for (k, r) in read.into_iter().enumerate() {
+        if f.kind == InputKind::Text {
+            // A run of small text files on the reading threads, or else this one file here.
+            let read: Vec<Result<(Vec<u8>, String)>> = match read_pool {
+                Some(pool) if small_text(f) => {
+                    let mut bytes = 0;
+                    let group = files[fi..]
+                        .iter()
+                        .take(READ_GROUP)
+                        .enumerate()
+                        .take_while(|&(k, f)| {
+                            bytes += f.size;
+                            small_text(f) && (k == 0 || bytes <= READ_GROUP_BYTES)
+                        })
+                        .count();
+                    pool.install(|| files[fi..fi + group].par_iter().map(read_text).collect())
+                }
+                _ => vec![read_text(f)],
+            };
+            for r in read {
                 let (data, sha256) = r?;
-                let file = (fi + k) as u32;
-                let skip = if fi + k == start_file {
-                    skip_records
-                } else {
-                    0
-                };
-                if !emit_text(file, data, sha256, skip, &mut emit) {
+                let skip = if fi == start_file { skip_records } else { 0 };
+                if !emit_text(fi as u32, data, sha256, skip, &mut emit) {
                     return Ok(());
                 }
+                fi += 1;
             }
-            fi += group;
             continue;
         }
         let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
@@ -416,7 +416,8 @@ pub fn read_items(
     Ok(())
 }
 
-/// A small text file's bytes and SHA-256, read on one of `read_items`'s helper threads.
+/// A text file's bytes and SHA-256 (its one record), on one of `read_items`'s reading threads
+/// or the reader's own (read to the end: two reads, the second finding it).
 fn read_text(f: &InputFile) -> Result<(Vec<u8>, String)> {
     let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
     let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
@@ -450,8 +451,8 @@ fn emit_text(
         })
 }
 
-/// One input file read through `std::io::Read` (compressed input, text files, Parquet, and
-/// JSONL when it is not mapped): its record count and SHA-256, or None if `emit` asked to stop.
+/// One input file read through `std::io::Read` (compressed input, Parquet, and JSONL when it
+/// is not mapped; text files are `read_text`'s): its record count and SHA-256, or None if `emit` asked to stop.
 fn read_file(
     file: File,
     f: &InputFile,
@@ -462,22 +463,7 @@ fn read_file(
 ) -> Result<Option<(u64, String)>> {
     let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
     let records = match f.kind {
-        InputKind::Text => {
-            let mut data = Vec::with_capacity(f.size as usize);
-            hr.read_to_end(&mut data)
-                .map_err(|e| Error::io(&f.path, "read", &e))?;
-            if skip == 0
-                && !emit(Item::Record(Record {
-                    file: fi32,
-                    line: 1,
-                    data: data.into(),
-                    invalid: None,
-                }))
-            {
-                return Ok(None);
-            }
-            1
-        }
+        InputKind::Text => unreachable!("read_items reads text files with read_text"),
         InputKind::Jsonl => match read_lines(&mut hr, &f.path, fi32, skip, emit, BLOCKS)? {
             Some(n) => n,
             None => return Ok(None),
@@ -502,12 +488,8 @@ fn read_file(
             }
         }
     };
-    // Hash what the decoder did not need (trailing bytes) so the digest covers the file. A
-    // text file was read to its end (one read fewer per file: a tree of small files makes
-    // three system calls per file besides opening and closing it).
-    if f.kind != InputKind::Text {
-        std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
-    }
+    // Hash what the decoder did not need (trailing bytes) so the digest covers the file.
+    std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
     let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
     Ok(Some((records, sha256)))
 }

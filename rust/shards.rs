@@ -126,7 +126,7 @@ struct InputDone {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Progress {
     /// The run's settings; in a record, with the input list as its count and digest
-    /// (`progress_config`).
+    /// (`RunConfig::for_record`).
     config: Value,
     shards: Vec<ShardInfo>,
     /// Input file and records consumed in it at the start of the next shard.
@@ -636,7 +636,7 @@ struct Writer<'a> {
     bytes_done: u64,
     bytes_total: u64,
     tokens_this_run: u64,
-    /// `config` as progress records hold it (`progress_config`).
+    /// The run's settings as progress records hold them (`RunConfig::for_record`).
     progress_config: Value,
     /// Inputs done and lines skipped already in `PROGRESS_LOG` (or handed to the closer for
     /// it); the log's length that the last record covers is `state.log_bytes`.
