@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from aprx import __version__
@@ -55,9 +56,9 @@ def _tokenizer_summary(out: str, m: dict[str, Any]) -> str:
 
 
 def _cmd_encode_corpus(args: argparse.Namespace) -> int:
-    from aprx.corpus import encode_corpus_text
+    from aprx.corpus import encode_corpus
 
-    text = encode_corpus_text(
+    m = encode_corpus(
         args.corpus,
         args.tokenizer,
         args.output,
@@ -76,11 +77,11 @@ def _cmd_encode_corpus(args: argparse.Namespace) -> int:
         task_index=args.task_index,
     )
     if args.json:
-        # The manifest as written: re-encoding it with an indent is pure Python, slower than
-        # the run itself on a tree of many small files.
-        sys.stdout.write(text.rstrip("\n") + "\n")
+        # The manifest file as written: re-encoding it with an indent is pure Python, slower
+        # than the run itself on a tree of many small files.
+        sys.stdout.write((Path(args.output) / "manifest.json").read_text(encoding="utf-8"))
+        sys.stdout.write("\n")
         return 0
-    m = json.loads(text)
     run = m["run"]
     _print_result(
         args,
