@@ -145,7 +145,7 @@ impl ShortKey {
     /// A slot index in a table of `mask + 1` (a power of two) for this key.
     #[inline]
     pub fn slot(&self, mask: usize) -> usize {
-        self.hash as usize & mask
+        (self.hash >> 40) as usize & mask
     }
 
     /// A key no piece has (length 0).
@@ -187,8 +187,7 @@ impl ShortKey {
 
     #[inline(always)]
     fn from_words(k0: u64, k1: u64, len: u32) -> Self {
-        let hash = (k0 ^ k1.rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64)
-            .wrapping_mul(K);
+        let hash = (k0 ^ k1.rotate_left(29) ^ len as u64).wrapping_mul(K);
         ShortKey { k0, k1, len, hash }
     }
 }
