@@ -100,6 +100,39 @@ impl<T: Copy> HugeSlice<T> {
     }
 }
 
+/// Advises the whole 2 MiB pages inside `v`'s spare capacity `MADV_HUGEPAGE` before they are
+/// first written: a large output buffer (a call's ids) then takes one page fault per 2 MiB
+/// instead of one per 4 KiB. Only a hint; nothing below `MIN_ADVISED` bytes, nothing off Linux.
+pub fn advise_huge<T>(v: &mut Vec<T>) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let spare = v.spare_capacity_mut();
+        let bytes = std::mem::size_of_val(spare);
+        if bytes < MIN_ADVISED {
+            return;
+        }
+        let start = spare.as_mut_ptr() as *mut u8;
+        let first = start.wrapping_add(start.align_offset(HUGE));
+        let end = (start as usize + bytes) & !(HUGE - 1);
+        if (first as usize) < end {
+            // SAFETY: advice on whole pages inside this Vec's own allocation, not yet
+            // written; failure only loses the hint.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    end - first as usize,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = v;
+}
+
+/// Smallest spare capacity `advise_huge` advises.
+const MIN_ADVISED: usize = 4 * HUGE;
+
 impl<T: Copy> Deref for HugeSlice<T> {
     type Target = [T];
     #[inline(always)]
