@@ -142,7 +142,8 @@ impl ShortKey {
         self.matches(other.k0, other.k1, other.len)
     }
 
-    /// A slot index in a table of `mask + 1` (a power of two) for this key.
+    /// A slot index in a table of `mask + 1` (a power of two, at most 2^24) for this key,
+    /// from the hash's high bits (its low bits depend only on the key's low bytes).
     #[inline]
     pub fn slot(&self, mask: usize) -> usize {
         (self.hash >> 40) as usize & mask

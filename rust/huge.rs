@@ -183,6 +183,25 @@ impl<T: Copy + std::fmt::Debug> std::fmt::Debug for HugeSlice<T> {
 mod tests {
     use super::*;
 
+    /// The advice covers only the spare capacity: ids already in the vector stay, and the
+    /// vector fills and reads back as any other, below and above the advised size.
+    #[test]
+    fn advised_vectors_keep_and_take_their_elements() {
+        for (cap, before) in [
+            (100usize, 10usize),
+            (3 << 20, 2 << 20),
+            (4 << 20, 12_345),
+            (9 << 20, 0),
+        ] {
+            let mut v: Vec<u32> = Vec::with_capacity(cap);
+            v.extend(0..before as u32);
+            advise_huge(&mut v);
+            assert!(v.capacity() >= cap);
+            v.extend(before as u32..cap as u32);
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32), "{cap}");
+        }
+    }
+
     #[test]
     fn small_and_huge_tables_behave_like_vecs() {
         for len in [0usize, 5, 1 << 20] {
