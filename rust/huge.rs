@@ -100,39 +100,6 @@ impl<T: Copy> HugeSlice<T> {
     }
 }
 
-/// Advises the whole 2 MiB pages inside `v`'s spare capacity `MADV_HUGEPAGE` before they are
-/// first written: a large output buffer (a call's ids) then takes one page fault per 2 MiB
-/// instead of one per 4 KiB. Only a hint; nothing below `MIN_ADVISED` bytes, nothing off Linux.
-pub fn advise_huge<T>(v: &mut Vec<T>) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let spare = v.spare_capacity_mut();
-        let bytes = std::mem::size_of_val(spare);
-        if bytes < MIN_ADVISED {
-            return;
-        }
-        let start = spare.as_mut_ptr() as *mut u8;
-        let first = start.wrapping_add(start.align_offset(HUGE));
-        let end = (start as usize + bytes) & !(HUGE - 1);
-        if (first as usize) < end {
-            // SAFETY: advice on whole pages inside this Vec's own allocation, not yet
-            // written; failure only loses the hint.
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    end - first as usize,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = v;
-}
-
-/// Smallest spare capacity `advise_huge` advises.
-const MIN_ADVISED: usize = 4 * HUGE;
-
 impl<T: Copy> Deref for HugeSlice<T> {
     type Target = [T];
     #[inline(always)]
@@ -182,25 +149,6 @@ impl<T: Copy + std::fmt::Debug> std::fmt::Debug for HugeSlice<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The advice covers only the spare capacity: ids already in the vector stay, and the
-    /// vector fills and reads back as any other, below and above the advised size.
-    #[test]
-    fn advised_vectors_keep_and_take_their_elements() {
-        for (cap, before) in [
-            (100usize, 10usize),
-            (3 << 20, 2 << 20),
-            (4 << 20, 12_345),
-            (9 << 20, 0),
-        ] {
-            let mut v: Vec<u32> = Vec::with_capacity(cap);
-            v.extend(0..before as u32);
-            advise_huge(&mut v);
-            assert!(v.capacity() >= cap);
-            v.extend(before as u32..cap as u32);
-            assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32), "{cap}");
-        }
-    }
 
     #[test]
     fn small_and_huge_tables_behave_like_vecs() {

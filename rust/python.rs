@@ -512,7 +512,7 @@ impl PyTokenizer {
             // One thread: every text's ids appended straight to the one result, on this
             // thread (no per-text vectors, no second copy).
             let chars = texts.iter().map(|t| t.len()).sum::<PyResult<usize>>()?;
-            let mut flat = call_buffer(chars);
+            let mut flat: Vec<u32> = Vec::with_capacity(chars / 4 + 16);
             let mut offsets: Vec<u64> = Vec::with_capacity(texts.len() + 1);
             offsets.push(0);
             each_chunk(py, &texts, |chunk, _| {
@@ -632,16 +632,6 @@ impl PyTokenizer {
     }
 }
 
-/// The one buffer for a call's ids, sized for `chars` of text (about four chars a token):
-/// its whole 2 MiB pages advised huge before first touch (`huge::advise_huge`), so filling
-/// the stdlib's 31 MB takes ~16 page faults, not ~7,700 (on two threads, the calling thread's
-/// CPU 28-30 -> 18 ms: `python benches/threads.py encode_batch --threads 2`).
-fn call_buffer(chars: usize) -> Vec<u32> {
-    let mut flat = Vec::with_capacity(chars / 4 + 16);
-    crate::huge::advise_huge(&mut flat);
-    flat
-}
-
 impl PyTokenizer {
     /// The texts' ids on several threads, one after another in one buffer, and where each
     /// text's starts and ends (`offsets[i]..offsets[i + 1]`). Each run is appended as it comes
@@ -655,7 +645,7 @@ impl PyTokenizer {
         pool: &rayon::ThreadPool,
     ) -> PyResult<(Vec<u32>, Vec<u64>)> {
         let chars = texts.iter().map(|t| t.len()).sum::<PyResult<usize>>()?;
-        let mut flat = call_buffer(chars);
+        let mut flat: Vec<u32> = Vec::with_capacity(chars / 4 + 16);
         let mut offsets: Vec<u64> = Vec::with_capacity(texts.len() + 1);
         offsets.push(0);
         self.encode_texts(py, texts, ordinary, pool, |(ids, ends)| {
