@@ -171,6 +171,13 @@ enum LogEntry {
 struct Config<'a, I> {
     tokenizer_sha256: &'a str,
     inputs: I,
+    #[serde(flatten)]
+    settings: Settings<'a>,
+}
+
+/// The settings besides the tokenizer and the inputs (serialized after them).
+#[derive(Serialize, Clone, Copy)]
+struct Settings<'a> {
     shard_tokens: u64,
     content_field: &'a str,
     eos_policy: EosPolicy,
@@ -211,14 +218,16 @@ impl<'a> RunConfig<'a> {
                     size: f.size,
                 })
                 .collect(),
-            shard_tokens: opts.shard_tokens,
-            content_field: &opts.content_field,
-            eos_policy: opts.eos_policy,
-            eos_id: eos,
-            normalization: norm_name(opts.normalization.unwrap_or(tok.normalizer())),
-            on_error: opts.on_error,
-            num_tasks: opts.num_tasks,
-            task_index: opts.task_index,
+            settings: Settings {
+                shard_tokens: opts.shard_tokens,
+                content_field: &opts.content_field,
+                eos_policy: opts.eos_policy,
+                eos_id: eos,
+                normalization: norm_name(opts.normalization.unwrap_or(tok.normalizer())),
+                on_error: opts.on_error,
+                num_tasks: opts.num_tasks,
+                task_index: opts.task_index,
+            },
         }
     }
 
@@ -230,18 +239,10 @@ impl<'a> RunConfig<'a> {
     fn for_record(&self) -> Value {
         let bytes = serde_json::to_vec(&self.inputs).expect("serialisable");
         let digest = <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-        let inputs = json!({"count": self.inputs.len(), "sha256": hex(&digest)});
         let record = Config {
             tokenizer_sha256: self.tokenizer_sha256,
-            inputs,
-            shard_tokens: self.shard_tokens,
-            content_field: self.content_field,
-            eos_policy: self.eos_policy,
-            eos_id: self.eos_id,
-            normalization: self.normalization,
-            on_error: self.on_error,
-            num_tasks: self.num_tasks,
-            task_index: self.task_index,
+            inputs: json!({"count": self.inputs.len(), "sha256": hex(&digest)}),
+            settings: self.settings,
         };
         serde_json::to_value(record).expect("serialisable")
     }
