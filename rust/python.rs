@@ -463,15 +463,9 @@ impl PyTokenizer {
             // first touch on two threads at once cost 6% (118.5 against 111.9 M tokens/s,
             // `benches/compare.py --threads 1,2 --peers none --no-corpus --repeat 5`).
             let (flat, offsets) = self.encode_flat(py, &texts, ordinary, &pool)?;
-            let base = flat.into_pyarray(py);
-            // SAFETY: `base` was just made here; nothing else borrows it.
-            let data = unsafe { base.as_slice() }?;
-            let arrays = offsets.windows(2).map(|w| {
-                let view = numpy::ndarray::ArrayView1::from(&data[w[0] as usize..w[1] as usize]);
-                // SAFETY: the view's memory is `base`'s buffer, which `base` owns and never
-                // reallocates; `base` is made the view's base object, so it outlives the view.
-                unsafe { PyArray1::borrow_from_array(&view, base.clone().into_any()) }
-            });
+            let mut arrays = Vec::with_capacity(texts.len());
+            let ends = offsets[1..].iter().map(|&e| e as usize);
+            push_views(py, flat, ends, &mut arrays)?;
             return PyList::new(py, arrays);
         }
         let mut arrays: Vec<Bound<'py, PyArray1<u32>>> = Vec::with_capacity(texts.len());
@@ -480,18 +474,7 @@ impl PyTokenizer {
                 arrays.push(ids.into_pyarray(py));
                 return Ok(());
             }
-            let base = ids.into_pyarray(py);
-            // SAFETY: `base` was just made here; nothing else borrows it.
-            let data = unsafe { base.as_slice() }?;
-            let mut start = 0;
-            for &end in &ends {
-                let view = numpy::ndarray::ArrayView1::from(&data[start..end]);
-                // SAFETY: the view's memory is `base`'s buffer, which `base` owns and never
-                // reallocates; `base` is made the view's base object, so it outlives the view.
-                arrays.push(unsafe { PyArray1::borrow_from_array(&view, base.clone().into_any()) });
-                start = end;
-            }
-            Ok(())
+            push_views(py, ids, ends.into_iter(), &mut arrays)
         })?;
         PyList::new(py, arrays)
     }
@@ -630,6 +613,28 @@ impl PyTokenizer {
             i.normalizer
         )
     }
+}
+
+/// Appends to `arrays` one array per text whose ids end at each of `ends` in `ids` (the first
+/// starting at 0): views of `ids`, moved into one numpy array that is their base object.
+fn push_views<'py>(
+    py: Python<'py>,
+    ids: Vec<u32>,
+    ends: impl Iterator<Item = usize>,
+    arrays: &mut Vec<Bound<'py, PyArray1<u32>>>,
+) -> PyResult<()> {
+    let base = ids.into_pyarray(py);
+    // SAFETY: `base` was just made here; nothing else borrows it.
+    let data = unsafe { base.as_slice() }?;
+    let mut start = 0;
+    for end in ends {
+        let view = numpy::ndarray::ArrayView1::from(&data[start..end]);
+        // SAFETY: the view's memory is `base`'s buffer, which `base` owns and never
+        // reallocates; `base` is made the view's base object, so it outlives the view.
+        arrays.push(unsafe { PyArray1::borrow_from_array(&view, base.clone().into_any()) });
+        start = end;
+    }
+    Ok(())
 }
 
 impl PyTokenizer {
