@@ -71,12 +71,7 @@ fn has_extension(name: &OsStr, exts: &[String]) -> bool {
         Some(dot) if dot > 0 => &name[dot + 1..],
         _ => &[],
     };
-    exts.iter().any(|x| {
-        x.len() == ext.len()
-            && x.bytes()
-                .zip(ext)
-                .all(|(a, &b)| a == b.to_ascii_lowercase())
-    })
+    exts.iter().any(|x| x.as_bytes().eq_ignore_ascii_case(ext))
 }
 
 /// Expands paths into input files: directories recursively, entries sorted by name, hidden
@@ -344,10 +339,11 @@ pub fn read_items(
     mut emit: impl FnMut(Item) -> bool,
 ) -> Result<()> {
     let small_text = |f: &InputFile| f.kind == InputKind::Text && f.size < OFFLOAD_HASH_BYTES;
+    let skip_in = |fi: usize| if fi == start_file { skip_records } else { 0 };
     let mut fi = start_file;
     while fi < files.len() {
         let f = &files[fi];
-        let skip = if fi == start_file { skip_records } else { 0 };
+        let skip = skip_in(fi);
         if f.kind == InputKind::Text {
             // A run of small text files on the reading threads, or else this one file here.
             let read: Vec<Result<(Vec<u8>, String)>> = match read_pool {
@@ -368,8 +364,7 @@ pub fn read_items(
             };
             for r in read {
                 let (data, sha256) = r?;
-                let skip = if fi == start_file { skip_records } else { 0 };
-                if !emit_text(fi as u32, data, sha256, skip, &mut emit) {
+                if !emit_text(fi as u32, data, sha256, skip_in(fi), &mut emit) {
                     return Ok(());
                 }
                 fi += 1;
