@@ -14,8 +14,10 @@ aprx-*.whl DIR``); ``-`` is the installed one::
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree --doc-lines 40 \
         --shard-tokens 500000
 
-Prints the median and best M tokens/s of each build, the median CPU time of the timed call (all
-threads; steadier than the rate on a noisy machine), and the ratio of the medians.
+Prints the median, best and worst M tokens/s of each build, the rate over all its runs
+together (tokens over the mean time: the mean that a slow run weighs in), the median CPU time
+of the timed call (all threads; steadier than the rate on a noisy machine), and the ratio of
+the medians.
 """
 
 from __future__ import annotations
@@ -161,7 +163,8 @@ def main() -> None:
     for b, v in rates.items():
         medians.append(statistics.median(v))
         print(
-            f"{b}: median {medians[-1]:.1f}, best {max(v):.1f} M tokens/s over {len(v)} runs; "
+            f"{b}: median {medians[-1]:.1f}, best {max(v):.1f}, worst {min(v):.1f}, over all "
+            f"{statistics.harmonic_mean(v):.1f} M tokens/s over {len(v)} runs; "
             f"CPU median {statistics.median(cpus[b]) * 1e3:.0f} ms"
         )
     print(f"second / first, medians: {medians[1] / medians[0]:.3f}x")
