@@ -63,6 +63,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--bucket-ms", type=float, default=10.0)
+    ap.add_argument("--corpus", type=Path, help="encode this corpus instead (e.g. a .jsonl.zst)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -78,7 +79,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aprx-timeline-") as tmp_s:
         tmp = Path(tmp_s)
         import_hf(fixtures.qwen2_tokenizer_json(), tmp / "tok", include_added_tokens=True)
-        corpus = corpus_files.write_jsonl(tmp / "docs.jsonl", fixtures.stdlib_texts() * args.copies)
+        if args.corpus:
+            corpus = args.corpus.resolve()
+        else:
+            texts = fixtures.stdlib_texts() * args.copies
+            corpus = corpus_files.write_jsonl(tmp / "docs.jsonl", texts)
         data = tmp / "sched.data"
         child = [sys.executable, __file__, "--workers", str(args.workers), "--child"]
         child += [str(corpus), str(tmp / "tok"), str(tmp / "out")]

@@ -50,11 +50,14 @@ fn kind_of(name: &OsStr) -> InputKind {
             name.len() >= s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
         })
     };
+    // `.json.gz` / `.json.zst`: JSON Lines as codeparrot and other datasets name them. A plain
+    // `.json` is JSON Lines only when named as an input (`discover`): in a directory it is more
+    // often a source tree's config file than a corpus.
     if ends(&[".jsonl", ".ndjson"]) {
         InputKind::Jsonl
-    } else if ends(&[".jsonl.gz", ".ndjson.gz"]) {
+    } else if ends(&[".jsonl.gz", ".ndjson.gz", ".json.gz"]) {
         InputKind::JsonlGz
-    } else if ends(&[".jsonl.zst", ".ndjson.zst"]) {
+    } else if ends(&[".jsonl.zst", ".ndjson.zst", ".json.zst"]) {
         InputKind::JsonlZst
     } else if ends(&[".parquet"]) {
         InputKind::Parquet
@@ -75,7 +78,10 @@ fn has_extension(name: &OsStr, exts: &[String]) -> bool {
 }
 
 /// Expands paths into input files: directories recursively, entries sorted by name, hidden
-/// entries skipped; in directories, text files only with one of `text_extensions`.
+/// entries skipped; in directories, text files only with one of `text_extensions`. A file
+/// named as an input is always taken (a `.json` file as JSON Lines); a directory that holds
+/// no input file is an error (`codes::INPUT`), naming what it passed over, rather than a run
+/// of nothing.
 pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<InputFile>> {
     let mut out = Vec::new();
     for p in paths {
@@ -86,9 +92,17 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
             )
         })?;
         if meta.is_dir() {
-            out.extend(walk(p, text_extensions)?);
+            let found = walk(p, text_extensions)?;
+            if found.is_empty() {
+                return Err(no_inputs_in(p, text_extensions));
+            }
+            out.extend(found);
         } else {
-            let kind = p.file_name().map_or(InputKind::Text, kind_of);
+            let name = p.file_name().unwrap_or_default();
+            let kind = match kind_of(name) {
+                InputKind::Text if has_extension(name, &["json".to_string()]) => InputKind::Jsonl,
+                kind => kind,
+            };
             out.push(InputFile {
                 path: p.clone(),
                 kind,
@@ -97,6 +111,55 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
         }
     }
     Ok(out)
+}
+
+/// The error for a directory with no input file in it: what it holds instead (the first few
+/// files, hidden ones left out, and how many), and what would be taken.
+fn no_inputs_in(dir: &Path, exts: &[String]) -> Error {
+    fn files_under(dir: &Path, seen: &mut Vec<PathBuf>, count: &mut usize) {
+        let Ok(listing) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = listing
+            .flatten()
+            .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                files_under(&path, seen, count);
+            } else {
+                *count += 1;
+                if seen.len() < 5 {
+                    seen.push(path);
+                }
+            }
+        }
+    }
+    let (mut seen, mut count) = (Vec::new(), 0);
+    files_under(dir, &mut seen, &mut count);
+    let held = if count == 0 {
+        "it holds no files".to_string()
+    } else {
+        let names: Vec<String> = seen
+            .iter()
+            .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string())
+            .collect();
+        let more = if count > seen.len() { ", ..." } else { "" };
+        format!("{count} file(s) passed over ({}{more})", names.join(", "))
+    };
+    Error::corpus(
+        codes::INPUT,
+        format!(
+            "{}: no corpus files in this directory: {held}. Taken from directories: .jsonl, \
+             .ndjson, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet, and text files \
+             with the extensions {} (--text-extensions); a .json file of JSON Lines is taken \
+             when named as an input",
+            dir.display(),
+            exts.join(", ")
+        ),
+    )
 }
 
 /// The input files under `dir`, in order. The entries of a directory are taken in parallel,
@@ -1235,6 +1298,13 @@ mod tests {
         assert_eq!(kind_of(&os("a.JSONL")), InputKind::Jsonl);
         assert_eq!(kind_of(&os("a.ndjson.Gz")), InputKind::JsonlGz);
         assert_eq!(kind_of(&os("a.jsonl.zst")), InputKind::JsonlZst);
+        // codeparrot's naming of JSON Lines files.
+        assert_eq!(
+            kind_of(&os("file-000000000001.json.gz")),
+            InputKind::JsonlGz
+        );
+        assert_eq!(kind_of(&os("a.JSON.zst")), InputKind::JsonlZst);
+        assert_eq!(kind_of(&os("package.json")), InputKind::Text);
         assert_eq!(kind_of(&os("a.PARQUET")), InputKind::Parquet);
         assert_eq!(kind_of(&os("jsonl")), InputKind::Text);
         assert_eq!(kind_of(&os("a.jsonl.bak")), InputKind::Text);

@@ -680,6 +680,53 @@ def test_missing_input(tmp_path, tok):
     assert e.value.code == "APRX-C210" and "nope.jsonl" in str(e.value)
 
 
+def test_codeparrot_style_json_lines(tmp_path, stdlib, tok, eos):
+    """codeparrot-clean's layout: a directory of `file-NNN.json.gz` JSON Lines files (and
+    `.json.zst`); a source tree's `package.json` beside them stays out, and a `.json` file
+    named as an input is JSON Lines."""
+    texts = [t for _, t in stdlib[5:60:5]]
+    d = tmp_path / "codeparrot-clean"
+    d.mkdir()
+    (d / "file-000000000001.json.gz").write_bytes(gzip.compress(jsonl_bytes(texts[:4])))
+    zst = zstandard.ZstdCompressor(level=3).compress(jsonl_bytes(texts[4:7]))
+    (d / "file-000000000002.json.zst").write_bytes(zst)
+    (d / "package.json").write_text('{\n  "name": "not-a-corpus"\n}\n')
+    lines = tmp_path / "more.json"
+    lines.write_bytes(jsonl_bytes(texts[7:]))
+    m = encode_corpus([d, lines], tok, tmp_path / "o")
+    assert [i["path"] for i in m["inputs"]] == [
+        str(d / "file-000000000001.json.gz"),
+        str(d / "file-000000000002.json.zst"),
+        str(lines),
+    ]
+    assert [i["records"] for i in m["inputs"]] == [4, 3, len(texts) - 7]
+    check_layout(tmp_path / "o", texts, tok, "between", eos, decode=True)
+
+
+@pytest.mark.parametrize("held", [[], ["notes.json", "img/logo.png", "a.pyc"]])
+def test_directory_without_corpus_files_is_an_error(tmp_path, tok, tok_dir, held):
+    """A directory that yields no input is a clear error naming what it passed over, not a
+    run of zero documents; nothing is written."""
+    d = tmp_path / "data"
+    d.mkdir()
+    for name in held:
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text("{}\n")
+    (d / ".hidden.jsonl").write_text('{"content": "x"}\n')  # hidden: not taken, not listed
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(d, tok, tmp_path / "o")
+    msg = str(e.value)
+    assert e.value.code == "APRX-C210" and str(d) in msg and "no corpus files" in msg
+    if held:
+        assert "3 file(s) passed over (a.pyc, img/logo.png, notes.json)" in msg
+    else:
+        assert "it holds no files" in msg
+    assert ".json.gz" in msg and "--text-extensions" in msg and ".hidden" not in msg
+    assert not (tmp_path / "o").exists()
+    r = run_cli(["--corpus", d, "--tokenizer", tok_dir, "--output", tmp_path / "o2"])
+    assert r.returncode != 0 and "APRX-C210" in r.stderr and not (tmp_path / "o2").exists()
+
+
 # -- existing output, overwrite, resume settings ---------------------------------------------
 
 

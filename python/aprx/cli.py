@@ -163,7 +163,13 @@ def _add_tokenize(sub: Any) -> None:
         "LE document ends) and manifest.json. Byte-identical output for any --num-workers and "
         "across --resume.",
     )
-    p.add_argument("--corpus", required=True, nargs="+", help="files or directories")
+    p.add_argument(
+        "--corpus",
+        required=True,
+        nargs="+",
+        help="files or directories: .jsonl/.ndjson, .jsonl.gz/.json.gz, .jsonl.zst/.json.zst, "
+        ".parquet, text files (a .json file named here is JSON Lines)",
+    )
     p.add_argument("--tokenizer", required=True, help="tokenizer directory or tokenizer.json")
     p.add_argument("--output", required=True, help="shard directory")
     p.add_argument("--shard-tokens", type=int, default=10_000_000, help="rotate shards at N tokens")
