@@ -10,6 +10,7 @@ aprx-*.whl DIR``); ``-`` is the installed one::
     python benches/ab.py /tmp/before - --api encode_batch --threads 2
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2   # JSONL in, shards out
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree  # a .py tree in
+    python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --format jsonl.gz
     # 22,347 files of at most 40 lines, 16 shards:
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree --doc-lines 40 \
         --shard-tokens 500000
@@ -129,9 +130,17 @@ def main() -> None:
         help="encode-corpus: each file cut into documents of at most this many lines",
     )
     ap.add_argument("--shard-tokens", type=int, default=10_000_000, help="encode-corpus")
+    ap.add_argument(
+        "--format",
+        choices=corpus_files.FORMATS,
+        default="jsonl",
+        help="encode-corpus: the one corpus file's format (not with --tree)",
+    )
     args = ap.parse_args()
-    if (args.tree or args.doc_lines) and args.api != "encode-corpus":
-        ap.error("--tree and --doc-lines are for --api encode-corpus")
+    if (args.tree or args.doc_lines or args.format != "jsonl") and args.api != "encode-corpus":
+        ap.error("--tree, --doc-lines and --format are for --api encode-corpus")
+    if args.tree and args.format != "jsonl":
+        ap.error("--tree reads .py files; --format is for the one-file corpus")
     if args.builds[0] == args.builds[1]:
         ap.error("give two different builds")
     rates: Dict[str, List[float]] = {b: [] for b in args.builds}
@@ -150,7 +159,7 @@ def main() -> None:
             if args.tree:
                 corpus = corpus_files.write_tree(tmp / "tree", texts)
             else:
-                corpus_files.write_jsonl(corpus, texts)
+                corpus = corpus_files.write_file(tmp / "docs", texts, args.format)
         for _ in range(args.runs):
             for b in args.builds:
                 rate, cpu = run(

@@ -1,8 +1,10 @@
 """The benchmark corpora on disk: documents cut into parts of a few lines, written as one JSONL
-file (a ``content`` field each) or as a tree of ``.py`` files (one document each), in order."""
+file (a ``content`` field each; plain, gzip- or zstd-compressed, or as a Parquet file of one
+``content`` column) or as a tree of ``.py`` files (one document each), in order."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import List, Sequence
@@ -36,3 +38,35 @@ def write_tree(root: Path, texts: Sequence[str]) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{i:07d}.py").write_bytes(t.encode("utf-8", "surrogatepass"))
     return root
+
+
+# --format values of the benchmark scripts: the JSONL file's suffix, or parquet.
+FORMATS = ["jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
+
+
+def write_file(path_stem: Path, texts: Sequence[str], fmt: str) -> Path:
+    """The texts as one corpus file ``path_stem.<fmt>``: JSONL, JSONL through gzip (level 6,
+    as the ``gzip`` command) or zstd (level 3, as the ``zstd`` command), or Parquet (zstd
+    pages, pyarrow's defaults otherwise)."""
+    path = path_stem.with_name(f"{path_stem.name}.{fmt}")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"content": list(texts)}), path, compression="zstd")
+        return path
+    plain = write_jsonl(path_stem.with_name(path_stem.name + ".plain.jsonl"), texts)
+    data = plain.read_bytes()
+    if fmt == "jsonl":
+        plain.rename(path)
+        return path
+    plain.unlink()
+    if fmt == "jsonl.gz":
+        path.write_bytes(gzip.compress(data, compresslevel=6))
+    elif fmt == "jsonl.zst":
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
+    else:
+        raise ValueError(f"unknown corpus format {fmt!r}, not one of {FORMATS}")
+    return path

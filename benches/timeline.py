@@ -8,6 +8,7 @@ one short text, as in ``threads.py``::
 
     python benches/timeline.py                      # 2 workers, 10 ms buckets
     python benches/timeline.py --workers 2 --bucket-ms 5 --copies 2
+    python benches/timeline.py --format jsonl.gz    # or jsonl.zst, parquet
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--bucket-ms", type=float, default=10.0)
-    ap.add_argument("--corpus", type=Path, help="encode this corpus instead (e.g. a .jsonl.zst)")
+    ap.add_argument("--corpus", type=Path, help="encode this corpus instead")
+    ap.add_argument("--format", choices=corpus_files.FORMATS, default="jsonl", help="the stdlib's")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -83,7 +85,7 @@ def main() -> int:
             corpus = args.corpus.resolve()
         else:
             texts = fixtures.stdlib_texts() * args.copies
-            corpus = corpus_files.write_jsonl(tmp / "docs.jsonl", texts)
+            corpus = corpus_files.write_file(tmp / "docs", texts, args.format)
         data = tmp / "sched.data"
         child = [sys.executable, __file__, "--workers", str(args.workers), "--child"]
         child += [str(corpus), str(tmp / "tok"), str(tmp / "out")]
