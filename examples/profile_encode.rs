@@ -126,6 +126,22 @@ fn main() {
             v.len() > 1
         };
         let batched: Vec<Vec<u8>> = batched.into_iter().filter(split).collect();
+        if std::env::var("HIST").is_ok() {
+            // HIST=1: how many ids BPE gives the cold pieces (11 = 11 or more), overall and by
+            // piece length (0..8, 8..16, 16..24, 24..32 bytes).
+            let mut h = [0usize; 12];
+            let mut hb = [[0usize; 12]; 4];
+            for p in &batched {
+                let mut v = Vec::new();
+                bpe.encode_piece(p, None, &mut v);
+                h[v.len().min(11)] += 1;
+                hb[(p.len() / 8).min(3)][v.len().min(11)] += 1;
+            }
+            eprintln!("ids per cold piece: {:?}", h);
+            for (i, r) in hb.iter().enumerate() {
+                eprintln!("  len {}..: {:?}", i * 8, r);
+            }
+        }
         let long: Vec<Vec<u8>> = long.into_iter().collect();
         let nbytes = |v: &[Vec<u8>]| v.iter().map(|p| p.len()).sum::<usize>();
         // The pieces one after another, as in a text (not each in its own allocation).
