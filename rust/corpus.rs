@@ -989,13 +989,21 @@ pub(crate) fn serde_field<R>(
     field: &str,
     f: impl FnOnce(&str) -> R,
 ) -> std::result::Result<R, Reject> {
+    // A line that opens a JSON array: likely a whole file holding one array (pretty-printed or
+    // not), which is JSON but not JSON Lines.
+    let array_hint = if text.trim_start().starts_with('[') {
+        " (encode-corpus reads JSON Lines, one object per line; a file holding one JSON array \
+         needs converting first, e.g. with `jq -c '.[]'`)"
+    } else {
+        ""
+    };
     let mut de = serde_json::Deserializer::from_str(text);
     let found = FieldSeed { field, f }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| Reject {
             code: codes::CORPUS_JSON,
-            reason: format!("invalid JSON: {e}"),
+            reason: format!("invalid JSON: {e}{array_hint}"),
             line: None,
         })?;
     match found {
@@ -1012,7 +1020,7 @@ pub(crate) fn serde_field<R>(
         }),
         Field::NotObject(t) => Err(Reject {
             code: codes::CORPUS_JSON,
-            reason: format!("the line is a JSON {t}, not an object"),
+            reason: format!("the line is a JSON {t}, not an object{array_hint}"),
             line: None,
         }),
     }
@@ -1579,6 +1587,14 @@ mod tests {
             let r = parse_record(line.as_bytes(), InputKind::Jsonl, "content").unwrap_err();
             assert_eq!(r.code, codes::CORPUS_JSON, "{line}");
             assert!(r.reason.contains("not an object"), "{line}: {}", r.reason);
+            assert!(!r.reason.contains("JSON Lines"), "{line}: {}", r.reason);
+        }
+        // A line that opens an array, whole or the first line of a pretty-printed file: the
+        // reason says that a file of one array is not JSON Lines.
+        for line in [r#"[{"content": "x"}, {"content": "y"}]"#, "[", "  [{"] {
+            let r = parse_record(line.as_bytes(), InputKind::Jsonl, "content").unwrap_err();
+            assert_eq!(r.code, codes::CORPUS_JSON, "{line}");
+            assert!(r.reason.contains("one JSON array"), "{line}: {}", r.reason);
         }
         let bad = b"{\"content\": \"\xff\"}";
         assert_eq!(
