@@ -39,11 +39,13 @@ const FIRST_BATCH_BYTES: usize = 128 << 10;
 const CHANNEL_DEPTH: usize = 4;
 /// The encoder's result for a run of a batch's items: the documents' ids one after another in
 /// one buffer (so a document costs no allocation of its own, and the writer frees one buffer
-/// per run, not one per document), and for each item where its ids end (None for an item that
-/// is not a record, the reason for a record that is not a document).
+/// per run, not one per document), and for each item where its ids end and their largest id
+/// (None for an item that is not a record, the reason for a record that is not a document).
+/// The largest id is taken by the worker, while the ids are in its cache: in the writer it was
+/// a second pass over ids last held by another core.
 struct Part {
     ids: Vec<u32>,
-    ends: Vec<Option<std::result::Result<usize, Reject>>>,
+    ends: Vec<Option<std::result::Result<(usize, u32), Reject>>>,
 }
 /// A batch's runs, in order.
 type Encoded = Vec<Part>;
@@ -659,7 +661,8 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 impl<'a> Writer<'a> {
-    fn add_doc(&mut self, ids: &[u32]) -> Result<()> {
+    /// Appends a document of `ids` (not empty), whose largest id is `max_id`.
+    fn add_doc(&mut self, ids: &[u32], max_id: u32) -> Result<()> {
         // The previous document is in the open shard, except right after a resume: progress is
         // saved when a shard rotates, after the previous document's EOS went into that shard.
         if self.state.documents > 0 && self.open.is_some() {
@@ -687,9 +690,7 @@ impl<'a> Writer<'a> {
         let shard = self.open.as_mut().expect("open shard");
         shard.ends.push(shard.tokens);
         self.state.documents += 1;
-        if let Some(&m) = ids.iter().max() {
-            self.note_max(m);
-        }
+        self.note_max(max_id);
         Ok(())
     }
 
@@ -1241,10 +1242,10 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                         let mut start = 0;
                         part.ends.iter().map(move |e| {
                             e.as_ref().map(|r| {
-                                r.as_ref().map(|&end| {
+                                r.as_ref().map(|&(end, max_id)| {
                                     let ids = &part.ids[start..end];
                                     start = end;
-                                    ids
+                                    (ids, max_id)
                                 })
                             })
                         })
@@ -1257,9 +1258,9 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                                 w.state.current.records = r.line;
                                 w.bytes_done += r.data.len() as u64;
                                 match enc.expect("encoded record") {
-                                    Ok([]) => w.state.current.empty_documents += 1,
-                                    Ok(ids) => {
-                                        w.add_doc(ids)?;
+                                    Ok(([], _)) => w.state.current.empty_documents += 1,
+                                    Ok((ids, max_id)) => {
+                                        w.add_doc(ids, max_id)?;
                                         w.state.current.documents += 1;
                                     }
                                     Err(rej) => {
@@ -1354,7 +1355,10 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                         if encoded.is_err() {
                             ids.truncate(start); // nothing of a rejected record is kept
                         }
-                        Some(encoded.map(|()| ids.len()))
+                        Some(encoded.map(|()| {
+                            let max_id = crate::simd::max_u32(&ids[start..]).unwrap_or(0);
+                            (ids.len(), max_id)
+                        }))
                     }
                     _ => None,
                 })

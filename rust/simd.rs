@@ -265,9 +265,65 @@ fn scalar(chunk: &[u8; 16], f: impl Fn(u8) -> bool) -> u32 {
     m
 }
 
+/// The largest of `ids`, or None for none: 32 ids a step in eight lanes each, with no branch
+/// on the values (`Iterator::max` keeps the last of equal elements, so it stays a scalar loop
+/// of compares: most of encode-corpus's writer thread before). The x86-64-v3 copy uses AVX2's
+/// unsigned maximum; the baseline one compiles to SSE2.
+pub fn max_u32(ids: &[u32]) -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    if has_x86_64_v3() {
+        // SAFETY: the CPU has the features `max_u32_v3` is compiled for (checked above).
+        return unsafe { max_u32_v3(ids) };
+    }
+    max_u32_lanes(ids)
+}
+
+x86_64_v3_fn! {
+    /// `max_u32` compiled for x86-64-v3.
+    unsafe fn max_u32_v3(ids: &[u32]) -> Option<u32> {
+        max_u32_lanes(ids)
+    }
+}
+
+/// The body of `max_u32`, inlined into each copy: independent lane maxima the compiler turns
+/// into vector maxima, then the few ids after the last whole block.
+#[inline(always)]
+fn max_u32_lanes(ids: &[u32]) -> Option<u32> {
+    let (&first, _) = ids.split_first()?;
+    let mut lanes = [first; 32];
+    let mut blocks = ids.chunks_exact(32);
+    for block in &mut blocks {
+        for (m, &x) in lanes.iter_mut().zip(block) {
+            *m = (*m).max(x);
+        }
+    }
+    let tail = blocks.remainder().iter().copied();
+    Some(lanes.into_iter().chain(tail).fold(first, u32::max))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `max_u32` (the x86-64-v3 copy where the CPU has it, and the baseline body) against
+    /// `Iterator::max`, on every length up to 100 and with the maximum at every place.
+    #[test]
+    fn max_u32_is_the_maximum() {
+        let mut rnd = crate::test_rng::draws(0x00ab_cdef_1234_5678u64);
+        assert_eq!(max_u32(&[]), None);
+        for n in 1..=100usize {
+            let mut ids: Vec<u32> = (0..n).map(|_| rnd(1 << 20) as u32).collect();
+            for at in 0..n {
+                let keep = ids[at];
+                ids[at] = u32::MAX - (at as u32 % 2);
+                let want = ids.iter().max().copied();
+                assert_eq!(max_u32(&ids), want, "n {n}, at {at}");
+                assert_eq!(max_u32_lanes(&ids), want, "n {n}, at {at}");
+                ids[at] = keep;
+            }
+            assert_eq!(max_u32(&ids), ids.iter().max().copied(), "n {n}");
+        }
+    }
 
     /// Every path to the 64-byte masks (AVX2 when this CPU has it, SSE2) gives the scalar
     /// masks: on four windows that hold every byte value once, then on random windows.
