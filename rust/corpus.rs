@@ -79,11 +79,13 @@ fn has_extension(name: &OsStr, exts: &[String]) -> bool {
 
 /// Expands paths into input files: directories recursively, entries sorted by name, hidden
 /// entries skipped; in directories, text files only with one of `text_extensions`. A file
-/// named as an input is always taken (a `.json` file as JSON Lines); a directory that holds
-/// no input file is an error (`codes::INPUT`), naming what it passed over, rather than a run
-/// of nothing.
+/// named as an input is always taken (a `.json` file as JSON Lines). Directories that hold no
+/// input file at all are an error (`codes::INPUT`), naming what they passed over, rather than
+/// a run of nothing; one such directory beside others that do is fine (a tree's `lib-dynload`
+/// of `.so` files).
 pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<InputFile>> {
     let mut out = Vec::new();
+    let mut dirs = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| {
             Error::corpus(
@@ -92,11 +94,8 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
             )
         })?;
         if meta.is_dir() {
-            let found = walk(p, text_extensions)?;
-            if found.is_empty() {
-                return Err(no_inputs_in(p, text_extensions));
-            }
-            out.extend(found);
+            out.extend(walk(p, text_extensions)?);
+            dirs.push(p.as_path());
         } else {
             let name = p.file_name().unwrap_or_default();
             let kind = match kind_of(name) {
@@ -110,12 +109,15 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
             });
         }
     }
+    if out.is_empty() && !dirs.is_empty() {
+        return Err(no_inputs_in(&dirs, text_extensions));
+    }
     Ok(out)
 }
 
-/// The error for a directory with no input file in it: what it holds instead (the first few
-/// files, hidden ones left out, and how many), and what would be taken.
-fn no_inputs_in(dir: &Path, exts: &[String]) -> Error {
+/// The error for directories with no input file in them: what they hold instead (the first
+/// few files, hidden ones left out, and how many), and what would be taken.
+fn no_inputs_in(dirs: &[&Path], exts: &[String]) -> Error {
     fn files_under(dir: &Path, seen: &mut Vec<PathBuf>, count: &mut usize) {
         let Ok(listing) = std::fs::read_dir(dir) else {
             return;
@@ -137,26 +139,32 @@ fn no_inputs_in(dir: &Path, exts: &[String]) -> Error {
             }
         }
     }
-    let (mut seen, mut count) = (Vec::new(), 0);
-    files_under(dir, &mut seen, &mut count);
+    let (mut names, mut count) = (Vec::new(), 0);
+    for dir in dirs {
+        let mut seen = Vec::new();
+        files_under(dir, &mut seen, &mut count);
+        let room = 5usize.saturating_sub(names.len());
+        names.extend(
+            seen.iter()
+                .take(room)
+                .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string()),
+        );
+    }
     let held = if count == 0 {
-        "it holds no files".to_string()
+        "they hold no files".to_string()
     } else {
-        let names: Vec<String> = seen
-            .iter()
-            .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string())
-            .collect();
-        let more = if count > seen.len() { ", ..." } else { "" };
+        let more = if count > names.len() { ", ..." } else { "" };
         format!("{count} file(s) passed over ({}{more})", names.join(", "))
     };
+    let listed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     Error::corpus(
         codes::INPUT,
         format!(
-            "{}: no corpus files in this directory: {held}. Taken from directories: .jsonl, \
-             .ndjson, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet, and text files \
-             with the extensions {} (--text-extensions); a .json file of JSON Lines is taken \
-             when named as an input",
-            dir.display(),
+            "{}: no corpus files in these directories: {held}. Taken from directories: \
+             .jsonl, .ndjson, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet, and text \
+             files with the extensions {} (--text-extensions); a .json file of JSON Lines is \
+             taken when named as an input",
+            listed.join(", "),
             exts.join(", ")
         ),
     )

@@ -705,8 +705,9 @@ def test_codeparrot_style_json_lines(tmp_path, stdlib, tok, eos):
 
 @pytest.mark.parametrize("held", [[], ["notes.json", "img/logo.png", "a.pyc"]])
 def test_directory_without_corpus_files_is_an_error(tmp_path, tok, tok_dir, held):
-    """A directory that yields no input is a clear error naming what it passed over, not a
-    run of zero documents; nothing is written."""
+    """Directories that yield no input are a clear error naming what they passed over, not a
+    run of zero documents; nothing is written. Beside a directory that yields documents, one
+    that yields none is fine (a tree's `lib-dynload` of `.so` files)."""
     d = tmp_path / "data"
     d.mkdir()
     for name in held:
@@ -720,11 +721,25 @@ def test_directory_without_corpus_files_is_an_error(tmp_path, tok, tok_dir, held
     if held:
         assert "3 file(s) passed over (a.pyc, img/logo.png, notes.json)" in msg
     else:
-        assert "it holds no files" in msg
+        assert "they hold no files" in msg
     assert ".json.gz" in msg and "--text-extensions" in msg and ".hidden" not in msg
     assert not (tmp_path / "o").exists()
     r = run_cli(["--corpus", d, "--tokenizer", tok_dir, "--output", tmp_path / "o2"])
     assert r.returncode != 0 and "APRX-C210" in r.stderr and not (tmp_path / "o2").exists()
+    # Two such directories: both named, their files counted together.
+    d2 = tmp_path / "more"
+    d2.mkdir()
+    (d2 / "x.so").write_bytes(b"\x7fELF")
+    with pytest.raises(CorpusError) as e:
+        encode_corpus([d, d2], tok, tmp_path / "o")
+    assert f"{d}, {d2}: no corpus files" in str(e.value)
+    assert f"{len(held) + 1} file(s) passed over" in str(e.value)
+    # Beside a directory with documents, the empty one is no error.
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "m.py").write_text("x = 1\n")
+    m = encode_corpus([d, good], tok, tmp_path / "o3")
+    assert [i["path"] for i in m["inputs"]] == [str(good / "m.py")]
 
 
 # -- existing output, overwrite, resume settings ---------------------------------------------

@@ -67,8 +67,8 @@ def encode_corpus(
     files, directories) into ``shard-NNNNN.bin`` (u32 LE ids) + ``shard-NNNNN.idx`` (u64 LE
     document ends) and a ``manifest.json``, which is returned. Documents are encoded as
     ordinary text. A ``.json`` file named in ``corpus`` is JSON Lines; in a directory it is
-    passed over, as any file that is neither a corpus type nor a text extension. A directory
-    with no input file in it is an error (APRX-C210), not a run of nothing.
+    passed over, as any file that is neither a corpus type nor a text extension. Directories
+    with no input file in them at all are an error (APRX-C210), not a run of nothing.
 
     Output is byte-identical for any ``num_workers`` and across ``resume``. With
     ``on_error="skip"``, bad lines are skipped and listed in the manifest; with ``"fail"`` the
