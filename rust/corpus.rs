@@ -50,19 +50,44 @@ fn kind_of(name: &OsStr) -> InputKind {
             name.len() >= s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
         })
     };
-    // `.json.gz` / `.json.zst`: JSON Lines as codeparrot and other datasets name them. A plain
-    // `.json` is JSON Lines only when named as an input (`discover`): in a directory it is more
-    // often a source tree's config file than a corpus.
     if ends(&[".jsonl", ".ndjson"]) {
         InputKind::Jsonl
-    } else if ends(&[".jsonl.gz", ".ndjson.gz", ".json.gz"]) {
+    } else if ends(&[".jsonl.gz", ".ndjson.gz"]) {
         InputKind::JsonlGz
-    } else if ends(&[".jsonl.zst", ".ndjson.zst", ".json.zst"]) {
+    } else if ends(&[".jsonl.zst", ".ndjson.zst"]) {
         InputKind::JsonlZst
     } else if ends(&[".parquet"]) {
         InputKind::Parquet
     } else {
         InputKind::Text
+    }
+}
+
+/// Names of JSON files (`.json`, plain or compressed), JSON Lines when named as inputs
+/// (codeparrot-clean ships `file-NNN.json.gz`) but passed over in directories, where they are
+/// as often a source tree's config or fixture files (`package.json`, pretty-printed
+/// `*.json.gz` test data) as a corpus.
+const JSON_SUFFIXES: [(&str, InputKind); 3] = [
+    (".json", InputKind::Jsonl),
+    (".json.gz", InputKind::JsonlGz),
+    (".json.zst", InputKind::JsonlZst),
+];
+
+/// The kind of a JSON file's name (`JSON_SUFFIXES`), or None.
+fn json_kind(name: &OsStr) -> Option<InputKind> {
+    let name = name.as_encoded_bytes();
+    JSON_SUFFIXES.iter().find_map(|&(s, kind)| {
+        (name.len() > s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()))
+            .then_some(kind)
+    })
+}
+
+/// The kind of a file named as an input: as in a directory (`kind_of`), and JSON files as JSON
+/// Lines.
+fn named_kind(name: &OsStr) -> InputKind {
+    match kind_of(name) {
+        InputKind::Text => json_kind(name).unwrap_or(InputKind::Text),
+        kind => kind,
     }
 }
 
@@ -79,10 +104,10 @@ fn has_extension(name: &OsStr, exts: &[String]) -> bool {
 
 /// Expands paths into input files: directories recursively, entries sorted by name, hidden
 /// entries skipped; in directories, text files only with one of `text_extensions`. A file
-/// named as an input is always taken (a `.json` file as JSON Lines). Directories that hold no
-/// input file at all are an error (`codes::INPUT`), naming what they passed over, rather than
-/// a run of nothing; one such directory beside others that do is fine (a tree's `lib-dynload`
-/// of `.so` files).
+/// named as an input is always taken (a JSON file as JSON Lines, `named_kind`). When the
+/// directories yield no input and no file is named, that is an error (`codes::INPUT`) naming
+/// what they hold, rather than a run of nothing; a directory that yields nothing beside inputs
+/// that do is fine (a tree's `lib-dynload` of `.so` files).
 pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<InputFile>> {
     let mut out = Vec::new();
     let mut dirs = Vec::new();
@@ -97,11 +122,7 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
             out.extend(walk(p, text_extensions)?);
             dirs.push(p.as_path());
         } else {
-            let name = p.file_name().unwrap_or_default();
-            let kind = match kind_of(name) {
-                InputKind::Text if has_extension(name, &["json".to_string()]) => InputKind::Jsonl,
-                kind => kind,
-            };
+            let kind = p.file_name().map_or(InputKind::Text, named_kind);
             out.push(InputFile {
                 path: p.clone(),
                 kind,
@@ -116,54 +137,79 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
 }
 
 /// The error for directories with no input file in them: what they hold instead (the first
-/// few files, hidden ones left out, and how many), and what would be taken.
+/// few files, hidden ones left out, and how many; how many are JSON files, which are taken when
+/// named), and what would be taken.
 fn no_inputs_in(dirs: &[&Path], exts: &[String]) -> Error {
-    fn files_under(dir: &Path, seen: &mut Vec<PathBuf>, count: &mut usize) {
+    #[derive(Default)]
+    struct Held {
+        names: Vec<String>,
+        count: usize,
+        json: usize,
+    }
+    fn files_under(dir: &Path, shown_as: &dyn Fn(&Path) -> String, held: &mut Held) {
         let Ok(listing) = std::fs::read_dir(dir) else {
             return;
         };
         let mut entries: Vec<_> = listing
             .flatten()
             .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
-            .map(|e| e.path())
             .collect();
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                files_under(&path, seen, count);
-            } else {
-                *count += 1;
-                if seen.len() < 5 {
-                    seen.push(path);
-                }
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            // The listing's type, followed through a symlink as `walk` does.
+            let is_dir = match entry.file_type() {
+                Ok(t) if !t.is_symlink() => t.is_dir(),
+                _ => path.is_dir(),
+            };
+            if is_dir {
+                files_under(&path, shown_as, held);
+                continue;
+            }
+            held.count += 1;
+            held.json += json_kind(&entry.file_name()).is_some() as usize;
+            if held.names.len() < 5 {
+                held.names.push(shown_as(&path));
             }
         }
     }
-    let (mut names, mut count) = (Vec::new(), 0);
-    for dir in dirs {
-        let mut seen = Vec::new();
-        files_under(dir, &mut seen, &mut count);
-        let room = 5usize.saturating_sub(names.len());
-        names.extend(
-            seen.iter()
-                .take(room)
-                .map(|f| f.strip_prefix(dir).unwrap_or(f).display().to_string()),
-        );
+    let mut held = Held::default();
+    for &dir in dirs {
+        // Relative to its directory when there is one, else with the directory's name.
+        let shown_as = |f: &Path| match dirs.len() {
+            1 => f.strip_prefix(dir).unwrap_or(f).display().to_string(),
+            _ => f.display().to_string(),
+        };
+        files_under(dir, &shown_as, &mut held);
     }
-    let held = if count == 0 {
+    let what = if held.count == 0 {
         "they hold no files".to_string()
     } else {
-        let more = if count > names.len() { ", ..." } else { "" };
-        format!("{count} file(s) passed over ({}{more})", names.join(", "))
+        let more = if held.count > held.names.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        format!(
+            "{} file(s) passed over ({}{more})",
+            held.count,
+            held.names.join(", ")
+        )
+    };
+    let json = match held.json {
+        0 => String::new(),
+        n => format!(
+            " {n} of them are JSON files (.json, .json.gz or .json.zst): those are read as JSON \
+             Lines when named as inputs, e.g. `--corpus DIR/*.json.gz`."
+        ),
     };
     let listed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     Error::corpus(
         codes::INPUT,
         format!(
-            "{}: no corpus files in these directories: {held}. Taken from directories: \
-             .jsonl, .ndjson, .jsonl.gz, .json.gz, .jsonl.zst, .json.zst, .parquet, and text \
-             files with the extensions {} (--text-extensions); a .json file of JSON Lines is \
-             taken when named as an input",
+            "{}: no corpus files in these directories: {what}.{json} Taken from directories: \
+             .jsonl and .ndjson files (plain, .gz or .zst), .parquet files, and text files with \
+             the extensions {} (--text-extensions; one document per file)",
             listed.join(", "),
             exts.join(", ")
         ),
@@ -1009,10 +1055,19 @@ pub(crate) fn serde_field<R>(
     let found = FieldSeed { field, f }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
-        .map_err(|e| Reject {
-            code: codes::CORPUS_JSON,
-            reason: format!("invalid JSON: {e}{array_hint}"),
-            line: None,
+        .map_err(|e| {
+            // The line ends inside a value: a pretty-printed file, one value over many lines.
+            let eof_hint = if e.is_eof() && array_hint.is_empty() {
+                " (JSON Lines needs each object whole on its line; a pretty-printed JSON file \
+                 is not JSON Lines)"
+            } else {
+                ""
+            };
+            Reject {
+                code: codes::CORPUS_JSON,
+                reason: format!("invalid JSON: {e}{array_hint}{eof_hint}"),
+                line: None,
+            }
         })?;
     match found {
         Field::Text(r) => Ok(r),
@@ -1314,13 +1369,25 @@ mod tests {
         assert_eq!(kind_of(&os("a.JSONL")), InputKind::Jsonl);
         assert_eq!(kind_of(&os("a.ndjson.Gz")), InputKind::JsonlGz);
         assert_eq!(kind_of(&os("a.jsonl.zst")), InputKind::JsonlZst);
-        // codeparrot's naming of JSON Lines files.
-        assert_eq!(
-            kind_of(&os("file-000000000001.json.gz")),
-            InputKind::JsonlGz
-        );
-        assert_eq!(kind_of(&os("a.JSON.zst")), InputKind::JsonlZst);
-        assert_eq!(kind_of(&os("package.json")), InputKind::Text);
+        // JSON files are JSON Lines only when named as inputs (codeparrot's `file-NNN.json.gz`);
+        // in a directory, text (so passed over unless `json` is a text extension).
+        for (name, named) in [
+            ("file-000000000001.json.gz", InputKind::JsonlGz),
+            ("a.JSON.zst", InputKind::JsonlZst),
+            ("package.json", InputKind::Jsonl),
+            ("b.ndjson.gz", InputKind::JsonlGz),
+            ("c.parquet", InputKind::Parquet),
+            ("d.py", InputKind::Text),
+            (".json", InputKind::Text),
+            ("e.json.bz2", InputKind::Text),
+        ] {
+            assert_eq!(named_kind(&os(name)), named, "{name}");
+            let in_dir = match name {
+                "b.ndjson.gz" | "c.parquet" => named,
+                _ => InputKind::Text,
+            };
+            assert_eq!(kind_of(&os(name)), in_dir, "{name}");
+        }
         assert_eq!(kind_of(&os("a.PARQUET")), InputKind::Parquet);
         assert_eq!(kind_of(&os("jsonl")), InputKind::Text);
         assert_eq!(kind_of(&os("a.jsonl.bak")), InputKind::Text);
@@ -1603,6 +1670,18 @@ mod tests {
             let r = parse_record(line.as_bytes(), InputKind::Jsonl, "content").unwrap_err();
             assert_eq!(r.code, codes::CORPUS_JSON, "{line}");
             assert!(r.reason.contains("one JSON array"), "{line}: {}", r.reason);
+        }
+        // A line that ends inside an object (a pretty-printed file's first line) says so; a
+        // complete line with a bad value does not.
+        for (line, hint) in [("{", true), (r#"{"content": "x","#, true), ("{]", false)] {
+            let r = parse_record(line.as_bytes(), InputKind::Jsonl, "content").unwrap_err();
+            assert_eq!(r.code, codes::CORPUS_JSON, "{line}");
+            assert_eq!(
+                r.reason.contains("pretty-printed"),
+                hint,
+                "{line}: {}",
+                r.reason
+            );
         }
         let bad = b"{\"content\": \"\xff\"}";
         assert_eq!(

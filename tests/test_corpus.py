@@ -681,26 +681,43 @@ def test_missing_input(tmp_path, tok):
 
 
 def test_codeparrot_style_json_lines(tmp_path, stdlib, tok, eos):
-    """codeparrot-clean's layout: a directory of `file-NNN.json.gz` JSON Lines files (and
-    `.json.zst`); a source tree's `package.json` beside them stays out, and a `.json` file
-    named as an input is JSON Lines."""
+    """codeparrot-clean's layout: JSON Lines files named `file-NNN.json.gz` (and `.json.zst`,
+    `.json`). Named as inputs they are JSON Lines; a directory of them alone is an error that
+    says to name them (in a directory, JSON files are passed over: a source tree's
+    `package.json` or pretty-printed `*.json.gz` fixtures are not corpora)."""
     texts = [t for _, t in stdlib[5:60:5]]
     d = tmp_path / "codeparrot-clean"
     d.mkdir()
-    (d / "file-000000000001.json.gz").write_bytes(gzip.compress(jsonl_bytes(texts[:4])))
-    zst = zstandard.ZstdCompressor(level=3).compress(jsonl_bytes(texts[4:7]))
-    (d / "file-000000000002.json.zst").write_bytes(zst)
-    (d / "package.json").write_text('{\n  "name": "not-a-corpus"\n}\n')
-    lines = tmp_path / "more.json"
+    gz = d / "file-000000000001.json.gz"
+    gz.write_bytes(gzip.compress(jsonl_bytes(texts[:4])))
+    zst = d / "file-000000000002.json.zst"
+    zst.write_bytes(zstandard.ZstdCompressor(level=3).compress(jsonl_bytes(texts[4:7])))
+    lines = d / "file-000000000003.json"
     lines.write_bytes(jsonl_bytes(texts[7:]))
-    m = encode_corpus([d, lines], tok, tmp_path / "o")
-    assert [i["path"] for i in m["inputs"]] == [
-        str(d / "file-000000000001.json.gz"),
-        str(d / "file-000000000002.json.zst"),
-        str(lines),
-    ]
+    m = encode_corpus(sorted(d.glob("file-*.json*")), tok, tmp_path / "o")
+    assert [i["path"] for i in m["inputs"]] == [str(gz), str(zst), str(lines)]
     assert [i["records"] for i in m["inputs"]] == [4, 3, len(texts) - 7]
     check_layout(tmp_path / "o", texts, tok, "between", eos, decode=True)
+
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(d, tok, tmp_path / "o2")
+    msg = str(e.value)
+    assert e.value.code == "APRX-C210" and "3 file(s) passed over" in msg
+    assert "3 of them are JSON files" in msg and "--corpus DIR/*.json.gz" in msg
+    assert not (tmp_path / "o2").exists()
+
+    # Beside a source file in a directory, a pretty-printed .json.gz fixture stays out.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "m.py").write_text("x = 1\n")
+    (tree / "fixture.json.gz").write_bytes(gzip.compress(b'{\n  "a": 1\n}\n'))
+    m = encode_corpus(tree, tok, tmp_path / "o3")
+    assert [i["path"] for i in m["inputs"]] == [str(tree / "m.py")]
+    # Named, it is read as JSON Lines, and its first line says it is not.
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(tree / "fixture.json.gz", tok, tmp_path / "o4")
+    assert e.value.code == "APRX-C201" and "fixture.json.gz:1:" in str(e.value)
+    assert "pretty-printed JSON file is not JSON Lines" in str(e.value)
 
 
 @pytest.mark.parametrize("held", [[], ["notes.json", "img/logo.png", "a.pyc"]])
@@ -720,9 +737,11 @@ def test_directory_without_corpus_files_is_an_error(tmp_path, tok, tok_dir, held
     assert e.value.code == "APRX-C210" and str(d) in msg and "no corpus files" in msg
     if held:
         assert "3 file(s) passed over (a.pyc, img/logo.png, notes.json)" in msg
+        assert "1 of them are JSON files" in msg
     else:
         assert "they hold no files" in msg
-    assert ".json.gz" in msg and "--text-extensions" in msg and ".hidden" not in msg
+    assert ".jsonl and .ndjson files" in msg and "--text-extensions" in msg
+    assert ".hidden" not in msg
     assert not (tmp_path / "o").exists()
     r = run_cli(["--corpus", d, "--tokenizer", tok_dir, "--output", tmp_path / "o2"])
     assert r.returncode != 0 and "APRX-C210" in r.stderr and not (tmp_path / "o2").exists()

@@ -167,8 +167,9 @@ def _add_tokenize(sub: Any) -> None:
         "--corpus",
         required=True,
         nargs="+",
-        help="files or directories: .jsonl/.ndjson, .jsonl.gz/.json.gz, .jsonl.zst/.json.zst, "
-        ".parquet, text files (a .json file named here is JSON Lines)",
+        help="files or directories: .jsonl/.ndjson (plain, .gz, .zst), .parquet, text files; "
+        ".json/.json.gz/.json.zst files named here are JSON Lines (in directories they are "
+        "passed over)",
     )
     p.add_argument("--tokenizer", required=True, help="tokenizer directory or tokenizer.json")
     p.add_argument("--output", required=True, help="shard directory")

@@ -63,12 +63,12 @@ def encode_corpus(
     num_tasks: int = 1,
     task_index: int = 0,
 ) -> dict[str, Any]:
-    """Encodes a corpus (JSONL, .jsonl.gz / .json.gz, .jsonl.zst / .json.zst, Parquet, text
-    files, directories) into ``shard-NNNNN.bin`` (u32 LE ids) + ``shard-NNNNN.idx`` (u64 LE
-    document ends) and a ``manifest.json``, which is returned. Documents are encoded as
-    ordinary text. A ``.json`` file named in ``corpus`` is JSON Lines; in a directory it is
-    passed over, as any file that is neither a corpus type nor a text extension. Directories
-    with no input file in them at all are an error (APRX-C210), not a run of nothing.
+    """Encodes a corpus (JSONL, .jsonl.gz, .jsonl.zst, Parquet, text files, directories) into
+    ``shard-NNNNN.bin`` (u32 LE ids) + ``shard-NNNNN.idx`` (u64 LE document ends) and a
+    ``manifest.json``, which is returned. Documents are encoded as ordinary text. JSON files
+    (``.json``, ``.json.gz``, ``.json.zst``) named in ``corpus`` are JSON Lines; in a directory
+    they are passed over unless ``json`` is a text extension. Inputs that yield no file at all
+    are an error (APRX-C210), not a run of nothing.
 
     Output is byte-identical for any ``num_workers`` and across ``resume``. With
     ``on_error="skip"``, bad lines are skipped and listed in the manifest; with ``"fail"`` the
