@@ -183,7 +183,7 @@ fn no_inputs_in(dirs: &[&Path], exts: &[String]) -> Error {
         files_under(dir, &shown_as, &mut held);
     }
     let what = if held.count == 0 {
-        "they hold no files".to_string()
+        "no files at all".to_string()
     } else {
         let more = if held.count > held.names.len() {
             ", ..."
@@ -207,10 +207,15 @@ fn no_inputs_in(dirs: &[&Path], exts: &[String]) -> Error {
     Error::corpus(
         codes::INPUT,
         format!(
-            "{}: no corpus files in these directories: {what}.{json} Taken from directories: \
+            "{}: no corpus files in {}: {what}.{json} Taken from directories: \
              .jsonl and .ndjson files (plain, .gz or .zst), .parquet files, and text files with \
              the extensions {} (--text-extensions; one document per file)",
             listed.join(", "),
+            if dirs.len() == 1 {
+                "this directory"
+            } else {
+                "these directories"
+            },
             exts.join(", ")
         ),
     )

@@ -739,7 +739,7 @@ def test_directory_without_corpus_files_is_an_error(tmp_path, tok, tok_dir, held
         assert "3 file(s) passed over (a.pyc, img/logo.png, notes.json)" in msg
         assert "1 of them are JSON files" in msg
     else:
-        assert "they hold no files" in msg
+        assert "no corpus files in this directory: no files at all" in msg
     assert ".jsonl and .ndjson files" in msg and "--text-extensions" in msg
     assert ".hidden" not in msg
     assert not (tmp_path / "o").exists()
