@@ -14,6 +14,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,10 +312,11 @@ pub fn task_slice(files: Vec<InputFile>, num_tasks: u32, index: u32) -> Vec<Inpu
     out
 }
 
-/// A reader that hashes every byte it passes on.
+/// A reader that hashes every byte it passes on (and counts them, `counting`).
 pub struct HashingReader<R> {
     inner: R,
     hasher: FileHasher,
+    counter: Option<Arc<AtomicU64>>,
 }
 
 /// Files of at least this many bytes are hashed on a thread of their own (`Offload`); smaller
@@ -334,7 +336,17 @@ impl<R: Read> HashingReader<R> {
         } else {
             FileHasher::Inline(Sha256::new())
         };
-        Ok(HashingReader { inner, hasher })
+        Ok(HashingReader {
+            inner,
+            hasher,
+            counter: None,
+        })
+    }
+
+    /// Adds every byte read to `counter` as well (the run's input progress).
+    pub fn counting(mut self, counter: &Arc<AtomicU64>) -> Self {
+        self.counter = Some(Arc::clone(counter));
+        self
     }
 
     /// The SHA-256 of everything read, as hex.
@@ -353,6 +365,9 @@ impl<R: Read> Read for HashingReader<R> {
         match &mut self.hasher {
             FileHasher::Inline(h) => h.update(&buf[..n]),
             FileHasher::Background(o) => o.write(&buf[..n])?,
+        }
+        if let Some(c) = &self.counter {
+            c.fetch_add(n as u64, Ordering::Relaxed);
         }
         Ok(n)
     }
@@ -458,6 +473,7 @@ pub fn read_items(
     skip_records: u64,
     field: &str,
     read_pool: Option<&rayon::ThreadPool>,
+    read_bytes: &Arc<AtomicU64>,
     mut emit: impl FnMut(Item) -> bool,
 ) -> Result<()> {
     let small_text = |f: &InputFile| f.kind == InputKind::Text && f.size < OFFLOAD_HASH_BYTES;
@@ -480,9 +496,14 @@ pub fn read_items(
                             small_text(f) && (k == 0 || bytes <= READ_GROUP_BYTES)
                         })
                         .count();
-                    pool.install(|| files[fi..fi + group].par_iter().map(read_text).collect())
+                    pool.install(|| {
+                        files[fi..fi + group]
+                            .par_iter()
+                            .map(|f| read_text(f, read_bytes))
+                            .collect()
+                    })
                 }
-                _ => vec![read_text(f)],
+                _ => vec![read_text(f, read_bytes)],
             };
             for r in read {
                 let (data, sha256) = r?;
@@ -503,7 +524,8 @@ pub fn read_items(
         {
             let mut hasher =
                 RangeHasher::new(f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
-            match read_lines_mapped(&file, &f.path, fi32, skip, &mut emit, BLOCKS, &mut hasher)? {
+            let mapped_read = (&mut hasher, &**read_bytes);
+            match read_lines_mapped(&file, &f.path, fi32, skip, &mut emit, BLOCKS, mapped_read)? {
                 Some(Some(n)) => {
                     let sha256 = hasher
                         .finish()
@@ -516,7 +538,7 @@ pub fn read_items(
         }
         let (records, sha256) = match mapped {
             Some(done) => done,
-            None => match read_file(file, f, fi32, skip, field, &mut emit)? {
+            None => match read_file(file, f, fi32, skip, field, read_bytes, &mut emit)? {
                 Some(done) => done,
                 None => return Ok(()),
             },
@@ -535,9 +557,11 @@ pub fn read_items(
 
 /// A text file's bytes and SHA-256 (its one record), on one of `read_items`'s reading threads
 /// or the reader's own (read to the end: two reads, the second finding it).
-fn read_text(f: &InputFile) -> Result<(Vec<u8>, String)> {
+fn read_text(f: &InputFile, read_bytes: &Arc<AtomicU64>) -> Result<(Vec<u8>, String)> {
     let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
-    let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
+    let mut hr = HashingReader::new(file, f.size)
+        .map_err(|e| Error::io(&f.path, "hash", &e))?
+        .counting(read_bytes);
     let mut data = Vec::with_capacity(f.size as usize);
     hr.read_to_end(&mut data)
         .map_err(|e| Error::io(&f.path, "read", &e))?;
@@ -576,9 +600,16 @@ fn read_file(
     fi32: u32,
     skip: u64,
     field: &str,
+    read_bytes: &Arc<AtomicU64>,
     emit: &mut impl FnMut(Item) -> bool,
 ) -> Result<Option<(u64, String)>> {
+    // Counted as read from the file: for compressed input, the compressed bytes (the run's
+    // progress is in the inputs' sizes); a Parquet file by its rows (`read_parquet`), as it is
+    // hashed only after them.
     let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
+    if f.kind != InputKind::Parquet {
+        hr = hr.counting(read_bytes);
+    }
     let records = match f.kind {
         InputKind::Text => unreachable!("read_items reads text files with read_text"),
         InputKind::Jsonl => match read_lines(&mut hr, &f.path, fi32, skip, emit, BLOCKS)? {
@@ -592,10 +623,12 @@ fn read_file(
                 None => return Ok(None),
             }
         }
-        InputKind::Parquet => match read_parquet(&f.path, fi32, skip, field, emit)? {
-            Some(n) => n,
-            None => return Ok(None),
-        },
+        InputKind::Parquet => {
+            match read_parquet(&f.path, fi32, skip, field, (f.size, read_bytes), emit)? {
+                Some(n) => n,
+                None => return Ok(None),
+            }
+        }
         InputKind::JsonlZst => {
             let mut r = zstd::stream::read::Decoder::new(&mut hr)
                 .map_err(|e| compression_error(&f.path, &e))?;
@@ -618,6 +651,7 @@ fn read_parquet(
     file: u32,
     skip: u64,
     field: &str,
+    (size, read_bytes): (u64, &AtomicU64),
     emit: &mut impl FnMut(Item) -> bool,
 ) -> Result<Option<u64>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -632,6 +666,15 @@ fn read_parquet(
     };
     let f = File::open(path).map_err(|e| Error::io(path, "open", &e))?;
     let reader = SerializedFileReader::new(f).map_err(corrupt)?;
+    // Progress: the file's size in step with its rows (the row reader's own reads are not
+    // counted; the file is hashed after its rows).
+    let total_rows = reader.metadata().file_metadata().num_rows().max(1) as u128;
+    let mut counted = 0u64;
+    let mut count_to = |rows: u64| {
+        let at = (size as u128 * (rows as u128).min(total_rows) / total_rows) as u64;
+        read_bytes.fetch_add(at.saturating_sub(counted), Ordering::Relaxed);
+        counted = counted.max(at);
+    };
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let root = schema.root_schema();
     let column = root
@@ -661,6 +704,7 @@ fn read_parquet(
     for row in rows {
         let row = row.map_err(corrupt)?;
         n += 1;
+        count_to(n);
         if n <= skip {
             continue;
         }
@@ -859,7 +903,7 @@ fn read_lines_mapped(
     skip: u64,
     emit: &mut impl FnMut(Item) -> bool,
     sizes: (usize, usize),
-    hasher: &mut RangeHasher,
+    (hasher, read_bytes): (&mut RangeHasher, &AtomicU64),
 ) -> Result<Option<Option<u64>>> {
     let len = f.metadata().map_err(|e| Error::io(path, "stat", &e))?.len();
     let (mut size, max) = sizes;
@@ -903,6 +947,7 @@ fn read_lines_mapped(
             return Ok(Some(None));
         }
         pos += end as u64;
+        read_bytes.fetch_add(end as u64, Ordering::Relaxed);
         size = (2 * size).min(max);
     }
     Ok(Some(Some(line_no)))
@@ -1298,18 +1343,26 @@ mod tests {
         type Seen = Vec<(u32, u64, Vec<u8>, String)>;
         let read_from = |files: &[InputFile], pool, start, skip, stop| {
             let mut seen: Seen = Vec::new();
-            read_items(files, start, skip, "content", pool, |item| {
-                seen.push(match item {
-                    Item::Record(r) => (r.file, r.line, r.data.to_vec(), String::new()),
-                    Item::Blank { file } => (file, 0, Vec::new(), String::new()),
-                    Item::FileEnd {
-                        file,
-                        sha256,
-                        records,
-                    } => (file, records, Vec::new(), sha256),
-                });
-                seen.len() < stop
-            })
+            read_items(
+                files,
+                start,
+                skip,
+                "content",
+                pool,
+                &Default::default(),
+                |item| {
+                    seen.push(match item {
+                        Item::Record(r) => (r.file, r.line, r.data.to_vec(), String::new()),
+                        Item::Blank { file } => (file, 0, Vec::new(), String::new()),
+                        Item::FileEnd {
+                            file,
+                            sha256,
+                            records,
+                        } => (file, records, Vec::new(), sha256),
+                    });
+                    seen.len() < stop
+                },
+            )
             .unwrap();
             seen
         };
@@ -1351,7 +1404,7 @@ mod tests {
         std::fs::remove_file(&gone).unwrap();
         for pool in [None, Some(&pool)] {
             let mut n = 0;
-            let e = read_items(&files, 0, 0, "content", pool, |_| {
+            let e = read_items(&files, 0, 0, "content", pool, &Default::default(), |_| {
                 n += 1;
                 true
             })
@@ -1507,6 +1560,7 @@ mod tests {
             OFFLOAD_HASH_BYTES
         };
         let mut hasher = RangeHasher::new(background).unwrap();
+        let read = AtomicU64::new(0);
         let n = read_lines_mapped(
             &f,
             &path,
@@ -1514,12 +1568,16 @@ mod tests {
             skip,
             &mut collect(&mut got, stop_after),
             sizes,
-            &mut hasher,
+            (&mut hasher, &read),
         )
         .unwrap()
         .expect("a regular file maps");
         if n.is_some() {
             assert_eq!(hasher.finish().unwrap(), hex(&Sha256::digest(data)));
+            // Every byte counted as read, once (the run's progress).
+            assert_eq!(read.into_inner(), data.len() as u64);
+        } else {
+            assert!(read.into_inner() <= data.len() as u64);
         }
         std::fs::remove_file(&path).unwrap();
         (got, n)

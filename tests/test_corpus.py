@@ -720,6 +720,43 @@ def test_codeparrot_style_json_lines(tmp_path, stdlib, tok, eos):
     assert "pretty-printed JSON file is not JSON Lines" in str(e.value)
 
 
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "parquet", "jsonl"])
+def test_progress_follows_the_inputs_size(tmp_path, stdlib, tok_dir, fmt):
+    """The progress line's percentage is of the inputs as stored: a compressed corpus (whose
+    records are several times its size) is not shown done a fraction of the way in. A line
+    per batch (APRX_PROGRESS_MS=0), and the documents done at each line to compare."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [t for _, t in stdlib[::4]]
+    src = tmp_path / f"docs.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.table({"content": texts}), src, compression="zstd")
+    elif fmt == "jsonl.gz":
+        src.write_bytes(gzip.compress(jsonl_bytes(texts), compresslevel=6))
+    else:
+        src.write_bytes(jsonl_bytes(texts))
+    r = run_cli(
+        ["--corpus", src, "--tokenizer", tok_dir, "--output", tmp_path / "o"],
+        env={**os.environ, "APRX_PROGRESS_MS": "0"},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.replace("\r", "\n").splitlines() if "% " in x]
+    shown = []
+    for x in lines:
+        pct, docs = x.split(":", 1)[1].split()[:2]
+        shown.append((float(pct.rstrip("%")), int(docs)))
+    total = manifest_of(tmp_path / "o")["total_documents"]  # empty texts are not documents
+    assert shown[-1] == (100.0, total)
+    assert len(shown) > 5
+    # Before half the documents are written, the line is not at 100%, nor far ahead of the
+    # documents' share of the text (the batches in flight and uneven documents aside).
+    for pct, docs in shown:
+        if docs < total // 2:
+            assert pct < 90.0, (pct, docs, total)
+    assert any(5.0 < pct < 95.0 for pct, _ in shown), shown
+
+
 @pytest.mark.parametrize("held", [[], ["notes.json", "img/logo.png", "a.pyc"]])
 def test_directory_without_corpus_files_is_an_error(tmp_path, tok, tok_dir, held):
     """Directories that yield no input are a clear error naming what they passed over, not a
