@@ -28,6 +28,19 @@ pub enum InputKind {
     Text,
 }
 
+impl InputKind {
+    /// The kind's name, as a run's settings record it: how the file was read.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Jsonl => "jsonl",
+            InputKind::JsonlGz => "jsonl.gz",
+            InputKind::JsonlZst => "jsonl.zst",
+            InputKind::Parquet => "parquet",
+            InputKind::Text => "text",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InputFile {
     pub path: PathBuf,

@@ -190,12 +190,15 @@ struct Settings<'a> {
     task_index: u32,
 }
 
-/// An input file as the config lists it.
+/// An input file as the config lists it, with how it is read (`kind`: a file read another
+/// way, e.g. a `.json` named as an input, text before it was JSON Lines, is another run's
+/// input, so a resume or a finished run's output is refused rather than mixed).
 #[derive(Serialize)]
 struct ConfigInput<'a> {
     #[serde(serialize_with = "display_path")]
     path: &'a Path,
     size: u64,
+    kind: &'static str,
 }
 
 fn display_path<S: serde::Serializer>(p: &&Path, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -218,6 +221,7 @@ impl<'a> RunConfig<'a> {
                 .map(|f| ConfigInput {
                     path: &f.path,
                     size: f.size,
+                    kind: f.kind.name(),
                 })
                 .collect(),
             settings: Settings {

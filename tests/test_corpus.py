@@ -875,6 +875,22 @@ def test_resume_of_finished_run_and_changed_settings(tmp_path, stdlib, corpus, t
     with pytest.raises(CorpusError) as e:
         encode_corpus(inputs[2], tok, out, shard_tokens=6_000, resume=True)
     assert e.value.code == "APRX-C207"
+    # The settings record how each input is read. A finished run whose input was read another
+    # way (a build before JSON files named as inputs were JSON Lines read them as text) is
+    # another run's output, not this one's.
+    assert [i["kind"] for i in manifest_of(out)["config"]["inputs"]] == ["jsonl.zst"]
+    lines = tmp_path / "docs.json"
+    lines.write_bytes(jsonl_bytes([t for _, t in stdlib[10:14]]))
+    j = tmp_path / "j"
+    encode_corpus(lines, tok, j)
+    mj = manifest_of(j)
+    assert [i["kind"] for i in mj["config"]["inputs"]] == ["jsonl"]
+    encode_corpus(lines, tok, j, resume=True)  # the same: finished, returned as it is
+    mj["config"]["inputs"][0]["kind"] = "text"
+    (j / "manifest.json").write_text(json.dumps(mj))
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(lines, tok, j, resume=True)
+    assert e.value.code == "APRX-C207" and "use --overwrite" in str(e.value)
     # An interrupted run (here: stopped by a bad line) cannot resume with other settings.
     src = tmp_path / "bad.jsonl"
     bad_corpus(src, [t for _, t in stdlib[40:70]], b"{", 25)
