@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import List, Sequence
+from typing import Iterator, List, Sequence
 
 
 def cut(texts: Sequence[str], doc_lines: int) -> List[str]:
@@ -22,11 +22,15 @@ def cut(texts: Sequence[str], doc_lines: int) -> List[str]:
     ]
 
 
-def write_jsonl(path: Path, texts: Sequence[str]) -> Path:
+def jsonl_lines(texts: Sequence[str]) -> Iterator[str]:
     """One line ``{"content": text}`` per text."""
+    return (json.dumps({"content": t}, ensure_ascii=False) + "\n" for t in texts)
+
+
+def write_jsonl(path: Path, texts: Sequence[str]) -> Path:
+    """The texts as one JSONL file, written line by line."""
     with open(path, "w", encoding="utf-8") as f:
-        for t in texts:
-            f.write(json.dumps({"content": t}, ensure_ascii=False) + "\n")
+        f.writelines(jsonl_lines(texts))
     return path
 
 
@@ -54,19 +58,16 @@ def write_file(path_stem: Path, texts: Sequence[str], fmt: str) -> Path:
         import pyarrow.parquet as pq
 
         pq.write_table(pa.table({"content": list(texts)}), path, compression="zstd")
-        return path
-    plain = write_jsonl(path_stem.with_name(path_stem.name + ".plain.jsonl"), texts)
-    data = plain.read_bytes()
-    if fmt == "jsonl":
-        plain.rename(path)
-        return path
-    plain.unlink()
-    if fmt == "jsonl.gz":
-        path.write_bytes(gzip.compress(data, compresslevel=6))
+    elif fmt == "jsonl":
+        write_jsonl(path, texts)
+    elif fmt == "jsonl.gz":
+        path.write_bytes(gzip.compress("".join(jsonl_lines(texts)).encode(), compresslevel=6))
     elif fmt == "jsonl.zst":
         import zstandard
 
-        path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
+        path.write_bytes(
+            zstandard.ZstdCompressor(level=3).compress("".join(jsonl_lines(texts)).encode())
+        )
     else:
         raise ValueError(f"unknown corpus format {fmt!r}, not one of {FORMATS}")
     return path

@@ -59,11 +59,7 @@ pub const DEFAULT_TEXT_EXTENSIONS: &[&str] = &[
 /// The kind of an input, from its file name (case-insensitive suffixes).
 fn kind_of(name: &OsStr) -> InputKind {
     let name = name.as_encoded_bytes();
-    let ends = |suffixes: &[&str]| {
-        suffixes.iter().any(|s| {
-            name.len() >= s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
-        })
-    };
+    let ends = |suffixes: &[&str]| suffixes.iter().any(|s| ends_with(name, s));
     if ends(&[".jsonl", ".ndjson"]) {
         InputKind::Jsonl
     } else if ends(&[".jsonl.gz", ".ndjson.gz"]) {
@@ -87,13 +83,19 @@ const JSON_SUFFIXES: [(&str, InputKind); 3] = [
     (".json.zst", InputKind::JsonlZst),
 ];
 
-/// The kind of a JSON file's name (`JSON_SUFFIXES`), or None.
+/// Whether `name` ends with `suffix`, compared case-insensitively (ASCII).
+fn ends_with(name: &[u8], suffix: &str) -> bool {
+    name.len() >= suffix.len()
+        && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// The kind of a JSON file's name (`JSON_SUFFIXES`; a name that is only the suffix is a
+/// hidden file, not JSON), or None.
 fn json_kind(name: &OsStr) -> Option<InputKind> {
     let name = name.as_encoded_bytes();
-    JSON_SUFFIXES.iter().find_map(|&(s, kind)| {
-        (name.len() > s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()))
-            .then_some(kind)
-    })
+    JSON_SUFFIXES
+        .iter()
+        .find_map(|&(s, kind)| (name.len() > s.len() && ends_with(name, s)).then_some(kind))
 }
 
 /// The kind of a file named as an input: as in a directory (`kind_of`), and JSON files as JSON
@@ -1107,12 +1109,14 @@ pub(crate) fn serde_field<R>(
     f: impl FnOnce(&str) -> R,
 ) -> std::result::Result<R, Reject> {
     // A line that opens a JSON array: likely a whole file holding one array (pretty-printed or
-    // not), which is JSON but not JSON Lines.
-    let array_hint = if text.trim_start().starts_with('[') {
-        " (encode-corpus reads JSON Lines, one object per line; a file holding one JSON array \
-         needs converting first, e.g. with `jq -c '.[]'`)"
-    } else {
-        ""
+    // not), which is JSON but not JSON Lines. Looked at only for a line that is rejected.
+    let array_hint = || {
+        if text.trim_start().starts_with('[') {
+            " (encode-corpus reads JSON Lines, one object per line; a file holding one JSON \
+             array needs converting first, e.g. with `jq -c '.[]'`)"
+        } else {
+            ""
+        }
     };
     let mut de = serde_json::Deserializer::from_str(text);
     let found = FieldSeed { field, f }
@@ -1120,6 +1124,7 @@ pub(crate) fn serde_field<R>(
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| {
             // The line ends inside a value: a pretty-printed file, one value over many lines.
+            let array_hint = array_hint();
             let eof_hint = if e.is_eof() && array_hint.is_empty() {
                 " (JSON Lines needs each object whole on its line; a pretty-printed JSON file \
                  is not JSON Lines)"
@@ -1146,7 +1151,7 @@ pub(crate) fn serde_field<R>(
         }),
         Field::NotObject(t) => Err(Reject {
             code: codes::CORPUS_JSON,
-            reason: format!("the line is a JSON {t}, not an object{array_hint}"),
+            reason: format!("the line is a JSON {t}, not an object{}", array_hint()),
             line: None,
         }),
     }

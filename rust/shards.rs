@@ -553,7 +553,10 @@ impl Drop for Closer {
 /// wake-up).
 struct Batcher {
     batch: Vec<Item>,
-    bytes: usize,
+    /// Record bytes pushed so far, all batches (the run's progress), and where this batch's
+    /// began: the batch holds `total - batch_start`.
+    total: u64,
+    batch_start: u64,
     mapped_files: usize,
     limit: usize,
     /// Text not yet read, for plain inputs.
@@ -564,7 +567,8 @@ impl Batcher {
     fn new(plain_bytes: Option<usize>) -> Self {
         Batcher {
             batch: Vec::new(),
-            bytes: 0,
+            total: 0,
+            batch_start: 0,
             mapped_files: 0,
             limit: FIRST_BATCH_BYTES,
             left: plain_bytes,
@@ -574,23 +578,24 @@ impl Batcher {
     /// Adds `item` (`mapped`: the end of a file that may be mapped); the batch, once full.
     fn push(&mut self, item: Item, mapped: bool) -> Option<Vec<Item>> {
         if let Item::Record(r) = &item {
-            self.bytes += r.data.len();
+            self.total += r.data.len() as u64;
         }
         self.mapped_files += usize::from(mapped);
         self.batch.push(item);
-        let full = self.bytes >= self.limit
+        let bytes = (self.total - self.batch_start) as usize;
+        let full = bytes >= self.limit
             || self.batch.len() >= BATCH_RECORDS
             || self.mapped_files >= BATCH_FILES;
         if !full {
             return None;
         }
         self.mapped_files = 0;
-        self.left = self.left.map(|l| l.saturating_sub(self.bytes));
+        self.left = self.left.map(|l| l.saturating_sub(bytes));
         self.limit = (2 * self.limit).min(BATCH_BYTES);
         if let Some(l) = self.left {
             self.limit = self.limit.min(l / 8).max(FIRST_BATCH_BYTES);
         }
-        self.bytes = 0;
+        self.batch_start = self.total;
         Some(std::mem::take(&mut self.batch))
     }
 }
@@ -1224,17 +1229,14 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             .name("aprx-reader".into())
             .spawn_scoped(scope, move || {
                 let mut batcher = Batcher::new(plain_bytes);
-                let mut record_bytes = 0u64;
                 let r = corpus::read_items(files_ref, start_file, skip, field, read_pool, &input_read, |item| {
                     let mapped = matches!(
                         &item,
                         Item::FileEnd { file, .. } if files_ref[*file as usize].kind == InputKind::Jsonl
                     );
-                    if let Item::Record(r) = &item {
-                        record_bytes += r.data.len() as u64;
-                        records_read.store(record_bytes, Ordering::Relaxed);
-                    }
-                    if let Some(batch) = batcher.push(item, mapped) {
+                    let batch = batcher.push(item, mapped);
+                    records_read.store(batcher.total, Ordering::Relaxed);
+                    if let Some(batch) = batch {
                         if tx.send(batch).is_err() {
                             return false;
                         }
