@@ -11,6 +11,9 @@ aprx-*.whl DIR``); ``-`` is the installed one::
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2   # JSONL in, shards out
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree  # a .py tree in
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --format jsonl.gz
+    # 10 copies of the stdlib as 16 .jsonl.gz files in a directory:
+    python benches/ab.py /tmp/before - --api encode-corpus --threads 16 --format jsonl.gz \
+        --copies 10 --files 16
     # 22,347 files of at most 40 lines, 16 shards:
     python benches/ab.py /tmp/before - --api encode-corpus --threads 2 --tree --doc-lines 40 \
         --shard-tokens 500000
@@ -134,13 +137,22 @@ def main() -> None:
         "--format",
         choices=corpus_files.FORMATS,
         default="jsonl",
-        help="encode-corpus: the one corpus file's format (not with --tree)",
+        help="encode-corpus: the corpus files' format (not with --tree)",
     )
+    ap.add_argument(
+        "--files",
+        type=int,
+        default=1,
+        help="encode-corpus: the documents cut into this many files of --format, in order, "
+        "in one directory",
+    )
+    ap.add_argument("--copies", type=int, default=1, help="encode-corpus: the stdlib N times")
     args = ap.parse_args()
-    if (args.tree or args.doc_lines or args.format != "jsonl") and args.api != "encode-corpus":
-        ap.error("--tree, --doc-lines and --format are for --api encode-corpus")
-    if args.tree and args.format != "jsonl":
-        ap.error("--tree reads .py files; --format is for the one-file corpus")
+    corpus_args = args.tree or args.doc_lines or args.format != "jsonl" or args.files > 1
+    if (corpus_args or args.copies > 1) and args.api != "encode-corpus":
+        ap.error("--tree, --doc-lines, --format, --files and --copies are for encode-corpus")
+    if args.tree and (args.format != "jsonl" or args.files > 1):
+        ap.error("--tree reads .py files; --format and --files are for corpus files")
     if args.builds[0] == args.builds[1]:
         ap.error("give two different builds")
     rates: Dict[str, List[float]] = {b: [] for b in args.builds}
@@ -155,9 +167,16 @@ def main() -> None:
             texts = fixtures.stdlib_texts()
             if args.non_ascii:
                 texts = [t for t in texts if not t.isascii()]
-            texts = corpus_files.cut(texts, args.doc_lines)
+            texts = corpus_files.cut(texts, args.doc_lines) * args.copies
             if args.tree:
                 corpus = corpus_files.write_tree(tmp / "tree", texts)
+            elif args.files > 1:
+                corpus = tmp / "corpus"
+                corpus.mkdir()
+                per = -(-len(texts) // args.files)
+                for i in range(args.files):
+                    part = texts[i * per : (i + 1) * per]
+                    corpus_files.write_file(corpus / f"part-{i:03d}", part, args.format)
             else:
                 corpus = corpus_files.write_file(tmp / "docs", texts, args.format)
         for _ in range(args.runs):

@@ -1229,7 +1229,8 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             .name("aprx-reader".into())
             .spawn_scoped(scope, move || {
                 let mut batcher = Batcher::new(plain_bytes);
-                let r = corpus::read_items(files_ref, start_file, skip, field, read_pool, &input_read, |item| {
+                let read = (read_pool, readers);
+                let r = corpus::read_items(files_ref, start_file, skip, field, read, &input_read, |item| {
                     let mapped = matches!(
                         &item,
                         Item::FileEnd { file, .. } if files_ref[*file as usize].kind == InputKind::Jsonl

@@ -603,6 +603,58 @@ def test_corrupt_compressed_input(tmp_path, stdlib, tok, kind):
     assert tmp_files(tmp_path / "o") == [] and not (tmp_path / "o" / "manifest.json").exists()
 
 
+def test_compressed_inputs_decoded_ahead(tmp_path, stdlib, tok_dir):
+    """From 4 workers, compressed and Parquet inputs are decoded several at a time, each on a
+    thread of its own: the output is byte-identical to one worker reading them in turn, and a
+    corrupt file among them stops the run with its own error, leaving nothing behind."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    texts = [t for _, t in stdlib[:240]]
+    inputs = []
+    for i in range(9):
+        part = texts[i::9]
+        stem = tmp_path / f"part-{i}"
+        kind = ["jsonl.gz", "jsonl.zst", "parquet", "jsonl.gz", "jsonl"][i % 5]
+        if kind == "parquet":
+            table = pa.table({"content": part[:3] + [None] + part[3:]})
+            pq.write_table(table, f"{stem}.parquet", row_group_size=8, compression="zstd")
+        elif kind == "jsonl":
+            write_jsonl(Path(f"{stem}.jsonl"), part)
+        elif kind == "jsonl.gz":
+            Path(f"{stem}.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(part), 1))
+        else:
+            zst = zstandard.ZstdCompressor(level=1).compress(jsonl_bytes(part))
+            Path(f"{stem}.jsonl.zst").write_bytes(zst)
+        inputs.append(Path(f"{stem}.{kind}"))
+    runs = {}
+    for workers in (1, 4, 8):
+        runs[workers] = encode_corpus(
+            inputs,
+            tok_dir,
+            tmp_path / f"w{workers}",
+            shard_tokens=20_000,
+            num_workers=workers,
+            on_error="skip",
+        )
+    assert len(runs[1]["shards"]) > 5 and len(runs[1]["skipped"]) == 2  # the Parquet nulls
+    assert runs[1]["total_documents"] == len(texts)
+    for workers in (4, 8):
+        assert out_files(tmp_path / f"w{workers}") == out_files(tmp_path / "w1")
+        assert without_run(runs[workers]) == without_run(runs[1])
+    # A truncated gzip file after others: its own error, with 8 workers as with one.
+    bad = inputs[5]
+    bad.write_bytes(bad.read_bytes()[:-40])
+    for workers in (1, 8):
+        out = tmp_path / f"bad{workers}"
+        with pytest.raises(CorpusError) as e:
+            encode_corpus(
+                inputs, tok_dir, out, shard_tokens=20_000, num_workers=workers, on_error="skip"
+            )
+        assert e.value.code == "APRX-C205" and str(bad) in str(e.value)
+        assert tmp_files(out) == [] and not (out / "manifest.json").exists()
+
+
 def test_parquet_rows_are_documents(tmp_path, tok, tok_dir, stdlib):
     """A Parquet text column gives the same shards as the same documents in JSONL; nulls,
     non-string values and a missing column are clear errors."""
