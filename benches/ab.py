@@ -171,12 +171,7 @@ def main() -> None:
             if args.tree:
                 corpus = corpus_files.write_tree(tmp / "tree", texts)
             elif args.files > 1:
-                corpus = tmp / "corpus"
-                corpus.mkdir()
-                per = -(-len(texts) // args.files)
-                for i in range(args.files):
-                    part = texts[i * per : (i + 1) * per]
-                    corpus_files.write_file(corpus / f"part-{i:03d}", part, args.format)
+                corpus = corpus_files.write_files(tmp / "corpus", texts, args.format, args.files)
             else:
                 corpus = corpus_files.write_file(tmp / "docs", texts, args.format)
         for _ in range(args.runs):

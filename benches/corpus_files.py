@@ -71,3 +71,13 @@ def write_file(path_stem: Path, texts: Sequence[str], fmt: str) -> Path:
     else:
         raise ValueError(f"unknown corpus format {fmt!r}, not one of {FORMATS}")
     return path
+
+
+def write_files(root: Path, texts: Sequence[str], fmt: str, files: int) -> Path:
+    """The texts cut into ``files`` corpus files of ``fmt`` (``write_file``), in order, in the
+    new directory ``root`` (``part-000.<fmt>``, ...), as a corpus of many files; ``root``."""
+    root.mkdir()
+    per = -(-len(texts) // files)
+    for i in range(files):
+        write_file(root / f"part-{i:03d}", texts[i * per : (i + 1) * per], fmt)
+    return root

@@ -11,6 +11,7 @@ tokenizer warmed up on one short text, as in ``scaling.py``::
     python benches/threads.py encode_batch --threads 2 --late-numpy
     python benches/threads.py encode-corpus --threads 2 --second-pass
     python benches/threads.py encode-corpus --threads 2 --tree   # one .py file per document
+    python benches/threads.py encode-corpus --threads 16 --copies 10 --format jsonl.gz --files 16
     python benches/threads.py encode-corpus --threads 2 --tree --doc-lines 40 \
         --shard-tokens 500000   # 22,347 files, 16 shards
 
@@ -59,6 +60,8 @@ def main() -> int:
     ap.add_argument("--tree", action="store_true", help="encode-corpus: a .py file per document")
     ap.add_argument("--doc-lines", type=int, default=0, help="documents of at most N lines")
     ap.add_argument("--shard-tokens", type=int, default=10_000_000, help="encode-corpus")
+    ap.add_argument("--format", choices=corpus_files.FORMATS, default="jsonl")
+    ap.add_argument("--files", type=int, default=1, help="encode-corpus: in this many files")
     args = ap.parse_args()
     if not args.late_numpy:
         import numpy  # noqa: F401
@@ -78,8 +81,10 @@ def main() -> int:
         if args.mode == "encode-corpus":
             if args.tree:
                 corpus = corpus_files.write_tree(tmp / "tree", texts)
+            elif args.files > 1:
+                corpus = corpus_files.write_files(tmp / "corpus", texts, args.format, args.files)
             else:
-                corpus_files.write_jsonl(corpus, texts)
+                corpus = corpus_files.write_file(tmp / "docs", texts, args.format)
         tok = aprx.Tokenizer.from_file(tmp / "tok")
         tok.encode_batch(["warm-up"] * 2, ordinary=True, num_threads=2)
 
