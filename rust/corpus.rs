@@ -483,8 +483,8 @@ const READ_GROUP_BYTES: u64 = 8 << 20;
 /// `read_pool`, runs of small text files (a tree of source files) are read `READ_GROUP` at a
 /// time by its threads: one thread opening, reading, hashing and closing each file in turn
 /// caps a many-core run on such a tree. With `ahead` above 1, up to `ahead` compressed and
-/// Parquet inputs are decoded at once, each on a thread of its own (`decode_ahead`), and
-/// passed on in order: one thread inflating a gzip corpus caps a many-core run near 160 M
+/// Parquet inputs (of `AHEAD_MIN_BYTES` or more) are decoded at once, each on a thread of its own (`decode_ahead`), and
+/// passed on in order: one thread inflating a gzip corpus capped a 16-core run near 100 M
 /// tokens/s. Either way the items, digests and errors are those of one thread reading every
 /// file in turn.
 pub fn read_items(
@@ -498,10 +498,12 @@ pub fn read_items(
 ) -> Result<()> {
     let small_text = |f: &InputFile| f.kind == InputKind::Text && f.size < OFFLOAD_HASH_BYTES;
     let skip_in = |fi: usize| if fi == start_file { skip_records } else { 0 };
-    let decoded_ahead = |f: &InputFile| ahead > 1 && decoded(f.kind);
+    let decoded_ahead = |f: &InputFile| ahead > 1 && decoded(f.kind) && f.size >= AHEAD_MIN_BYTES;
     std::thread::scope(|scope| {
-        // Compressed and Parquet inputs being decoded on threads of their own, in input order.
-        let mut decoding: std::collections::VecDeque<(usize, Receiver<Ahead>)> = Default::default();
+        // Compressed and Parquet inputs being decoded on threads of their own, in input order
+        // (None: no thread could be started for it; it is read here, in its turn).
+        let mut decoding: std::collections::VecDeque<(usize, Option<AheadFile>)> =
+            Default::default();
         let mut next_to_start = start_file;
         let mut fi = start_file;
         while fi < files.len() {
@@ -510,22 +512,27 @@ pub fn read_items(
             while decoding.len() < ahead && next_to_start < files.len() {
                 let g = &files[next_to_start];
                 if decoded_ahead(g) {
-                    let rx = decode_ahead(scope, g, next_to_start, skip_in(next_to_start), field)?;
-                    decoding.push_back((next_to_start, rx));
+                    let started =
+                        decode_ahead(scope, g, next_to_start, skip_in(next_to_start), field);
+                    decoding.push_back((next_to_start, started));
+                    #[cfg(test)]
+                    tests::note_decoding(decoding.len());
                 }
                 next_to_start += 1;
             }
             if decoded_ahead(f) {
                 // Started when the window reached it, and every file before it is done.
-                let rx = match decoding.pop_front() {
-                    Some((at, rx)) if at == fi => rx,
+                let started = match decoding.pop_front() {
+                    Some((at, started)) if at == fi => started,
                     _ => unreachable!("input {fi} is decoded ahead, first in the window"),
                 };
-                if !emit_decoded(f, fi as u32, &rx, read_bytes, &mut emit)? {
-                    return Ok(());
+                if let Some(file) = started {
+                    if !emit_decoded(f, fi as u32, &file, read_bytes, &mut emit)? {
+                        return Ok(());
+                    }
+                    fi += 1;
+                    continue;
                 }
-                fi += 1;
-                continue;
             }
             if f.kind == InputKind::Text {
                 // A run of small text files on the reading threads, or else this one file here.
@@ -612,42 +619,106 @@ fn decoded(kind: InputKind) -> bool {
 }
 
 /// What a thread decoding an input ahead sends: its items in runs of about
-/// `AHEAD_BATCH_BYTES`, then the file's end, each with the stored bytes read for it since the
-/// last (the run's progress counts them as the items are passed on).
+/// `AHEAD_BATCH_BYTES` (with their record bytes, let into the file's queue by its `Gate`),
+/// then the file's end, each with the stored bytes read for it since the last (the run's
+/// progress counts them as the items are passed on).
 enum Ahead {
-    Items(Vec<Item>, u64),
+    Items(Vec<Item>, usize, u64),
     End(Result<Option<(u64, String)>>, u64),
 }
 
-/// Record bytes a thread decoding ahead sends at once, and runs it may have waiting: a file
-/// ahead holds at most about `AHEAD_DEPTH` + 1 MiB of records, and the blocks they are ranges
-/// of (with 8 files ahead on 16 cores, some 150 MiB). A file ahead runs until its queue is
-/// full, then at the pace the reader takes it, so the queue is what a run gains from reading
-/// ahead: a file's decoding takes (size - queue) / (one thread's speed) after its turn comes.
-/// On 16 cores, the stdlib 10 times as 4 `.jsonl.gz` files of 27 MB of text, 16 workers: 104.7
-/// M tokens/s with one file at a time, 118.9 with 4 MiB queues, 166.3 with 16 MiB
-/// (`benches/ab.py --api encode-corpus --threads 16 --format jsonl.gz --files 4 --copies 10`).
+/// Compressed and Parquet files of at least this many bytes (as stored) are decoded ahead;
+/// smaller ones are read by the reader, in their turn, as a thread per file would cost about
+/// what it saves.
+const AHEAD_MIN_BYTES: u64 = if cfg!(test) { 4 << 10 } else { 1 << 20 };
+/// Record bytes a thread decoding ahead sends at once (or `BATCH_ITEMS_AHEAD` items).
 const AHEAD_BATCH_BYTES: usize = 1 << 20;
-const AHEAD_DEPTH: usize = 15;
+/// Items a thread decoding ahead sends at once, at most (short records).
+const BATCH_ITEMS_AHEAD: usize = 4096;
+/// Record bytes a file ahead may have sent and the reader not yet taken (one run more when the
+/// queue is empty: a record longer than this). A file ahead runs until its queue is full, then
+/// at the pace the reader takes it, so the queue is what a run gains from reading ahead: a
+/// file's decoding takes (size - queue) / (one thread's speed) after its turn comes. On 16
+/// cores, the stdlib 10 times as 4 `.jsonl.gz` files of 27 MB of text, 16 workers: 104.7 M
+/// tokens/s with one file at a time, 118.9 with 4 MiB queues, 166.3 with 16 MiB (`benches/ab.py
+/// --api encode-corpus --threads 16 --format jsonl.gz --files 4 --copies 10`). A file ahead
+/// holds its queue, the run being filled, the blocks they are ranges of (4 MiB each) and, from
+/// 4 MiB stored, its hashing thread's chunks: some 30 MiB, 240 MiB with 8 files ahead.
+const AHEAD_QUEUE_BYTES: usize = 16 << 20;
+
+/// The record bytes queued from one file ahead, bounded by `AHEAD_QUEUE_BYTES`; closed when the
+/// reader drops the file, which wakes its thread to stop.
+#[derive(Default)]
+struct Gate {
+    /// (bytes queued, closed)
+    state: std::sync::Mutex<(usize, bool)>,
+    room: std::sync::Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `n` more bytes fit the queue (or it is empty); false once the reader has
+    /// dropped the file.
+    fn enter(&self, n: usize) -> bool {
+        let mut s = self.lock();
+        while !s.1 && s.0 > 0 && s.0 + n > AHEAD_QUEUE_BYTES {
+            s = self.room.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        if !s.1 {
+            s.0 += n;
+        }
+        !s.1
+    }
+
+    fn leave(&self, n: usize) {
+        self.lock().0 -= n;
+        self.room.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.room.notify_one();
+    }
+}
+
+/// The reader's end of a file decoded ahead.
+struct AheadFile {
+    rx: Receiver<Ahead>,
+    gate: Arc<Gate>,
+}
+
+impl Drop for AheadFile {
+    fn drop(&mut self) {
+        self.gate.close();
+    }
+}
 
 /// Starts reading `f` (input number `fi`) on a thread of the scope: `read_file`'s items and
-/// result, through a bounded channel. The thread stops once the receiver is dropped.
+/// result, through a channel bounded by a `Gate`. The thread stops once the reader drops the
+/// file. None if no thread could be started (the reader then reads the file itself).
 fn decode_ahead<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     f: &'scope InputFile,
     fi: usize,
     skip: u64,
     field: &'scope str,
-) -> Result<Receiver<Ahead>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Ahead>(AHEAD_DEPTH);
+) -> Option<AheadFile> {
+    let (tx, rx) = std::sync::mpsc::channel::<Ahead>();
+    let gate = Arc::new(Gate::default());
+    let thread_gate = Arc::clone(&gate);
     std::thread::Builder::new()
         .name("aprx-decode".into())
         .spawn_scoped(scope, move || {
             let read = Arc::new(AtomicU64::new(0));
             let (mut batch, mut bytes) = (Vec::new(), 0);
-            let send = |batch: Vec<Item>| {
-                let n = read.swap(0, Ordering::Relaxed);
-                tx.send(Ahead::Items(batch, n)).is_ok()
+            let send = |batch: Vec<Item>, bytes: usize| {
+                thread_gate.enter(bytes)
+                    && tx
+                        .send(Ahead::Items(batch, bytes, read.swap(0, Ordering::Relaxed)))
+                        .is_ok()
             };
             let r = File::open(&f.path)
                 .map_err(|e| Error::io(&f.path, "open", &e))
@@ -660,21 +731,18 @@ fn decode_ahead<'scope>(
                         if bytes < AHEAD_BATCH_BYTES && batch.len() < BATCH_ITEMS_AHEAD {
                             return true;
                         }
-                        bytes = 0;
-                        send(std::mem::take(&mut batch))
+                        send(std::mem::take(&mut batch), std::mem::take(&mut bytes))
                     })
                 });
-            if !matches!(r, Ok(None)) && !batch.is_empty() && !send(batch) {
+            // The items read before an error are passed on before it, as by the reader.
+            if !matches!(r, Ok(None)) && !batch.is_empty() && !send(batch, bytes) {
                 return;
             }
             let _ = tx.send(Ahead::End(r, read.swap(0, Ordering::Relaxed)));
         })
-        .map_err(|e| Error::io(&f.path, "start its reading thread", &e))?;
-    Ok(rx)
+        .ok()?;
+    Some(AheadFile { rx, gate })
 }
-
-/// Items a thread decoding ahead sends at once, at most (short records).
-const BATCH_ITEMS_AHEAD: usize = 4096;
 
 /// Passes on the items of input `fi`, decoded ahead (`decode_ahead`), and its end; the file's
 /// error, if reading it failed, once the items before it are passed on. False if `emit`
@@ -682,13 +750,14 @@ const BATCH_ITEMS_AHEAD: usize = 4096;
 fn emit_decoded(
     f: &InputFile,
     fi: u32,
-    rx: &Receiver<Ahead>,
+    file: &AheadFile,
     read_bytes: &AtomicU64,
     emit: &mut impl FnMut(Item) -> bool,
 ) -> Result<bool> {
     loop {
-        match rx.recv() {
-            Ok(Ahead::Items(items, n)) => {
+        match file.rx.recv() {
+            Ok(Ahead::Items(items, bytes, n)) => {
+                file.gate.leave(bytes);
                 read_bytes.fetch_add(n, Ordering::Relaxed);
                 for item in items {
                     if !emit(item) {
@@ -1478,6 +1547,15 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    thread_local! {
+        /// (files started ahead, most at once) by `read_items` on this thread.
+        static DECODING: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+    }
+
+    pub(super) fn note_decoding(window: usize) {
+        DECODING.set((DECODING.get().0 + 1, DECODING.get().1.max(window)));
+    }
+
     #[test]
     fn text_files_read_by_helper_threads_come_in_order_with_their_digests() {
         let root = std::env::temp_dir().join(format!("aprx-read-group-{}", std::process::id()));
@@ -1485,12 +1563,16 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         // More small text files than a group, a JSONL file and an empty file among them, and
         // compressed JSONL files, alone and in runs (one of several `AHEAD_BATCH_BYTES`).
+        // Lines that do not compress to nothing.
+        let mix = |k: usize| (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
         let lines = |n: usize, tag: usize| -> Vec<u8> {
             let mut out = Vec::new();
             for k in 0..n {
                 match k % 5 {
                     3 => out.extend_from_slice(b" \n"),
-                    _ => out.extend(format!("{{\"content\": \"{tag} line {k} \"}}\n").bytes()),
+                    _ => out.extend(
+                        format!("{{\"content\": \"{tag} line {k} {}\"}}\n", mix(k)).bytes(),
+                    ),
                 }
             }
             out
@@ -1509,8 +1591,10 @@ mod tests {
                     b"{\"content\": \"x\"}\n\n{}\n".to_vec(),
                 ),
                 71 => (format!("f{i:03}.py"), Vec::new()),
-                20 | 80 | 122 => (format!("f{i:03}.jsonl.gz"), gz(&lines(40 + i, i))),
-                21 | 121 => (format!("f{i:03}.jsonl.zst"), zst(&lines(30 + i, i))),
+                20 => (format!("f{i:03}.jsonl.gz"), gz(&lines(40 + i, i))),
+                21 => (format!("f{i:03}.jsonl.zst"), zst(&lines(30 + i, i))),
+                80 | 122 => (format!("f{i:03}.jsonl.gz"), gz(&lines(3000 + i, i))),
+                121 => (format!("f{i:03}.jsonl.zst"), zst(&lines(3000 + i, i))),
                 23 => (format!("f{i:03}.jsonl.gz"), gz(b"")),
                 120 => (format!("f{i:03}.jsonl.gz"), gz(&lines(150_000, i))),
                 _ => (
@@ -1562,8 +1646,17 @@ mod tests {
         let stored: u64 = files.iter().map(|f| f.size).sum();
         assert_eq!(read_bytes, stored);
         assert!(all.contains(&(5, 1, std::fs::read(&files[5].path).unwrap(), String::new())));
-        let line = |k: usize| format!("{{\"content\": \"120 line {k} \"}}").into_bytes();
+        let line = |k: usize| format!("{{\"content\": \"120 line {k} {}\"}}", mix(k)).into_bytes();
         assert!(all.contains(&(120, 149_998, line(149_997), String::new())));
+        // Small compressed files are read in their turn; the others are decoded ahead, as many
+        // at once as asked for.
+        let ahead: Vec<usize> = (0..files.len())
+            .filter(|&i| decoded(files[i].kind) && files[i].size >= AHEAD_MIN_BYTES)
+            .collect();
+        assert_eq!(ahead, [80, 120, 121, 122]);
+        DECODING.set((0, 0));
+        assert_eq!(read_from(&files, (None, 3), 0, 0, usize::MAX).0, all);
+        assert_eq!(DECODING.get(), (ahead.len(), 3));
         for read_with in [(Some(&pool), 0), (Some(&pool), 3), (None, 2), (None, 8)] {
             assert_eq!(
                 read_from(&files, read_with, 0, 0, usize::MAX),
@@ -1596,8 +1689,8 @@ mod tests {
         assert_eq!(read_from(&large, (Some(&pool), 3), 0, 0, usize::MAX).0, all);
         // A file that cannot be read, or a corrupt one ahead of it: the same error, after the
         // same items, whether files are read ahead or not.
-        let truncated = std::fs::read(&files[122].path).unwrap();
-        std::fs::write(&files[122].path, &truncated[..truncated.len() / 2]).unwrap();
+        let truncated = std::fs::read(&files[120].path).unwrap();
+        std::fs::write(&files[120].path, &truncated[..truncated.len() / 2]).unwrap();
         std::fs::remove_file(&files[100].path).unwrap();
         let fail = |read_with, start| {
             let mut n = 0;
@@ -1616,16 +1709,50 @@ mod tests {
             .unwrap_err();
             (e.code, e.message, n)
         };
-        for (gone, start) in [(100, 0), (122, 101)] {
+        for (gone, start) in [(100, 0), (120, 101)] {
             let want = fail((None, 0), start);
             assert!(want.1.contains(&format!("f{gone}.")), "{}", want.1);
             let before = all.iter().skip_while(|s| s.0 < start as u32);
-            assert!(want.2 >= before.take_while(|s| s.0 < gone).count());
+            let files_before = before.take_while(|s| s.0 < gone).count();
+            // The truncated file's first lines come before its error.
+            assert!(want.2 >= files_before + usize::from(gone == 120) * 10_000);
             for read_with in [(Some(&pool), 0), (Some(&pool), 3), (None, 4)] {
                 assert_eq!(fail(read_with, start), want, "{read_with:?}");
             }
         }
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_file_ahead_queues_at_most_its_budget_and_stops_when_dropped() {
+        let mib = 1 << 20;
+        let gate = Arc::new(Gate::default());
+        // A record longer than the whole queue goes when the queue is empty.
+        assert!(gate.enter(AHEAD_QUEUE_BYTES + 5 * mib));
+        gate.leave(AHEAD_QUEUE_BYTES + 5 * mib);
+        assert!(gate.enter(AHEAD_QUEUE_BYTES - mib));
+        assert!(gate.enter(mib)); // full now
+        let (tx, rx) = std::sync::mpsc::channel();
+        let g = Arc::clone(&gate);
+        let waiter = std::thread::spawn(move || {
+            let _ = tx.send(g.enter(2 * mib));
+            let _ = tx.send(g.enter(AHEAD_QUEUE_BYTES));
+        });
+        let wait = std::time::Duration::from_millis(100);
+        assert!(rx.recv_timeout(wait).is_err(), "entered a full queue");
+        gate.leave(mib);
+        assert!(
+            rx.recv_timeout(wait).is_err(),
+            "entered with too little room"
+        );
+        gate.leave(mib);
+        assert_eq!(rx.recv_timeout(10 * wait), Ok(true));
+        // Waiting for room, then the reader drops the file.
+        assert!(rx.recv_timeout(wait).is_err());
+        gate.close();
+        assert_eq!(rx.recv_timeout(10 * wait), Ok(false));
+        waiter.join().unwrap();
+        assert!(!gate.enter(1));
     }
 
     #[test]

@@ -604,13 +604,14 @@ def test_corrupt_compressed_input(tmp_path, stdlib, tok, kind):
 
 
 def test_compressed_inputs_decoded_ahead(tmp_path, stdlib, tok_dir):
-    """From 4 workers, compressed and Parquet inputs are decoded several at a time, each on a
-    thread of its own: the output is byte-identical to one worker reading them in turn, and a
+    """From 4 workers, compressed and Parquet inputs of 1 MiB or more are decoded several at a
+    time, each on a thread of its own (smaller ones in their turn): the output is byte-identical
+    to one worker reading them in turn, also when a run killed inside them is resumed, and a
     corrupt file among them stops the run with its own error, leaving nothing behind."""
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
 
-    texts = [t for _, t in stdlib[:240]]
+    texts = [t for _, t in stdlib]
     inputs = []
     for i in range(9):
         part = texts[i::9]
@@ -618,15 +619,17 @@ def test_compressed_inputs_decoded_ahead(tmp_path, stdlib, tok_dir):
         kind = ["jsonl.gz", "jsonl.zst", "parquet", "jsonl.gz", "jsonl"][i % 5]
         if kind == "parquet":
             table = pa.table({"content": part[:3] + [None] + part[3:]})
-            pq.write_table(table, f"{stem}.parquet", row_group_size=8, compression="zstd")
+            pq.write_table(table, f"{stem}.parquet", row_group_size=64, compression="none")
         elif kind == "jsonl":
             write_jsonl(Path(f"{stem}.jsonl"), part)
-        elif kind == "jsonl.gz":
-            Path(f"{stem}.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(part), 1))
-        else:
+        elif kind == "jsonl.gz":  # stored, not deflated: over 1 MiB, so decoded ahead
+            Path(f"{stem}.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(part), 0))
+        else:  # under 1 MiB: read in its turn
             zst = zstandard.ZstdCompressor(level=1).compress(jsonl_bytes(part))
             Path(f"{stem}.jsonl.zst").write_bytes(zst)
         inputs.append(Path(f"{stem}.{kind}"))
+    sizes = {p.name.split(".", 1)[1]: p.stat().st_size >> 20 for p in inputs}
+    assert sizes["jsonl.gz"] >= 1 and sizes["parquet"] >= 1 and sizes["jsonl.zst"] < 1
     runs = {}
     for workers in (1, 4, 8):
         runs[workers] = encode_corpus(
@@ -637,11 +640,28 @@ def test_compressed_inputs_decoded_ahead(tmp_path, stdlib, tok_dir):
             num_workers=workers,
             on_error="skip",
         )
-    assert len(runs[1]["shards"]) > 5 and len(runs[1]["skipped"]) == 2  # the Parquet nulls
-    assert runs[1]["total_documents"] == len(texts)
+    assert len(runs[1]["shards"]) > 250 and len(runs[1]["skipped"]) == 2  # the Parquet nulls
+    docs = runs[1]["total_documents"] + runs[1]["empty_documents"]
+    assert docs == len(texts) and runs[1]["empty_documents"] == texts.count("")
     for workers in (4, 8):
         assert out_files(tmp_path / f"w{workers}") == out_files(tmp_path / "w1")
         assert without_run(runs[workers]) == without_run(runs[1])
+    # Killed a third of the way in (inside the Parquet file or the gzip file after it), resumed.
+    out = tmp_path / "killed"
+    args = ["--corpus", *inputs, "--tokenizer", tok_dir, "--output", out]
+    args += ["--shard-tokens", "20000", "--num-workers", "8", "--on-error", "skip", "--quiet"]
+    proc = start_cli(args)
+    hit = wait_for(proc, lambda: out.exists() and completed_shards(out) >= 100)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert hit and running, err
+    assert not (out / "manifest.json").exists()
+    r = run_cli([*args, "--resume", "--json"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["run"]["resumed"] is True
+    assert out_files(out) == out_files(tmp_path / "w1")
+    assert without_run(manifest_of(out)) == without_run(runs[1])
     # A truncated gzip file after others: its own error, with 8 workers as with one.
     bad = inputs[5]
     bad.write_bytes(bad.read_bytes()[:-40])
