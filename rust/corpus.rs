@@ -483,10 +483,10 @@ const READ_GROUP_BYTES: u64 = 8 << 20;
 /// `read_pool`, runs of small text files (a tree of source files) are read `READ_GROUP` at a
 /// time by its threads: one thread opening, reading, hashing and closing each file in turn
 /// caps a many-core run on such a tree. With `ahead` above 1, up to `ahead` compressed and
-/// Parquet inputs (of `AHEAD_MIN_BYTES` or more) are decoded at once, each on a thread of its own (`decode_ahead`), and
-/// passed on in order: one thread inflating a gzip corpus capped a 16-core run near 100 M
-/// tokens/s. Either way the items, digests and errors are those of one thread reading every
-/// file in turn.
+/// Parquet inputs (of `AHEAD_MIN_BYTES` or more) are decoded at once, each on a thread of its
+/// own (`decode_ahead`), and passed on in order: one thread inflating a gzip corpus capped a
+/// 16-core run near 100 M tokens/s. Either way the items, digests and errors are those of one
+/// thread reading every file in turn.
 pub fn read_items(
     files: &[InputFile],
     start_file: usize,

@@ -616,7 +616,10 @@ const SPLIT_WRITES_FROM: usize = 4;
 /// a thread of the pipeline; else one for every two workers, up to 8. On 16 cores (8 and 16
 /// workers, a tree of 44,694 small files), the one reader capped the run at 29-34 M tokens/s;
 /// with 8 reading threads it ran at 38-47 (`benches/threads.py encode-corpus --tree
-/// --doc-lines 40 --shard-tokens 500000 --copies 2`, two rounds).
+/// --doc-lines 40 --shard-tokens 500000 --copies 2`, two rounds). As many compressed and
+/// Parquet files are decoded at once (`corpus::read_items`'s `ahead`): on 16 cores, 16
+/// `.jsonl.gz` files, 111.5 -> 220.4 M tokens/s (`benches/ab.py --api encode-corpus --threads
+/// 16 --format jsonl.gz --files 16 --copies 10`).
 fn read_threads(workers: usize) -> usize {
     if workers < SPLIT_WRITES_FROM {
         1
