@@ -9,6 +9,7 @@ use crate::offload::{update_ahead, Offload};
 use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
@@ -500,39 +501,68 @@ pub fn read_items(
     let skip_in = |fi: usize| if fi == start_file { skip_records } else { 0 };
     let decoded_ahead = |f: &InputFile| ahead > 1 && decoded(f.kind) && f.size >= AHEAD_MIN_BYTES;
     std::thread::scope(|scope| {
-        // Compressed and Parquet inputs being decoded on threads of their own, in input order
-        // (None: no thread could be started for it; it is read here, in its turn).
-        let mut decoding: std::collections::VecDeque<(usize, Option<AheadFile>)> =
-            Default::default();
+        // The jobs of files decoded ahead (`jobs_of`), in input order: those not started yet,
+        // and those started (None: no thread could be started for it; it is run here, in its
+        // turn).
+        let mut pending: VecDeque<(usize, Job)> = VecDeque::new();
+        let mut decoding: VecDeque<(usize, Job, Option<AheadFile>)> = VecDeque::new();
         let mut next_to_start = start_file;
+        let mut top_up = |decoding: &mut VecDeque<(usize, Job, Option<AheadFile>)>| {
+            while decoding.len() < ahead {
+                if pending.is_empty() {
+                    let Some(i) = (next_to_start..files.len()).find(|&i| decoded_ahead(&files[i]))
+                    else {
+                        next_to_start = files.len();
+                        return;
+                    };
+                    pending.extend(jobs_of(&files[i]).into_iter().map(|job| (i, job)));
+                    next_to_start = i + 1;
+                }
+                let Some((i, job)) = pending.pop_front() else {
+                    return;
+                };
+                let started = decode_ahead(scope, &files[i], i, skip_in(i), field, job.clone());
+                decoding.push_back((i, job, started));
+                #[cfg(test)]
+                tests::note_decoding(decoding.len());
+            }
+        };
         let mut fi = start_file;
         while fi < files.len() {
             let f = &files[fi];
             let skip = skip_in(fi);
-            while decoding.len() < ahead && next_to_start < files.len() {
-                let g = &files[next_to_start];
-                if decoded_ahead(g) {
-                    let started =
-                        decode_ahead(scope, g, next_to_start, skip_in(next_to_start), field);
-                    decoding.push_back((next_to_start, started));
-                    #[cfg(test)]
-                    tests::note_decoding(decoding.len());
-                }
-                next_to_start += 1;
-            }
+            top_up(&mut decoding);
             if decoded_ahead(f) {
-                // Started when the window reached it, and every file before it is done.
-                let started = match decoding.pop_front() {
-                    Some((at, started)) if at == fi => started,
-                    _ => unreachable!("input {fi} is decoded ahead, first in the window"),
-                };
-                if let Some(file) = started {
-                    if !emit_decoded(f, fi as u32, &file, read_bytes, &mut emit)? {
+                // Its jobs were started when the window reached them, after every earlier one;
+                // the last gives the file's digest.
+                let mut records = 0;
+                let sha256 = loop {
+                    let (job, started) = match decoding.pop_front() {
+                        Some((at, job, started)) if at == fi => (job, started),
+                        _ => unreachable!("input {fi} is decoded ahead, first in the window"),
+                    };
+                    top_up(&mut decoding);
+                    let done = match started {
+                        Some(file) => emit_decoded(f, &file, read_bytes, &mut emit)?,
+                        None => run_job(f, fi as u32, skip, field, &job, read_bytes, &mut emit)?,
+                    };
+                    let Some((n, sha256)) = done else {
                         return Ok(());
+                    };
+                    records += n;
+                    if !matches!(job, Job::Rows(_)) {
+                        break sha256;
                     }
-                    fi += 1;
-                    continue;
+                };
+                if !emit(Item::FileEnd {
+                    file: fi as u32,
+                    sha256,
+                    records,
+                }) {
+                    return Ok(());
                 }
+                fi += 1;
+                continue;
             }
             if f.kind == InputKind::Text {
                 // A run of small text files on the reading threads, or else this one file here.
@@ -618,6 +648,98 @@ fn decoded(kind: InputKind) -> bool {
     )
 }
 
+/// A file decoded ahead is read by one job, or, a Parquet file of several row groups, by a job
+/// for each run of them and one hashing the file, so that one large file is decoded on several
+/// threads too.
+#[derive(Clone, Debug, PartialEq)]
+enum Job {
+    /// The whole file, as `read_file` reads it: its records, record count and digest.
+    Whole,
+    /// The rows of these row groups (`read_parquet`): their records and count.
+    Rows(std::ops::Range<usize>),
+    /// The file's digest.
+    Hash,
+}
+
+/// Row groups of a Parquet file decoded by one job: runs of at least this many bytes (as
+/// stored), so that a job's records fill about its queue.
+const AHEAD_PART_BYTES: u64 = if cfg!(test) { 16 << 10 } else { 4 << 20 };
+
+/// The jobs reading `f` ahead: a Parquet file of several runs of `AHEAD_PART_BYTES` in its row
+/// groups by a job for each run and one hashing the file; any other file (and a Parquet file
+/// whose metadata cannot be read: its job gives the error) by one job.
+fn jobs_of(f: &InputFile) -> Vec<Job> {
+    if f.kind == InputKind::Parquet {
+        if let Some(parts) = parquet_parts(&f.path).filter(|p| p.len() > 1) {
+            let mut jobs: Vec<Job> = parts.into_iter().map(Job::Rows).collect();
+            jobs.push(Job::Hash);
+            return jobs;
+        }
+    }
+    vec![Job::Whole]
+}
+
+/// A Parquet file's row groups cut into runs of at least `AHEAD_PART_BYTES` (the last one may be
+/// shorter), from its metadata; None if that cannot be read.
+fn parquet_parts(path: &Path) -> Option<Vec<std::ops::Range<usize>>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(File::open(path).ok()?).ok()?;
+    let groups = reader.metadata().row_groups();
+    let (mut parts, mut start, mut bytes) = (Vec::new(), 0, 0u64);
+    for (i, g) in groups.iter().enumerate() {
+        bytes += g.compressed_size().max(0) as u64;
+        if bytes >= AHEAD_PART_BYTES {
+            parts.push(start..i + 1);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < groups.len() {
+        parts.push(start..groups.len());
+    }
+    Some(parts)
+}
+
+/// Runs one job reading input `f` (number `fi`): its records (rows up to `skip` passed over),
+/// then its record count and the file's digest (empty for `Job::Rows`); None if `emit` asked
+/// to stop.
+fn run_job(
+    f: &InputFile,
+    fi: u32,
+    skip: u64,
+    field: &str,
+    job: &Job,
+    read_bytes: &Arc<AtomicU64>,
+    emit: &mut impl FnMut(Item) -> bool,
+) -> Result<Option<(u64, String)>> {
+    match job {
+        Job::Whole => {
+            let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
+            read_file(file, f, fi, skip, field, read_bytes, emit)
+        }
+        Job::Rows(groups) => {
+            let rows = read_parquet(
+                &f.path,
+                fi,
+                skip,
+                field,
+                Some(groups.clone()),
+                (f.size, read_bytes),
+                emit,
+            )?;
+            Ok(rows.map(|n| (n, String::new())))
+        }
+        Job::Hash => {
+            let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
+            let mut hr =
+                HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
+            std::io::copy(&mut hr, &mut std::io::sink())
+                .map_err(|e| Error::io(&f.path, "read", &e))?;
+            let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
+            Ok(Some((0, sha256)))
+        }
+    }
+}
+
 /// What a thread decoding an input ahead sends: its items in runs of about
 /// `AHEAD_BATCH_BYTES` (with their record bytes, let into the file's queue by its `Gate`),
 /// then the file's end, each with the stored bytes read for it since the last (the run's
@@ -696,15 +818,16 @@ impl Drop for AheadFile {
     }
 }
 
-/// Starts reading `f` (input number `fi`) on a thread of the scope: `read_file`'s items and
-/// result, through a channel bounded by a `Gate`. The thread stops once the reader drops the
-/// file. None if no thread could be started (the reader then reads the file itself).
+/// Starts `job` reading `f` (input number `fi`) on a thread of the scope: its items and
+/// result (`run_job`), through a channel bounded by a `Gate`. The thread stops once the reader
+/// drops the file. None if no thread could be started (the reader then runs the job itself).
 fn decode_ahead<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     f: &'scope InputFile,
     fi: usize,
     skip: u64,
     field: &'scope str,
+    job: Job,
 ) -> Option<AheadFile> {
     let (tx, rx) = std::sync::mpsc::channel::<Ahead>();
     let gate = Arc::new(Gate::default());
@@ -720,20 +843,16 @@ fn decode_ahead<'scope>(
                         .send(Ahead::Items(batch, bytes, read.swap(0, Ordering::Relaxed)))
                         .is_ok()
             };
-            let r = File::open(&f.path)
-                .map_err(|e| Error::io(&f.path, "open", &e))
-                .and_then(|file| {
-                    read_file(file, f, fi as u32, skip, field, &read, &mut |item| {
-                        if let Item::Record(r) = &item {
-                            bytes += r.data.len();
-                        }
-                        batch.push(item);
-                        if bytes < AHEAD_BATCH_BYTES && batch.len() < BATCH_ITEMS_AHEAD {
-                            return true;
-                        }
-                        send(std::mem::take(&mut batch), std::mem::take(&mut bytes))
-                    })
-                });
+            let r = run_job(f, fi as u32, skip, field, &job, &read, &mut |item| {
+                if let Item::Record(r) = &item {
+                    bytes += r.data.len();
+                }
+                batch.push(item);
+                if bytes < AHEAD_BATCH_BYTES && batch.len() < BATCH_ITEMS_AHEAD {
+                    return true;
+                }
+                send(std::mem::take(&mut batch), std::mem::take(&mut bytes))
+            });
             // The items read before an error are passed on before it, as by the reader.
             if !matches!(r, Ok(None)) && !batch.is_empty() && !send(batch, bytes) {
                 return;
@@ -744,16 +863,15 @@ fn decode_ahead<'scope>(
     Some(AheadFile { rx, gate })
 }
 
-/// Passes on the items of input `fi`, decoded ahead (`decode_ahead`), and its end; the file's
-/// error, if reading it failed, once the items before it are passed on. False if `emit`
-/// asked to stop.
+/// Passes on the items of a job run ahead (`decode_ahead`) on input `f`, then gives its result
+/// (`run_job`'s): its error, if it failed, once the items before it are passed on. None if
+/// `emit` asked to stop.
 fn emit_decoded(
     f: &InputFile,
-    fi: u32,
     file: &AheadFile,
     read_bytes: &AtomicU64,
     emit: &mut impl FnMut(Item) -> bool,
-) -> Result<bool> {
+) -> Result<Option<(u64, String)>> {
     loop {
         match file.rx.recv() {
             Ok(Ahead::Items(items, bytes, n)) => {
@@ -761,20 +879,13 @@ fn emit_decoded(
                 read_bytes.fetch_add(n, Ordering::Relaxed);
                 for item in items {
                     if !emit(item) {
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
             Ok(Ahead::End(r, n)) => {
                 read_bytes.fetch_add(n, Ordering::Relaxed);
-                let Some((records, sha256)) = r? else {
-                    return Ok(false);
-                };
-                return Ok(emit(Item::FileEnd {
-                    file: fi,
-                    sha256,
-                    records,
-                }));
+                return r;
             }
             Err(_) => {
                 return Err(Error::io(
@@ -856,7 +967,7 @@ fn read_file(
             }
         }
         InputKind::Parquet => {
-            match read_parquet(&f.path, fi32, skip, field, (f.size, read_bytes), emit)? {
+            match read_parquet(&f.path, fi32, skip, field, None, (f.size, read_bytes), emit)? {
                 Some(n) => n,
                 None => return Ok(None),
             }
@@ -876,13 +987,15 @@ fn read_file(
     Ok(Some((records, sha256)))
 }
 
-/// Rows of a Parquet file: the `field` column of each row is one record. Returns the number
-/// of rows, or None if `emit` asked to stop.
+/// Rows of a Parquet file, or of its row groups `groups`: the `field` column of each row is
+/// one record, numbered from the file's first row (rows up to `skip` are passed over). Returns
+/// the number of rows read, or None if `emit` asked to stop.
 fn read_parquet(
     path: &Path,
     file: u32,
     skip: u64,
     field: &str,
+    groups: Option<std::ops::Range<usize>>,
     (size, read_bytes): (u64, &AtomicU64),
     emit: &mut impl FnMut(Item) -> bool,
 ) -> Result<Option<u64>> {
@@ -901,7 +1014,13 @@ fn read_parquet(
     // Progress: the file's size in step with its rows (the row reader's own reads are not
     // counted; the file is hashed after its rows).
     let total_rows = reader.metadata().file_metadata().num_rows().max(1) as u128;
-    let mut counted = 0u64;
+    let row_groups = reader.metadata().row_groups();
+    let groups = groups.unwrap_or(0..row_groups.len());
+    let first_row: u64 = row_groups[..groups.start]
+        .iter()
+        .map(|g| g.num_rows().max(0) as u64)
+        .sum();
+    let mut counted = (size as u128 * (first_row as u128).min(total_rows) / total_rows) as u64;
     let mut count_to = |rows: u64| {
         let at = (size as u128 * (rows as u128).min(total_rows) / total_rows) as u64;
         read_bytes.fetch_add(at.saturating_sub(counted), Ordering::Relaxed);
@@ -929,44 +1048,46 @@ fn read_parquet(
         .with_fields(vec![column])
         .build()
         .map_err(corrupt)?;
-    let rows = RowIter::from_file_into(Box::new(reader))
-        .project(Some(projection))
-        .map_err(corrupt)?;
-    let mut n = 0u64;
-    for row in rows {
-        let row = row.map_err(corrupt)?;
-        n += 1;
-        count_to(n);
-        if n <= skip {
-            continue;
-        }
-        let value = row.get_column_iter().next().map(|(_, v)| v);
-        let (data, invalid) = match value {
-            Some(PqField::Str(s)) => (s.clone().into_bytes(), None),
-            Some(PqField::Bytes(b)) => (b.data().to_vec(), None),
-            other => {
-                let what = match other {
-                    Some(PqField::Null) | None => "null".to_string(),
-                    Some(v) => format!("{v:?}"),
-                };
-                let reject = Reject {
-                    code: codes::CORPUS_FIELD_TYPE,
-                    reason: format!("column {field:?} is {what}, not a string"),
-                    line: None,
-                };
-                (Vec::new(), Some(reject))
+    let mut n = first_row;
+    for g in groups {
+        let group = reader.get_row_group(g).map_err(corrupt)?;
+        let rows =
+            RowIter::from_row_group(Some(projection.clone()), group.as_ref()).map_err(corrupt)?;
+        for row in rows {
+            let row = row.map_err(corrupt)?;
+            n += 1;
+            count_to(n);
+            if n <= skip {
+                continue;
             }
-        };
-        if !emit(Item::Record(Record {
-            file,
-            line: n,
-            data: data.into(),
-            invalid,
-        })) {
-            return Ok(None);
+            let value = row.get_column_iter().next().map(|(_, v)| v);
+            let (data, invalid) = match value {
+                Some(PqField::Str(s)) => (s.clone().into_bytes(), None),
+                Some(PqField::Bytes(b)) => (b.data().to_vec(), None),
+                other => {
+                    let what = match other {
+                        Some(PqField::Null) | None => "null".to_string(),
+                        Some(v) => format!("{v:?}"),
+                    };
+                    let reject = Reject {
+                        code: codes::CORPUS_FIELD_TYPE,
+                        reason: format!("column {field:?} is {what}, not a string"),
+                        line: None,
+                    };
+                    (Vec::new(), Some(reject))
+                }
+            };
+            if !emit(Item::Record(Record {
+                file,
+                line: n,
+                data: data.into(),
+                invalid,
+            })) {
+                return Ok(None);
+            }
         }
     }
-    Ok(Some(n))
+    Ok(Some(n - first_row))
 }
 
 fn compression_error(path: &Path, e: &std::io::Error) -> Error {
@@ -1721,6 +1842,125 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A Parquet file of one OPTIONAL UTF-8 column `content`, a row group per `rows_per_group`
+    /// rows (None: a null).
+    fn write_parquet(path: &Path, texts: &[Option<String>], rows_per_group: usize) {
+        use parquet::data_type::{ByteArray, ByteArrayType};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        let schema = "message schema { OPTIONAL BYTE_ARRAY content (UTF8); }";
+        let schema = Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+        let props = Arc::new(WriterProperties::builder().build());
+        let file = File::create(path).unwrap();
+        let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
+        for rows in texts.chunks(rows_per_group) {
+            let mut group = w.next_row_group().unwrap();
+            let mut col = group.next_column().unwrap().unwrap();
+            let values: Vec<ByteArray> = rows.iter().flatten().map(|t| t.as_str().into()).collect();
+            let defs: Vec<i16> = rows.iter().map(|t| i16::from(t.is_some())).collect();
+            col.typed::<ByteArrayType>()
+                .write_batch(&values, Some(&defs), None)
+                .unwrap();
+            col.close().unwrap();
+            group.close().unwrap();
+        }
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn a_parquet_file_is_read_by_a_job_per_run_of_row_groups() {
+        let dir = std::env::temp_dir().join(format!("aprx-pq-parts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mix = |k: usize| (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+        let texts: Vec<Option<String>> = (0..6000)
+            .map(|k| (k % 997 != 5).then(|| format!("row {k} {:x}\n", mix(k)).repeat(k % 4 + 1)))
+            .collect();
+        let mut files = Vec::new();
+        for (name, rows_per_group) in [("a.parquet", 100), ("b.jsonl", 0), ("c.parquet", 7000)] {
+            let path = dir.join(name);
+            if rows_per_group == 0 {
+                std::fs::write(&path, "{\"content\": \"between\"}\n").unwrap();
+            } else {
+                write_parquet(&path, &texts, rows_per_group);
+            }
+            let size = std::fs::metadata(&path).unwrap().len();
+            let kind = kind_of(OsStr::new(name));
+            files.push(InputFile { path, kind, size });
+        }
+        // a.parquet: 60 row groups in runs of at least AHEAD_PART_BYTES, read by a job each,
+        // and one hashing it; c.parquet, one row group: one job.
+        let parts = parquet_parts(&files[0].path).unwrap();
+        assert!(parts.len() >= 4, "{parts:?}");
+        assert_eq!(parts.first().unwrap().start, 0);
+        assert_eq!(parts.last().unwrap().end, 60);
+        assert!(parts.windows(2).all(|p| p[0].end == p[1].start));
+        assert_eq!(jobs_of(&files[0]).len(), parts.len() + 1);
+        assert_eq!(jobs_of(&files[2]), [Job::Whole]);
+        type Seen = Vec<(u32, u64, Vec<u8>, bool, String)>;
+        let read = |ahead: usize, start, skip, stop: usize| {
+            let mut seen: Seen = Vec::new();
+            let read_bytes = Arc::default();
+            DECODING.set((0, 0));
+            let r = read_items(
+                &files,
+                start,
+                skip,
+                "content",
+                (None, ahead),
+                &read_bytes,
+                |item| {
+                    seen.push(match item {
+                        Item::Record(r) => (
+                            r.file,
+                            r.line,
+                            r.data.to_vec(),
+                            r.invalid.is_some(),
+                            String::new(),
+                        ),
+                        Item::Blank { file } => (file, 0, Vec::new(), false, String::new()),
+                        Item::FileEnd {
+                            file,
+                            sha256,
+                            records,
+                        } => (file, records, Vec::new(), false, sha256),
+                    });
+                    seen.len() < stop
+                },
+            );
+            r.unwrap();
+            (seen, read_bytes.load(Ordering::Relaxed), DECODING.get())
+        };
+        let (all, read_bytes, _) = read(0, 0, 0, usize::MAX);
+        assert_eq!(all.len(), 2 * 6000 + 1 + 3);
+        assert_eq!(
+            all[6000],
+            (
+                0,
+                6000,
+                Vec::new(),
+                false,
+                hex(&Sha256::digest(std::fs::read(&files[0].path).unwrap()))
+            )
+        );
+        assert!(all[5].3 && all[6].2 == texts[6].as_ref().unwrap().as_bytes());
+        assert_eq!(read_bytes, files.iter().map(|f| f.size).sum::<u64>());
+        let got = read(3, 0, 0, usize::MAX);
+        assert_eq!((got.0, got.1), (all.clone(), read_bytes));
+        assert_eq!(got.2, (parts.len() + 2, 3));
+        for (start, skip, stop) in [
+            (0, 2500, usize::MAX),
+            (0, 0, 3333),
+            (2, 17, 40),
+            (0, 5999, 9),
+        ] {
+            let want = read(0, start, skip, stop).0;
+            assert_eq!(read(3, start, skip, stop).0, want, "{start} {skip} {stop}");
+            assert_eq!(read(8, start, skip, stop).0, want, "{start} {skip} {stop}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

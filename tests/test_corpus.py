@@ -675,6 +675,60 @@ def test_compressed_inputs_decoded_ahead(tmp_path, stdlib, tok_dir):
         assert tmp_files(out) == [] and not (out / "manifest.json").exists()
 
 
+def test_large_parquet_file_decoded_by_row_groups(tmp_path, stdlib, tok_dir):
+    """From 4 workers, a Parquet file of several row groups (runs of 4 MiB of them) is read by a
+    thread per run and one hashing it: the same shards, manifest, skipped rows and digest as one
+    worker reading it, also after a kill and --resume; a file whose metadata is lost gives the
+    same error either way."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    texts: List[Optional[str]] = [t for _, t in stdlib]
+    texts[500] = None  # a null: skipped, by its row number
+    src = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"content": texts}), src, row_group_size=40, compression="none")
+    meta = pq.ParquetFile(src).metadata
+    assert meta.num_row_groups > 40 and src.stat().st_size > 6 * 2**20
+    runs = {}
+    for workers in (1, 8):
+        runs[workers] = encode_corpus(
+            src,
+            tok_dir,
+            tmp_path / f"w{workers}",
+            shard_tokens=20_000,
+            num_workers=workers,
+            on_error="skip",
+        )
+        assert out_files(tmp_path / f"w{workers}") == out_files(tmp_path / "w1")
+        assert without_run(runs[workers]) == without_run(runs[1])
+    m = runs[1]
+    assert m["inputs"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert m["inputs"][0]["records"] == len(texts) and m["skipped"][0]["line"] == 501
+    # Killed inside the file, resumed on 8 workers.
+    out = tmp_path / "killed"
+    args = ["--corpus", src, "--tokenizer", tok_dir, "--output", out, "--shard-tokens", "20000"]
+    args += ["--num-workers", "8", "--on-error", "skip", "--quiet"]
+    proc = start_cli(args)
+    hit = wait_for(proc, lambda: out.exists() and completed_shards(out) >= 120)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert hit and running, err
+    r = run_cli([*args, "--resume", "--json"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["run"]["resumed"] is True
+    assert out_files(out) == out_files(tmp_path / "w1")
+    assert without_run(manifest_of(out)) == without_run(m)
+    # The footer cut off: no row groups to split by; the one reader's error either way.
+    src.write_bytes(src.read_bytes()[:-100])
+    errors = []
+    for workers in (1, 8):
+        with pytest.raises(CorpusError) as e:
+            encode_corpus(src, tok_dir, tmp_path / f"bad{workers}", num_workers=workers)
+        errors.append((e.value.code, str(e.value)))
+    assert errors[0] == errors[1] and errors[0][0] == "APRX-C205"
+
+
 def test_parquet_rows_are_documents(tmp_path, tok, tok_dir, stdlib):
     """A Parquet text column gives the same shards as the same documents in JSONL; nulls,
     non-string values and a missing column are clear errors."""
