@@ -48,16 +48,21 @@ def write_tree(root: Path, texts: Sequence[str]) -> Path:
 FORMATS = ["jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
 
 
+# Rows per Parquet row group: as Hugging Face `datasets` writes them (its default batch).
+PARQUET_ROWS = 1000
+
+
 def write_file(path_stem: Path, texts: Sequence[str], fmt: str) -> Path:
     """The texts as one corpus file ``path_stem.<fmt>``: JSONL, JSONL through gzip (level 6,
     as the ``gzip`` command) or zstd (level 3, as the ``zstd`` command), or Parquet (zstd
-    pages, pyarrow's defaults otherwise)."""
+    pages, ``PARQUET_ROWS`` rows per row group, pyarrow's defaults otherwise)."""
     path = path_stem.with_name(f"{path_stem.name}.{fmt}")
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({"content": list(texts)}), path, compression="zstd")
+        table = pa.table({"content": list(texts)})
+        pq.write_table(table, path, compression="zstd", row_group_size=PARQUET_ROWS)
     elif fmt == "jsonl":
         write_jsonl(path, texts)
     elif fmt == "jsonl.gz":

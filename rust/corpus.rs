@@ -533,25 +533,39 @@ pub fn read_items(
             let skip = skip_in(fi);
             top_up(&mut decoding);
             if decoded_ahead(f) {
-                // Its jobs were started when the window reached them, after every earlier one;
-                // the last gives the file's digest.
+                // Its jobs were started when the window reached them, after every earlier one.
+                // A hashing job comes first, so that it runs beside the rows; its digest is
+                // taken after them.
                 let mut records = 0;
+                let mut hashing = None;
                 let sha256 = loop {
                     let (job, started) = match decoding.pop_front() {
                         Some((at, job, started)) if at == fi => (job, started),
                         _ => unreachable!("input {fi} is decoded ahead, first in the window"),
                     };
                     top_up(&mut decoding);
-                    let done = match started {
-                        Some(file) => emit_decoded(f, &file, read_bytes, &mut emit)?,
-                        None => run_job(f, fi as u32, skip, field, &job, read_bytes, &mut emit)?,
+                    if job == Job::Hash {
+                        hashing = Some(started);
+                        continue;
+                    }
+                    let mut run = |job: &Job, started: Option<AheadFile>| match started {
+                        Some(file) => emit_decoded(f, &file, read_bytes, &mut emit),
+                        None => run_job(f, fi as u32, skip, field, job, read_bytes, &mut emit),
                     };
-                    let Some((n, sha256)) = done else {
+                    let Some((n, sha256)) = run(&job, started)? else {
                         return Ok(());
                     };
                     records += n;
-                    if !matches!(job, Job::Rows(_)) {
-                        break sha256;
+                    match job {
+                        Job::Rows(_, false) => {}
+                        Job::Rows(_, true) => {
+                            let Some((_, sha256)) = run(&Job::Hash, hashing.take().flatten())?
+                            else {
+                                return Ok(());
+                            };
+                            break sha256;
+                        }
+                        _ => break sha256,
                     }
                 };
                 if !emit(Item::FileEnd {
@@ -648,15 +662,16 @@ fn decoded(kind: InputKind) -> bool {
     )
 }
 
-/// A file decoded ahead is read by one job, or, a Parquet file of several row groups, by a job
-/// for each run of them and one hashing the file, so that one large file is decoded on several
-/// threads too.
+/// A file decoded ahead is read by one job, or, a Parquet file of several row groups, by one
+/// hashing the file and a job for each run of them, so that one large file is decoded on
+/// several threads too.
 #[derive(Clone, Debug, PartialEq)]
 enum Job {
     /// The whole file, as `read_file` reads it: its records, record count and digest.
     Whole,
-    /// The rows of these row groups (`read_parquet`): their records and count.
-    Rows(std::ops::Range<usize>),
+    /// The rows of these row groups (`read_parquet`): their records and count; whether they
+    /// are the file's last.
+    Rows(std::ops::Range<usize>, bool),
     /// The file's digest.
     Hash,
 }
@@ -666,14 +681,15 @@ enum Job {
 const AHEAD_PART_BYTES: u64 = if cfg!(test) { 16 << 10 } else { 4 << 20 };
 
 /// The jobs reading `f` ahead: a Parquet file of several runs of `AHEAD_PART_BYTES` in its row
-/// groups by a job for each run and one hashing the file; any other file (and a Parquet file
+/// groups by one hashing the file and a job for each run; any other file (and a Parquet file
 /// whose metadata cannot be read: its job gives the error) by one job.
 fn jobs_of(f: &InputFile) -> Vec<Job> {
     if f.kind == InputKind::Parquet {
         if let Some(parts) = parquet_parts(&f.path).filter(|p| p.len() > 1) {
-            let mut jobs: Vec<Job> = parts.into_iter().map(Job::Rows).collect();
-            jobs.push(Job::Hash);
-            return jobs;
+            let last = parts.len() - 1;
+            let rows = parts.into_iter().enumerate();
+            let jobs = rows.map(|(i, groups)| Job::Rows(groups, i == last));
+            return std::iter::once(Job::Hash).chain(jobs).collect();
         }
     }
     vec![Job::Whole]
@@ -716,7 +732,7 @@ fn run_job(
             let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
             read_file(file, f, fi, skip, field, read_bytes, emit)
         }
-        Job::Rows(groups) => {
+        Job::Rows(groups, _) => {
             let rows = read_parquet(
                 &f.path,
                 fi,
