@@ -744,16 +744,29 @@ fn run_job(
             )?;
             Ok(rows.map(|n| (n, String::new())))
         }
-        Job::Hash => {
-            let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
-            let mut hr =
-                HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
-            std::io::copy(&mut hr, &mut std::io::sink())
-                .map_err(|e| Error::io(&f.path, "read", &e))?;
-            let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
-            Ok(Some((0, sha256)))
+        Job::Hash => Ok(hash_file(f, || false)?.map(|sha256| (0, sha256))),
+    }
+}
+
+/// The SHA-256 of the file `f`, read 1 MiB at a time; None if `cancelled` says so between two
+/// reads (the reader has dropped the job).
+fn hash_file(f: &InputFile, cancelled: impl Fn() -> bool) -> Result<Option<String>> {
+    let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
+    let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if cancelled() {
+            return Ok(None);
+        }
+        match hr.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(&f.path, "read", &e)),
         }
     }
+    let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
+    Ok(Some(sha256))
 }
 
 /// What a thread decoding an input ahead sends: its items in runs of about
@@ -816,6 +829,10 @@ impl Gate {
         self.room.notify_one();
     }
 
+    fn closed(&self) -> bool {
+        self.lock().1
+    }
+
     fn close(&self) {
         self.lock().1 = true;
         self.room.notify_one();
@@ -859,6 +876,12 @@ fn decode_ahead<'scope>(
                         .send(Ahead::Items(batch, bytes, read.swap(0, Ordering::Relaxed)))
                         .is_ok()
             };
+            if job == Job::Hash {
+                // No items: it looks at its gate between reads instead.
+                let r = hash_file(f, || thread_gate.closed()).map(|d| d.map(|sha256| (0, sha256)));
+                let _ = tx.send(Ahead::End(r, 0));
+                return;
+            }
             let r = run_job(f, fi as u32, skip, field, &job, &read, &mut |item| {
                 if let Item::Record(r) = &item {
                     bytes += r.data.len();
@@ -1032,10 +1055,18 @@ fn read_parquet(
     let total_rows = reader.metadata().file_metadata().num_rows().max(1) as u128;
     let row_groups = reader.metadata().row_groups();
     let groups = groups.unwrap_or(0..row_groups.len());
-    let first_row: u64 = row_groups[..groups.start]
-        .iter()
-        .map(|g| g.num_rows().max(0) as u64)
-        .sum();
+    let Some(before) = row_groups.get(..groups.start) else {
+        return Err(Error::corpus(
+            codes::CORPUS_COMPRESSION,
+            format!(
+                "{}: the file changed while it was read (it has {} row groups now, fewer than {})",
+                path.display(),
+                row_groups.len(),
+                groups.start
+            ),
+        ));
+    };
+    let first_row: u64 = before.iter().map(|g| g.num_rows().max(0) as u64).sum();
     let mut counted = (size as u128 * (first_row as u128).min(total_rows) / total_rows) as u64;
     let mut count_to = |rows: u64| {
         let at = (size as u128 * (rows as u128).min(total_rows) / total_rows) as u64;
@@ -1977,6 +2008,38 @@ mod tests {
             assert_eq!(read(8, start, skip, stop).0, want, "{start} {skip} {stop}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_hashing_job_stops_between_reads_once_dropped() {
+        let path = std::env::temp_dir().join(format!("aprx-hash-job-{}", std::process::id()));
+        let body: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &body).unwrap();
+        let f = InputFile {
+            path: path.clone(),
+            kind: InputKind::Parquet,
+            size: body.len() as u64,
+        };
+        let want = hex(&Sha256::digest(&body));
+        assert_eq!(hash_file(&f, || false).unwrap(), Some(want.clone()));
+        let checks = std::cell::Cell::new(0);
+        let cancelled = || {
+            checks.set(checks.get() + 1);
+            checks.get() > 2
+        };
+        assert_eq!(hash_file(&f, cancelled).unwrap(), None);
+        assert_eq!(checks.get(), 3); // two 1 MiB reads, not the whole file
+        let job = run_job(
+            &f,
+            0,
+            0,
+            "content",
+            &Job::Hash,
+            &Arc::default(),
+            &mut |_| true,
+        );
+        assert_eq!(job.unwrap(), Some((0, want)));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
