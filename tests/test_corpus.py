@@ -603,6 +603,36 @@ def test_corrupt_compressed_input(tmp_path, stdlib, tok, kind):
     assert tmp_files(tmp_path / "o") == [] and not (tmp_path / "o" / "manifest.json").exists()
 
 
+def runs_by_workers(inputs: Any, tok_dir: Path, tmp: Path, workers: Sequence[int]) -> Dict:
+    """encode-corpus of ``inputs`` (20k-token shards, bad records skipped) into ``tmp/wN`` for
+    each N of ``workers``; checks that every run's output is byte-identical to the first's."""
+    runs: Dict[int, Dict[str, Any]] = {}
+    for n in workers:
+        runs[n] = encode_corpus(
+            inputs, tok_dir, tmp / f"w{n}", shard_tokens=20_000, num_workers=n, on_error="skip"
+        )
+        assert out_files(tmp / f"w{n}") == out_files(tmp / f"w{workers[0]}")
+        assert without_run(runs[n]) == without_run(runs[workers[0]])
+    return runs
+
+
+def kill_and_resume(inputs: Sequence[Path], tok_dir: Path, out: Path, at_shards: int) -> None:
+    """The same run as ``runs_by_workers``' on 8 workers from the CLI, SIGKILLed once it has
+    completed ``at_shards`` shards, then resumed to its end."""
+    args = ["--corpus", *inputs, "--tokenizer", tok_dir, "--output", out]
+    args += ["--shard-tokens", "20000", "--num-workers", "8", "--on-error", "skip", "--quiet"]
+    proc = start_cli(args)
+    hit = wait_for(proc, lambda: out.exists() and completed_shards(out) >= at_shards)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert hit and running, err
+    assert not (out / "manifest.json").exists()
+    r = run_cli([*args, "--resume", "--json"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["run"]["resumed"] is True
+
+
 def test_compressed_inputs_decoded_ahead(tmp_path, stdlib, tok_dir):
     """From 4 workers, compressed and Parquet inputs of 1 MiB or more are decoded several at a
     time, each on a thread of its own (smaller ones in their turn): the output is byte-identical
@@ -630,36 +660,13 @@ def test_compressed_inputs_decoded_ahead(tmp_path, stdlib, tok_dir):
         inputs.append(Path(f"{stem}.{kind}"))
     sizes = {p.name.split(".", 1)[1]: p.stat().st_size >> 20 for p in inputs}
     assert sizes["jsonl.gz"] >= 1 and sizes["parquet"] >= 1 and sizes["jsonl.zst"] < 1
-    runs = {}
-    for workers in (1, 4, 8):
-        runs[workers] = encode_corpus(
-            inputs,
-            tok_dir,
-            tmp_path / f"w{workers}",
-            shard_tokens=20_000,
-            num_workers=workers,
-            on_error="skip",
-        )
+    runs = runs_by_workers(inputs, tok_dir, tmp_path, (1, 4, 8))
     assert len(runs[1]["shards"]) > 250 and len(runs[1]["skipped"]) == 2  # the Parquet nulls
     docs = runs[1]["total_documents"] + runs[1]["empty_documents"]
     assert docs == len(texts) and runs[1]["empty_documents"] == texts.count("")
-    for workers in (4, 8):
-        assert out_files(tmp_path / f"w{workers}") == out_files(tmp_path / "w1")
-        assert without_run(runs[workers]) == without_run(runs[1])
     # Killed a third of the way in (inside the Parquet file or the gzip file after it), resumed.
     out = tmp_path / "killed"
-    args = ["--corpus", *inputs, "--tokenizer", tok_dir, "--output", out]
-    args += ["--shard-tokens", "20000", "--num-workers", "8", "--on-error", "skip", "--quiet"]
-    proc = start_cli(args)
-    hit = wait_for(proc, lambda: out.exists() and completed_shards(out) >= 100)
-    running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert hit and running, err
-    assert not (out / "manifest.json").exists()
-    r = run_cli([*args, "--resume", "--json"])
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["run"]["resumed"] is True
+    kill_and_resume(inputs, tok_dir, out, at_shards=100)
     assert out_files(out) == out_files(tmp_path / "w1")
     assert without_run(manifest_of(out)) == without_run(runs[1])
     # A truncated gzip file after others: its own error, with 8 workers as with one.
@@ -689,34 +696,12 @@ def test_large_parquet_file_decoded_by_row_groups(tmp_path, stdlib, tok_dir):
     pq.write_table(pa.table({"content": texts}), src, row_group_size=40, compression="none")
     meta = pq.ParquetFile(src).metadata
     assert meta.num_row_groups > 40 and src.stat().st_size > 6 * 2**20
-    runs = {}
-    for workers in (1, 8):
-        runs[workers] = encode_corpus(
-            src,
-            tok_dir,
-            tmp_path / f"w{workers}",
-            shard_tokens=20_000,
-            num_workers=workers,
-            on_error="skip",
-        )
-        assert out_files(tmp_path / f"w{workers}") == out_files(tmp_path / "w1")
-        assert without_run(runs[workers]) == without_run(runs[1])
-    m = runs[1]
+    m = runs_by_workers(src, tok_dir, tmp_path, (1, 8))[1]
     assert m["inputs"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert m["inputs"][0]["records"] == len(texts) and m["skipped"][0]["line"] == 501
     # Killed inside the file, resumed on 8 workers.
     out = tmp_path / "killed"
-    args = ["--corpus", src, "--tokenizer", tok_dir, "--output", out, "--shard-tokens", "20000"]
-    args += ["--num-workers", "8", "--on-error", "skip", "--quiet"]
-    proc = start_cli(args)
-    hit = wait_for(proc, lambda: out.exists() and completed_shards(out) >= 120)
-    running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert hit and running, err
-    r = run_cli([*args, "--resume", "--json"])
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["run"]["resumed"] is True
+    kill_and_resume([src], tok_dir, out, at_shards=120)
     assert out_files(out) == out_files(tmp_path / "w1")
     assert without_run(manifest_of(out)) == without_run(m)
     # The footer cut off: no row groups to split by; the one reader's error either way.
