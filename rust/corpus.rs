@@ -550,7 +550,10 @@ pub fn read_items(
                     }
                     let mut run = |job: &Job, started: Option<AheadFile>| match started {
                         Some(file) => emit_decoded(f, &file, read_bytes, &mut emit),
-                        None => run_job(f, fi as u32, skip, field, job, read_bytes, &mut emit),
+                        None => {
+                            let read = (read_bytes, || false);
+                            run_job(f, fi as u32, skip, field, job, read, &mut emit)
+                        }
                     };
                     let Some((n, sha256)) = run(&job, started)? else {
                         return Ok(());
@@ -717,14 +720,14 @@ fn parquet_parts(path: &Path) -> Option<Vec<std::ops::Range<usize>>> {
 
 /// Runs one job reading input `f` (number `fi`): its records (rows up to `skip` passed over),
 /// then its record count and the file's digest (empty for `Job::Rows`); None if `emit` asked
-/// to stop.
+/// to stop, or if `cancelled` says so between a hashing job's reads.
 fn run_job(
     f: &InputFile,
     fi: u32,
     skip: u64,
     field: &str,
     job: &Job,
-    read_bytes: &Arc<AtomicU64>,
+    (read_bytes, cancelled): (&Arc<AtomicU64>, impl Fn() -> bool),
     emit: &mut impl FnMut(Item) -> bool,
 ) -> Result<Option<(u64, String)>> {
     match job {
@@ -744,7 +747,7 @@ fn run_job(
             )?;
             Ok(rows.map(|n| (n, String::new())))
         }
-        Job::Hash => Ok(hash_file(f, || false)?.map(|sha256| (0, sha256))),
+        Job::Hash => Ok(hash_file(f, cancelled)?.map(|sha256| (0, sha256))),
     }
 }
 
@@ -876,22 +879,26 @@ fn decode_ahead<'scope>(
                         .send(Ahead::Items(batch, bytes, read.swap(0, Ordering::Relaxed)))
                         .is_ok()
             };
-            if job == Job::Hash {
-                // No items: it looks at its gate between reads instead.
-                let r = hash_file(f, || thread_gate.closed()).map(|d| d.map(|sha256| (0, sha256)));
-                let _ = tx.send(Ahead::End(r, 0));
-                return;
-            }
-            let r = run_job(f, fi as u32, skip, field, &job, &read, &mut |item| {
-                if let Item::Record(r) = &item {
-                    bytes += r.data.len();
-                }
-                batch.push(item);
-                if bytes < AHEAD_BATCH_BYTES && batch.len() < BATCH_ITEMS_AHEAD {
-                    return true;
-                }
-                send(std::mem::take(&mut batch), std::mem::take(&mut bytes))
-            });
+            // A hashing job sends no items: it looks at its gate between reads instead.
+            let cancelled = || thread_gate.closed();
+            let r = run_job(
+                f,
+                fi as u32,
+                skip,
+                field,
+                &job,
+                (&read, cancelled),
+                &mut |item| {
+                    if let Item::Record(r) = &item {
+                        bytes += r.data.len();
+                    }
+                    batch.push(item);
+                    if bytes < AHEAD_BATCH_BYTES && batch.len() < BATCH_ITEMS_AHEAD {
+                        return true;
+                    }
+                    send(std::mem::take(&mut batch), std::mem::take(&mut bytes))
+                },
+            );
             // The items read before an error are passed on before it, as by the reader.
             if !matches!(r, Ok(None)) && !batch.is_empty() && !send(batch, bytes) {
                 return;
@@ -2035,7 +2042,7 @@ mod tests {
             0,
             "content",
             &Job::Hash,
-            &Arc::default(),
+            (&Arc::default(), || false),
             &mut |_| true,
         );
         assert_eq!(job.unwrap(), Some((0, want)));
