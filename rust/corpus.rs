@@ -2,13 +2,13 @@
 //! streaming reader that yields records (JSONL lines or whole text files) in batches, hashing
 //! every input file as it goes. JSON parsing happens later, in parallel, in `with_record`.
 
+use crate::digest::Hasher;
 use crate::error::{codes, Error, Result};
 use crate::huge::HugeSlice;
 use crate::jsonl;
-use crate::offload::{update_ahead, Offload};
+use crate::offload::Offload;
 use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -341,7 +341,7 @@ pub struct HashingReader<R> {
 const OFFLOAD_HASH_BYTES: u64 = 4 << 20;
 
 enum FileHasher {
-    Inline(Sha256),
+    Inline(Box<Hasher>),
     Background(Offload<std::io::Sink>),
 }
 
@@ -351,7 +351,7 @@ impl<R: Read> HashingReader<R> {
         let hasher = if size >= OFFLOAD_HASH_BYTES {
             FileHasher::Background(Offload::new("aprx-hash-input", std::io::sink())?)
         } else {
-            FileHasher::Inline(Sha256::new())
+            FileHasher::Inline(Box::default())
         };
         Ok(HashingReader {
             inner,
@@ -366,10 +366,10 @@ impl<R: Read> HashingReader<R> {
         self
     }
 
-    /// The SHA-256 of everything read, as hex.
+    /// The digest (BLAKE3) of everything read, as hex.
     pub fn finish(self) -> std::io::Result<String> {
         let digest: [u8; 32] = match self.hasher {
-            FileHasher::Inline(h) => h.finalize().into(),
+            FileHasher::Inline(h) => h.finalize(),
             FileHasher::Background(o) => o.finish()?.1,
         };
         Ok(hex(&digest))
@@ -463,10 +463,10 @@ pub enum Item {
     Blank {
         file: u32,
     },
-    /// The end of an input file, with its sha256 and record count.
+    /// The end of an input file, with its digest and record count.
     FileEnd {
         file: u32,
-        sha256: String,
+        digest: String,
         records: u64,
     },
 }
@@ -538,7 +538,7 @@ pub fn read_items(
                 // taken after them.
                 let mut records = 0;
                 let mut hashing = None;
-                let sha256 = loop {
+                let digest = loop {
                     let (job, started) = match decoding.pop_front() {
                         Some((at, job, started)) if at == fi => (job, started),
                         _ => unreachable!("input {fi} is decoded ahead, first in the window"),
@@ -555,25 +555,25 @@ pub fn read_items(
                             run_job(f, fi as u32, skip, field, job, read, &mut emit)
                         }
                     };
-                    let Some((n, sha256)) = run(&job, started)? else {
+                    let Some((n, digest)) = run(&job, started)? else {
                         return Ok(());
                     };
                     records += n;
                     match job {
                         Job::Rows(_, false) => {}
                         Job::Rows(_, true) => {
-                            let Some((_, sha256)) = run(&Job::Hash, hashing.take().flatten())?
+                            let Some((_, digest)) = run(&Job::Hash, hashing.take().flatten())?
                             else {
                                 return Ok(());
                             };
-                            break sha256;
+                            break digest;
                         }
-                        _ => break sha256,
+                        _ => break digest,
                     }
                 };
                 if !emit(Item::FileEnd {
                     file: fi as u32,
-                    sha256,
+                    digest,
                     records,
                 }) {
                     return Ok(());
@@ -605,8 +605,8 @@ pub fn read_items(
                     _ => vec![read_text(f, read_bytes)],
                 };
                 for r in read {
-                    let (data, sha256) = r?;
-                    if !emit_text(fi as u32, data, sha256, skip_in(fi), &mut emit) {
+                    let (data, digest) = r?;
+                    if !emit_text(fi as u32, data, digest, skip_in(fi), &mut emit) {
                         return Ok(());
                     }
                     fi += 1;
@@ -627,16 +627,16 @@ pub fn read_items(
                 match read_lines_mapped(&file, &f.path, fi32, skip, &mut emit, BLOCKS, mapped_read)?
                 {
                     Some(Some(n)) => {
-                        let sha256 = hasher
+                        let digest = hasher
                             .finish()
                             .map_err(|e| Error::io(&f.path, "hash", &e))?;
-                        mapped = Some((n, sha256));
+                        mapped = Some((n, digest));
                     }
                     Some(None) => return Ok(()),
                     None => {} // cannot be mapped: read below
                 }
             }
-            let (records, sha256) = match mapped {
+            let (records, digest) = match mapped {
                 Some(done) => done,
                 None => match read_file(file, f, fi32, skip, field, read_bytes, &mut emit)? {
                     Some(done) => done,
@@ -645,7 +645,7 @@ pub fn read_items(
             };
             if !emit(Item::FileEnd {
                 file: fi32,
-                sha256,
+                digest,
                 records,
             }) {
                 return Ok(());
@@ -747,7 +747,7 @@ fn run_job(
             )?;
             Ok(rows.map(|n| (n, String::new())))
         }
-        Job::Hash => Ok(hash_file(f, cancelled)?.map(|sha256| (0, sha256))),
+        Job::Hash => Ok(hash_file(f, cancelled)?.map(|digest| (0, digest))),
     }
 }
 
@@ -768,8 +768,8 @@ fn hash_file(f: &InputFile, cancelled: impl Fn() -> bool) -> Result<Option<Strin
             Err(e) => return Err(Error::io(&f.path, "read", &e)),
         }
     }
-    let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
-    Ok(Some(sha256))
+    let digest = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
+    Ok(Some(digest))
 }
 
 /// What a thread decoding an input ahead sends: its items in runs of about
@@ -954,8 +954,8 @@ fn read_text(f: &InputFile, read_bytes: &Arc<AtomicU64>) -> Result<(Vec<u8>, Str
     let mut data = Vec::with_capacity(f.size as usize);
     hr.read_to_end(&mut data)
         .map_err(|e| Error::io(&f.path, "read", &e))?;
-    let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
-    Ok((data, sha256))
+    let digest = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
+    Ok((data, digest))
 }
 
 /// A text file's one record (unless resuming past it) and its end; false if `emit` asked to
@@ -963,7 +963,7 @@ fn read_text(f: &InputFile, read_bytes: &Arc<AtomicU64>) -> Result<(Vec<u8>, Str
 fn emit_text(
     file: u32,
     data: Vec<u8>,
-    sha256: String,
+    digest: String,
     skip: u64,
     emit: &mut impl FnMut(Item) -> bool,
 ) -> bool {
@@ -976,7 +976,7 @@ fn emit_text(
     (skip > 0 || emit(Item::Record(record)))
         && emit(Item::FileEnd {
             file,
-            sha256,
+            digest,
             records: 1,
         })
 }
@@ -1029,8 +1029,8 @@ fn read_file(
     };
     // Hash what the decoder did not need (trailing bytes) so the digest covers the file.
     std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| Error::io(&f.path, "read", &e))?;
-    let sha256 = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
-    Ok(Some((records, sha256)))
+    let digest = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
+    Ok(Some((records, digest)))
 }
 
 /// Rows of a Parquet file, or of its row groups `groups`: the `field` column of each row is
@@ -1360,11 +1360,11 @@ fn read_lines_mapped(
     Ok(Some(Some(line_no)))
 }
 
-/// SHA-256 of a mapped file, fed its windows in order: inline for a small file, else on a
+/// The digest of a mapped file, fed its windows in order: inline for a small file, else on a
 /// thread of its own, which gets each window's range (and keeps the window mapped until
 /// hashed), so no byte is copied.
 pub(crate) enum RangeHasher {
-    Inline(Sha256),
+    Inline(Box<Hasher>),
     Background {
         tx: std::sync::mpsc::SyncSender<(Arc<Buf>, usize, usize)>,
         thread: std::thread::JoinHandle<[u8; 32]>,
@@ -1374,24 +1374,24 @@ pub(crate) enum RangeHasher {
 impl RangeHasher {
     fn new(size: u64) -> std::io::Result<Self> {
         if size < OFFLOAD_HASH_BYTES {
-            return Ok(RangeHasher::Inline(Sha256::new()));
+            return Ok(RangeHasher::Inline(Box::default()));
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<Buf>, usize, usize)>(4);
         let thread = std::thread::Builder::new()
             .name("aprx-hash-input".into())
             .spawn(move || {
-                let mut h = Sha256::new();
+                let mut h = Hasher::new();
                 for (buf, start, end) in rx {
-                    update_ahead(&mut h, &buf[start..end]);
+                    h.update(&buf[start..end]);
                 }
-                h.finalize().into()
+                h.finalize()
             })?;
         Ok(RangeHasher::Background { tx, thread })
     }
 
     fn update(&mut self, buf: &Arc<Buf>, start: usize, end: usize) {
         match self {
-            RangeHasher::Inline(h) => update_ahead(h, &buf[start..end]),
+            RangeHasher::Inline(h) => h.update(&buf[start..end]),
             RangeHasher::Background { tx, .. } => {
                 // The thread only stops when `tx` is dropped, so the send cannot fail.
                 let _ = tx.send((Arc::clone(buf), start, end));
@@ -1401,7 +1401,7 @@ impl RangeHasher {
 
     fn finish(self) -> std::io::Result<String> {
         let digest: [u8; 32] = match self {
-            RangeHasher::Inline(h) => h.finalize().into(),
+            RangeHasher::Inline(h) => h.finalize(),
             RangeHasher::Background { tx, thread } => {
                 drop(tx);
                 thread
@@ -1797,9 +1797,9 @@ mod tests {
                     Item::Blank { file } => (file, 0, Vec::new(), String::new()),
                     Item::FileEnd {
                         file,
-                        sha256,
+                        digest,
                         records,
-                    } => (file, records, Vec::new(), sha256),
+                    } => (file, records, Vec::new(), digest),
                 });
                 seen.len() < stop
             })
@@ -1816,7 +1816,10 @@ mod tests {
         let ends: Vec<_> = all.iter().filter(|s| !s.3.is_empty()).collect();
         assert_eq!(ends.len(), files.len());
         for (e, f) in ends.iter().zip(&files) {
-            assert_eq!(e.3, hex(&Sha256::digest(std::fs::read(&f.path).unwrap())));
+            assert_eq!(
+                e.3,
+                hex(&crate::digest::digest(&std::fs::read(&f.path).unwrap()))
+            );
         }
         let stored: u64 = files.iter().map(|f| f.size).sum();
         assert_eq!(read_bytes, stored);
@@ -1977,9 +1980,9 @@ mod tests {
                         Item::Blank { file } => (file, 0, Vec::new(), false, String::new()),
                         Item::FileEnd {
                             file,
-                            sha256,
+                            digest,
                             records,
-                        } => (file, records, Vec::new(), false, sha256),
+                        } => (file, records, Vec::new(), false, digest),
                     });
                     seen.len() < stop
                 },
@@ -1996,7 +1999,9 @@ mod tests {
                 6000,
                 Vec::new(),
                 false,
-                hex(&Sha256::digest(std::fs::read(&files[0].path).unwrap()))
+                hex(&crate::digest::digest(
+                    &std::fs::read(&files[0].path).unwrap()
+                ))
             )
         );
         assert!(all[5].3 && all[6].2 == texts[6].as_ref().unwrap().as_bytes());
@@ -2027,7 +2032,7 @@ mod tests {
             kind: InputKind::Parquet,
             size: body.len() as u64,
         };
-        let want = hex(&Sha256::digest(&body));
+        let want = hex(&crate::digest::digest(&body));
         assert_eq!(hash_file(&f, || false).unwrap(), Some(want.clone()));
         let checks = std::cell::Cell::new(0);
         let cancelled = || {
@@ -2239,7 +2244,7 @@ mod tests {
         .unwrap()
         .expect("a regular file maps");
         if n.is_some() {
-            assert_eq!(hasher.finish().unwrap(), hex(&Sha256::digest(data)));
+            assert_eq!(hasher.finish().unwrap(), hex(&crate::digest::digest(data)));
             // Every byte counted as read, once (the run's progress).
             assert_eq!(read.into_inner(), data.len() as u64);
         } else {

@@ -6,6 +6,7 @@ pub mod bpe;
 pub mod bytelevel;
 pub mod cache;
 pub mod corpus;
+pub mod digest;
 pub mod error;
 pub mod huge;
 pub mod jsonl;

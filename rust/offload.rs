@@ -1,4 +1,4 @@
-//! SHA-256 (and writing) on a thread of its own. encode-corpus's reader hashes every input byte
+//! Hashing (`digest`, BLAKE3) and writing on a thread of its own. encode-corpus's reader hashes every input byte
 //! and its writer every shard byte; on one thread each, those two passes cap the whole
 //! pipeline (about 140M tokens/s on 16 cores, the workers half idle). Here the bytes are copied
 //! into 512 KiB chunks that a background thread hashes, and writes to a sink, in order (or
@@ -7,8 +7,7 @@
 //! written: fresh memory costs a page fault per 4 KiB (~1 us here), and a pool that grew
 //! whenever the caller ran ahead took eight 1 MiB chunks for the stdlib's 31 MB shard.
 
-use crate::cache::prefetch;
-use sha2::{Digest, Sha256};
+use crate::digest::Hasher;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -22,26 +21,6 @@ const CHUNKS: usize = 4;
 /// Chunks there are at most: those queued, one being hashed (or written) and the one being
 /// filled; the caller waits for one to come back rather than take more memory.
 const POOL: usize = CHUNKS + 2;
-
-/// Bytes hashed between prefetches by `update_ahead`, and how far ahead of them it prefetches.
-const AHEAD_STEP: usize = 1024;
-const AHEAD: usize = 2048;
-
-/// `h.update(data)`, with the bytes `AHEAD` further on prefetched before each `AHEAD_STEP`.
-/// SHA-NI hashes ~1.7 GB/s on this machine's Xeon, but a lone sequential reader of memory not
-/// in cache (a mapped input, a shard just written by another core) is fed ~1.2 GB/s by the
-/// hardware prefetcher alone (`cargo bench --bench encode -- pipeline/sha256`: 32 MB out of
-/// cache, 29.5-32.4 ms plain, 20.2-21.4 ms prefetched).
-pub fn update_ahead(h: &mut Sha256, data: &[u8]) {
-    for (i, part) in data.chunks(AHEAD_STEP).enumerate() {
-        let ahead = (i * AHEAD_STEP + AHEAD).min(data.len());
-        let end = (ahead + AHEAD_STEP).min(data.len());
-        for at in (ahead..end).step_by(64) {
-            prefetch(data[at..].as_ptr());
-        }
-        h.update(part);
-    }
-}
 
 /// Hashes (and writes to `W`) everything passed to `write`, on a thread of its own (or two:
 /// `with_writer_thread`). `finish` returns the sink and the digest, or the first write error.
@@ -90,12 +69,12 @@ impl<W: Write + Send + 'static> Offload<W> {
         let hashing = std::thread::Builder::new().name(name.into());
         let thread = match writer {
             None => hashing.spawn(move || {
-                let mut hasher = Sha256::new();
+                let mut hasher = Hasher::new();
                 for chunk in rx {
-                    update_ahead(&mut hasher, &chunk);
+                    hasher.update(&chunk);
                     write(&mut sink, chunk);
                 }
-                (sink, hasher.finalize().into())
+                (sink, hasher.finalize())
             })?,
             Some(writer) => {
                 let (wtx, wrx) = sync_channel::<Vec<u8>>(CHUNKS);
@@ -108,16 +87,16 @@ impl<W: Write + Send + 'static> Offload<W> {
                         sink
                     })?;
                 hashing.spawn(move || {
-                    let mut hasher = Sha256::new();
+                    let mut hasher = Hasher::new();
                     for chunk in rx {
-                        update_ahead(&mut hasher, &chunk);
+                        hasher.update(&chunk);
                         if wtx.send(chunk).is_err() {
                             break; // the writing thread is gone (it panicked): join says so
                         }
                     }
                     drop(wtx); // the writing thread's loop ends after the last chunk
                     match writing.join() {
-                        Ok(sink) => (sink, hasher.finalize().into()),
+                        Ok(sink) => (sink, hasher.finalize()),
                         Err(panic) => std::panic::resume_unwind(panic),
                     }
                 })?
@@ -286,7 +265,7 @@ mod tests {
         assert_eq!(at, data.len());
         let (sink, digest) = o.finish().unwrap();
         assert_eq!(sink.data, data);
-        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(digest, crate::digest::digest(&data));
     }
 
     /// A caller far ahead of the sink reuses the pool's chunks (waiting for them), never
@@ -309,7 +288,7 @@ mod tests {
             }
             let (sink, digest) = o.finish().unwrap();
             assert!(sink.data == data, "split: {split}");
-            assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+            assert_eq!(digest, crate::digest::digest(&data));
         }
     }
 
@@ -360,32 +339,10 @@ mod tests {
     }
 
     #[test]
-    fn update_ahead_hashes_every_byte() {
-        let data: Vec<u8> = (0..3 * AHEAD + 77)
-            .map(|i| (i * 31 + i / 257) as u8)
-            .collect();
-        for len in [
-            0,
-            1,
-            63,
-            AHEAD_STEP - 1,
-            AHEAD_STEP,
-            AHEAD_STEP + 1,
-            AHEAD,
-            AHEAD + 1,
-            data.len(),
-        ] {
-            let mut h = Sha256::new();
-            update_ahead(&mut h, &data[..len]);
-            assert_eq!(h.finalize(), Sha256::digest(&data[..len]), "{len} bytes");
-        }
-    }
-
-    #[test]
     fn an_empty_stream_has_the_empty_digest() {
         for split in [false, true] {
             let (_, digest) = offload(split, io::sink()).finish().unwrap();
-            assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(b"")));
+            assert_eq!(digest, crate::digest::digest(b""));
         }
     }
 }

@@ -973,6 +973,40 @@ fn encode_corpus(
     result.map_err(|e| to_py(py, e))
 }
 
+/// The BLAKE3 digest of shards and inputs (`aprx.digest`), taken incrementally.
+#[pyclass(name = "Blake3", module = "aprx._aprx")]
+struct PyBlake3(crate::digest::Hasher);
+
+#[pymethods]
+impl PyBlake3 {
+    #[new]
+    fn new() -> Self {
+        PyBlake3(crate::digest::Hasher::new())
+    }
+
+    /// Adds `data`; the GIL is released for a large one.
+    fn update(&mut self, py: Python<'_>, data: &[u8]) {
+        if data.len() >= 1 << 16 {
+            py.detach(|| self.0.update(data));
+        } else {
+            self.0.update(data);
+        }
+    }
+
+    /// The digest of everything added so far, as lower-case hex.
+    fn hexdigest(&self) -> String {
+        crate::corpus::hex(&self.0.finalize())
+    }
+}
+
+/// The BLAKE3 digest of the file at `path`, as lower-case hex (what `b3sum` prints).
+#[pyfunction]
+fn blake3_file(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    py.detach(|| crate::digest::digest_file(&path))
+        .map(|d| crate::corpus::hex(&d))
+        .map_err(|e| to_py(py, e))
+}
+
 /// Raw bytes -> the byte-level (GPT-2 alphabet) token string.
 #[pyfunction]
 fn byte_level_str(data: &[u8]) -> String {
@@ -999,6 +1033,8 @@ fn _aprx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(byte_level_str, m)?)?;
     m.add_function(wrap_pyfunction!(encode_corpus, m)?)?;
+    m.add_class::<PyBlake3>()?;
+    m.add_function(wrap_pyfunction!(blake3_file, m)?)?;
     m.add(
         "DEFAULT_TEXT_EXTENSIONS",
         crate::corpus::DEFAULT_TEXT_EXTENSIONS.to_vec(),

@@ -99,7 +99,13 @@ struct ShardInfo {
     index: String,
     tokens: u64,
     documents: u64,
-    sha256: String,
+    /// The `.bin`'s BLAKE3 (`digest`), as hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    blake3: String,
+    /// The SHA-256 of a shard written by an aprx before 0.2 (which took SHA-256 digests),
+    /// kept as it was by a run that resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,7 +120,12 @@ struct Skipped {
 struct InputDone {
     path: String,
     size: u64,
-    sha256: String,
+    /// The file's BLAKE3, as hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    blake3: String,
+    /// An input done by an aprx before 0.2: its SHA-256, kept by a run that resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
     records: u64,
     documents: u64,
     empty_documents: u64,
@@ -402,7 +413,8 @@ fn complete_shard(dir: &Path, shard: OpenShard) -> Result<ShardInfo> {
         index: idx,
         tokens: shard.tokens,
         documents: shard.ends.len() as u64,
-        sha256: hex(&digest),
+        blake3: hex(&digest),
+        sha256: None,
     })
 }
 
@@ -1338,13 +1350,13 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                             }
                             Item::FileEnd {
                                 file,
-                                sha256,
+                                digest,
                                 records,
                             } => {
                                 let f = &files[*file as usize];
                                 w.state.current.path = f.path.display().to_string();
                                 w.state.current.size = f.size;
-                                w.state.current.sha256 = sha256.clone();
+                                w.state.current.blake3 = digest.clone();
                                 w.state.current.records = *records;
                                 w.state.inputs.push(std::mem::take(&mut w.state.current));
                                 w.pos_file = *file as usize + 1;
@@ -1642,7 +1654,9 @@ mod tests {
             index: "shard-00000.idx".into(),
             tokens: 0,
             documents: 0,
-            sha256: "resumed".into(),
+            // A shard of an aprx that took SHA-256 digests, which a resume keeps as it was.
+            blake3: String::new(),
+            sha256: Some("resumed".into()),
         };
         // A resumed run's log, with a line past its last record (from a record never made).
         let kept = input_line("f0");
@@ -1663,19 +1677,16 @@ mod tests {
         }
         let shards = c.finish().unwrap();
         assert_eq!(shards.len(), 4);
-        assert_eq!(shards[0].sha256, "resumed");
+        assert_eq!(shards[0].sha256.as_deref(), Some("resumed"));
+        assert_eq!(shards[0].blake3, "");
         for (k, ids) in data.iter().enumerate() {
             let s = &shards[k + 1];
             assert_eq!(s.file, shard_name(k + 1).0);
             assert_eq!((s.tokens, s.documents), (ids.len() as u64, 1));
             assert_eq!(read_u32(&dir.join(&s.file)), *ids);
             let want = std::fs::read(dir.join(&s.file)).unwrap();
-            assert_eq!(
-                s.sha256,
-                hex(&<[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(
-                    &want
-                )))
-            );
+            assert_eq!(s.blake3, hex(&crate::digest::digest(&want)));
+            assert_eq!(s.sha256, None);
             let idx = std::fs::read(dir.join(&s.index)).unwrap();
             assert_eq!(idx, (ids.len() as u64).to_le_bytes());
         }
@@ -1684,6 +1695,13 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join(PROGRESS)).unwrap()).unwrap();
         assert_eq!(p.next_record, 30);
         assert_eq!(p.shards.len(), 4);
+        // The record writes each shard's own digest, and no empty one.
+        let raw: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(PROGRESS)).unwrap()).unwrap();
+        assert_eq!(raw["shards"][0]["sha256"], json!("resumed"));
+        assert!(raw["shards"][0].get("blake3").is_none());
+        assert_eq!(raw["shards"][1]["blake3"], json!(shards[1].blake3));
+        assert!(raw["shards"][1].get("sha256").is_none());
         // Its log holds the inputs appended with each record, after the resumed run's (the
         // unfinished line dropped), and the record covers all of it.
         let log = std::fs::read(dir.join(PROGRESS_LOG)).unwrap();
@@ -1759,7 +1777,7 @@ mod tests {
         };
         let end = |file: u32| Item::FileEnd {
             file,
-            sha256: String::new(),
+            digest: String::new(),
             records: 1,
         };
         let file_ends = |batch: &[Item]| {

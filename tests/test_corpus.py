@@ -8,7 +8,6 @@ layout asked for. Fault tests run the CLI in a subprocess and kill it (SIGKILL, 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import random
@@ -21,6 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import blake3
 import fixtures
 import numpy as np
 import pytest
@@ -59,8 +59,13 @@ def jsonl_bytes(docs: Sequence[str]) -> bytes:
     return "".join(json.dumps({"content": d}) + "\n" for d in docs).encode()
 
 
-def sha256_file(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+def b3(data: bytes) -> str:
+    """BLAKE3 by the ``blake3`` package, to check the digests aprx writes."""
+    return blake3.blake3(data).hexdigest()
+
+
+def b3_file(p: Path) -> str:
+    return b3(p.read_bytes())
 
 
 def out_files(d: Path) -> Dict[str, bytes]:
@@ -104,7 +109,7 @@ def check_layout(
 ) -> ShardDataset:
     """The shards hold exactly ``docs`` (non-empty ones, in order), each followed by EOS as the
     policy says, every span inside one shard; the manifest agrees with the files."""
-    ds = ShardDataset(out, verify_sha256=True)
+    ds = ShardDataset(out, verify_digests=True)
     nonempty = [d for d in docs if d]
     assert ds.num_documents == len(nonempty)
     spans = list(ds.iter_documents())
@@ -271,18 +276,18 @@ def test_round_trip_mixed_inputs_between(full_run, corpus, tok, eos, tok_dir):
     assert m["empty_documents"] == sum(1 for d in docs if not d) >= 2
     assert m["skipped_count"] == 0 and m["skipped"] == []
     assert m["run"]["elapsed_s"] > 0 and m["run"]["tokens_per_s"] > 0
-    # Every shard's sha256 and counts, checked against the files themselves.
+    # Every shard's digest and counts, checked against the files themselves.
     for s in m["shards"]:
         data = (out / s["file"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+        assert b3(data) == s["blake3"] and "sha256" not in s
         assert len(data) == 4 * s["tokens"]
         assert (out / s["index"]).stat().st_size == 8 * s["documents"]
-    # Input files: every file taken, in order, with its size and sha256 (checked by hashlib).
+    # Input files: every file taken, in order, with its size and digest (checked by blake3).
     files = inputs[:3] + walk_sorted(inputs[3], ["py", "md"])
     assert [i["path"] for i in m["inputs"]] == [str(p) for p in files]
     for entry, p in zip(m["inputs"], files, strict=True):
         assert entry["size"] == p.stat().st_size
-        assert entry["sha256"] == sha256_file(p)
+        assert entry["blake3"] == b3_file(p)
     assert sum(i["documents"] for i in m["inputs"]) == ds.num_documents
     assert not any(".hidden" in i["path"] or ".git" in i["path"] for i in m["inputs"])
     assert not any(i["path"].endswith((".bin", ".json", ".pyc")) for i in m["inputs"])
@@ -443,7 +448,7 @@ def test_lines_longer_than_a_read_block(tmp_path, stdlib, tok, eos, monkeypatch)
         m = encode_corpus(path, tok, out, num_workers=2)
         assert m["total_documents"] == len(docs)
         assert m["inputs"][0]["records"] == len(docs)
-        assert m["inputs"][0]["sha256"] == sha256_file(path)
+        assert m["inputs"][0]["blake3"] == b3_file(path)
         check_layout(out, docs, tok, "between", eos)
     shards = [out_files(tmp_path / f"o-long.jsonl-{mmap}") for mmap in "10"]
     assert shards[0] and shards[0] == shards[1]
@@ -697,7 +702,7 @@ def test_large_parquet_file_decoded_by_row_groups(tmp_path, stdlib, tok_dir):
     meta = pq.ParquetFile(src).metadata
     assert meta.num_row_groups > 40 and src.stat().st_size > 6 * 2**20
     m = runs_by_workers(src, tok_dir, tmp_path, (1, 8))[1]
-    assert m["inputs"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert m["inputs"][0]["blake3"] == b3_file(src)
     assert m["inputs"][0]["records"] == len(texts) and m["skipped"][0]["line"] == 501
     # Killed inside the file, resumed on 8 workers.
     out = tmp_path / "killed"
@@ -728,16 +733,16 @@ def test_parquet_rows_are_documents(tmp_path, tok, tok_dir, stdlib):
     j.write_bytes(jsonl_bytes(texts))
     a = encode_corpus(f, tok, tmp_path / "pq", shard_tokens=20_000)
     b = encode_corpus(j, tok, tmp_path / "js", shard_tokens=20_000)
-    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert [s["blake3"] for s in a["shards"]] == [s["blake3"] for s in b["shards"]]
     assert a["total_documents"] == len(texts)
     assert a["inputs"][0]["records"] == len(texts)
-    assert a["inputs"][0]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert a["inputs"][0]["blake3"] == b3_file(f)
     # found in a directory too
     d = tmp_path / "dir"
     d.mkdir()
     (d / "data.parquet").write_bytes(f.read_bytes())
     c = encode_corpus(d, tok, tmp_path / "dir-out", shard_tokens=20_000)
-    assert [s["sha256"] for s in c["shards"]] == [s["sha256"] for s in a["shards"]]
+    assert [s["blake3"] for s in c["shards"]] == [s["blake3"] for s in a["shards"]]
 
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"content": ["x = 1\n", None, "y = 2\n"]}), bad)
@@ -1104,7 +1109,7 @@ def test_big_reference_round_trip(big_jsonl, big_ref, tok, eos):
     every document's ids followed by EOS, the last without, and the index at each EOS)."""
     src, docs = big_jsonl
     ref, m = big_ref
-    ds = ShardDataset(ref, verify_sha256=True)
+    ds = ShardDataset(ref, verify_digests=True)
     ids = [tok.encode_ordinary(d) for d in docs]
     eos_arr = np.array([eos], dtype=np.uint32)
     want = np.concatenate([p for x in ids for p in (x, eos_arr)][:-1])
@@ -1114,4 +1119,4 @@ def test_big_reference_round_trip(big_jsonl, big_ref, tok, eos):
     assert np.array_equal(ds.document_boundaries(), np.cumsum(spans))
     assert ds.num_documents == len(docs) == m["total_documents"]
     assert len(m["shards"]) > 50 and m["max_token_id"] == ds.scan_max_token_id() == eos
-    assert m["inputs"][0]["sha256"] == sha256_file(src)
+    assert m["inputs"][0]["blake3"] == b3_file(src)

@@ -287,14 +287,14 @@ def test_truncated_shards(setup):
     assert g.status == "fail" and "shard-00001.bin" in g.message
     assert g.details["error_code"] == "APRX-C223"
     assert r.gate("corpus-degenerate").status == "skip"
-    # sha256 verification catches same-size corruption
+    # digest verification catches same-size corruption
     make_shards(tmp / "ds3", man, zipf_ids(20000, 301))
     raw = bytearray((tmp / "ds3" / "shard-00000.bin").read_bytes())
     raw[0] ^= 1
     (tmp / "ds3" / "shard-00000.bin").write_bytes(bytes(raw))
     kw = dict(config=cfg, seq_len=32, batch_size=2, val_fraction=0.1)
     assert preflight(tok, tmp / "ds3", **kw).gate("shards-integrity").status == "pass"
-    r = preflight(tok, tmp / "ds3", verify_sha256=True, **kw)
+    r = preflight(tok, tmp / "ds3", verify_digests=True, **kw)
     assert r.gate("shards-integrity").status == "fail"
     assert r.gate("shards-integrity").details["error_code"] == "APRX-C227"
 

@@ -38,7 +38,7 @@ def test_quickstart_passes_with_its_defaults(tmp_path: Path) -> None:
 
     # The shards hold the standard library's .py files (and its text files), every one of
     # them readable back, and decode to text with the tokenizer that made them.
-    ds = ShardDataset(art["shards"], verify_sha256=True)
+    ds = ShardDataset(art["shards"], verify_digests=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     inputs = [Path(i["path"]) for i in ds.manifest["inputs"]]
     assert len(inputs) > 1000 and all(p.is_relative_to(stdlib) for p in inputs)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+import blake3
 import numpy as np
 import pytest
 
-from aprx.errors import CorpusError
+from aprx import _aprx
+from aprx.errors import AprxIOError, CorpusError
 from aprx.shards import ShardDataset, TokenView, write_shards
 
 SHA = "ab" * 32
@@ -37,7 +40,7 @@ def shard_dir(tmp_path):
 
 def test_roundtrip_documents_and_stream(shard_dir):
     path, docs = shard_dir
-    ds = ShardDataset(path, verify_sha256=True)
+    ds = ShardDataset(path, verify_digests=True)
     assert len(ds.shards) > 2
     assert ds.num_documents == len(docs)
     assert len(ds) == sum(len(d) for d in docs)
@@ -174,17 +177,48 @@ def test_totals_mismatch(shard_dir):
     assert "total_tokens" in str(exc.value)
 
 
-def test_sha256_mismatch_only_when_verifying(shard_dir):
+def test_digest_mismatch_only_when_verifying(shard_dir):
     path, _ = shard_dir
-    raw = bytearray((path / "shard-00000.bin").read_bytes())
+    m = _manifest(path)
+    entry = m["shards"][0]
+    data = (path / entry["file"]).read_bytes()
+    # The manifest's digest is the file's BLAKE3 (checked by the blake3 package).
+    assert entry["blake3"] == blake3.blake3(data).hexdigest() and "sha256" not in entry
+    raw = bytearray(data)
     raw[0] ^= 1
     (path / "shard-00000.bin").write_bytes(bytes(raw))
     ds = ShardDataset(path)  # sizes still agree
+    for verify in (ds.verify_digests, ds.verify_sha256):  # the older name does the same
+        with pytest.raises(CorpusError) as exc:
+            verify()
+        assert exc.value.code == "APRX-C227"
+        assert "shard-00000.bin: blake3 " in str(exc.value)
+    for kw in ("verify_digests", "verify_sha256"):
+        with pytest.raises(CorpusError):
+            ShardDataset(path, **{kw: True})
+
+
+def test_older_sha256_manifests_are_verified_with_sha256(shard_dir):
+    """Shards written before 0.2 carry a SHA-256: still read and verified, with it."""
+    path, _ = shard_dir
+    m = _manifest(path)
+    for e in m["shards"]:
+        del e["blake3"]
+        e["sha256"] = hashlib.sha256((path / e["file"]).read_bytes()).hexdigest()
+    _save(path, m)
+    ShardDataset(path, verify_digests=True)
+    m["shards"][1]["sha256"] = "0" * 64
+    _save(path, m)
     with pytest.raises(CorpusError) as exc:
-        ds.verify_sha256()
+        ShardDataset(path, verify_digests=True)
     assert exc.value.code == "APRX-C227"
-    with pytest.raises(CorpusError):
-        ShardDataset(path, verify_sha256=True)
+    assert "shard-00001.bin: sha256 " in str(exc.value)
+    del m["shards"][1]["sha256"]
+    _save(path, m)
+    ShardDataset(path)  # sizes agree: nothing to hash
+    with pytest.raises(CorpusError) as exc:
+        ShardDataset(path, verify_digests=True)
+    assert exc.value.code == "APRX-C227" and "has no digest" in str(exc.value)
 
 
 def test_empty_shard_allowed(tmp_path):
@@ -202,3 +236,21 @@ def test_path_traversal_rejected(shard_dir):
     with pytest.raises(CorpusError) as exc:
         ShardDataset(path)
     assert exc.value.code == "APRX-C221"
+
+
+def test_native_blake3_matches_the_blake3_package(tmp_path):
+    """aprx's digests (the native module's) are BLAKE3's, fed whole or in pieces."""
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 1023, 1024, 1025, 70_000, (1 << 20) + 17):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        want = blake3.blake3(data).hexdigest()
+        h = _aprx.Blake3()
+        for lo in range(0, n, 9_999):
+            h.update(data[lo : lo + 9_999])
+        assert h.hexdigest() == want, n
+        p = tmp_path / f"{n}.bin"
+        p.write_bytes(data)
+        assert _aprx.blake3_file(p) == want, n
+    with pytest.raises(AprxIOError) as exc:
+        _aprx.blake3_file(tmp_path / "missing.bin")
+    assert isinstance(exc.value, OSError) and "missing.bin" in str(exc.value)

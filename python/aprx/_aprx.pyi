@@ -8,10 +8,12 @@ import numpy.typing as npt
 from typing_extensions import final
 
 __all__ = [
+    "Blake3",
     "DEFAULT_TEXT_EXTENSIONS",
     "PATTERNS",
     "Tokenizer",
     "__version__",
+    "blake3_file",
     "byte_level_str",
     "default_num_threads",
     "encode_corpus",
@@ -53,6 +55,14 @@ def recover_merges(
     tokens: Sequence[bytes],
 ) -> tuple[list[tuple[int, int, int]], list[int]]: ...
 def default_num_threads() -> int: ...
+
+@final
+class Blake3:
+    def __init__(self) -> None: ...
+    def update(self, data: bytes) -> None: ...
+    def hexdigest(self) -> str: ...
+
+def blake3_file(path: Union[str, PathLike[str]]) -> str: ...
 def byte_level_str(data: bytes) -> str: ...
 def encode_corpus(
     tokenizer: Tokenizer,

@@ -897,7 +897,7 @@ def preflight(
     steps: Optional[int] = None,
     val_shard: Optional[Union[str, int]] = None,
     val_fraction: Optional[float] = None,
-    verify_sha256: bool = False,
+    verify_digests: bool = False,
     scan_max_token_id: Optional[bool] = None,
 ) -> PreflightReport:
     """Run every gate and return the report (never raises for a failed gate; see
@@ -972,14 +972,14 @@ def preflight(
 
     ds = None
     try:
-        ds = ShardDataset(dataset_dir, verify_sha256=verify_sha256)
+        ds = ShardDataset(dataset_dir, verify_digests=verify_digests)
         gates.append(
             Gate(
                 "shards-integrity",
                 PASS,
                 f"shards {dataset_dir}: {len(ds.shards)} shard(s), {len(ds)} tokens, "
                 f"{ds.num_documents} documents match the manifest"
-                + (" (sha256 verified)" if verify_sha256 else " (sizes; sha256 not verified)"),
+                + (" (digests verified)" if verify_digests else " (sizes; digests not verified)"),
             )
         )
         summary["dataset_tokens"] = len(ds)

@@ -11,12 +11,12 @@ byte-identical to a single-machine run over the same inputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+from aprx import _aprx
 from aprx.errors import CorpusError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -54,7 +54,7 @@ class _ShardWriter:
             n = len(self.shards)
             self.name = f"shard-{n:05d}"
             self.f = open(self.out / f"{self.name}.bin.tmp", "wb")
-            self.h = hashlib.sha256()
+            self.h = _aprx.Blake3()
         data = doc.astype("<u4", copy=False).tobytes()
         self.f.write(data)
         self.h.update(data)
@@ -77,7 +77,7 @@ class _ShardWriter:
                 "index": idx.name,
                 "tokens": self.tokens,
                 "documents": len(self.ends),
-                "sha256": self.h.hexdigest(),
+                "blake3": self.h.hexdigest(),
             }
         )
         self.f, self.ends, self.tokens = None, [], 0

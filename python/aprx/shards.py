@@ -9,7 +9,10 @@ A shard directory is what ``aprx tokenize encode-corpus`` produces::
 
 :class:`ShardDataset` memory-maps every ``.bin`` (zero-copy ``numpy.memmap``), checks every file
 against the manifest and raises :class:`~aprx.errors.CorpusError` with a stable code naming the
-file and the mismatch. Nothing here needs torch or the native module.
+file and the mismatch. Nothing here needs torch; the native module takes the BLAKE3 digests.
+
+Each shard's digest is BLAKE3 (``"blake3"``: what ``b3sum`` prints). Shards written by aprx
+before 0.2, which took SHA-256, carry ``"sha256"`` instead, and are verified with it.
 
 Error codes (``C22x``):
 
@@ -20,7 +23,8 @@ Error codes (``C22x``):
 * ``APRX-C224`` an ``.idx`` length disagrees with the manifest's ``documents``
 * ``APRX-C225`` an ``.idx`` is not monotonic, or its last offset is not the shard's tokens
 * ``APRX-C226`` manifest totals disagree with the sum over shards
-* ``APRX-C227`` a shard's sha256 disagrees with the manifest
+* ``APRX-C227`` a shard's digest (BLAKE3, or an older manifest's SHA-256) disagrees with the
+  manifest, or the manifest has none for it
 * ``APRX-C228`` a document index, shard name or token range is out of range
 * ``APRX-C229`` an invalid validation split
 """
@@ -35,6 +39,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _aprx
 from .errors import AprxIOError, CorpusError
 
 __all__ = [
@@ -51,17 +56,35 @@ _TOKEN_DTYPE = np.dtype("<u4")
 _INDEX_DTYPE = np.dtype("<u8")
 
 PathLike = Union[str, "os.PathLike[str]"]
+# A shard entry's digest keys, in the order they are looked for.
+_DIGESTS = ("blake3", "sha256")
 
 
-def _sha256_file(path: Path, bufsize: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def _file_digest(path: Path, algorithm: str) -> str:
+    """``algorithm``'s digest of the file at ``path``, as lower-case hex."""
+    if algorithm == "blake3":
+        return _aprx.blake3_file(str(path))
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        while True:
-            chunk = f.read(bufsize)
-            if not chunk:
-                break
+        while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _blake3(data: bytes) -> str:
+    h = _aprx.Blake3()
+    h.update(data)
+    return h.hexdigest()
+
+
+def shard_digest(entry: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+    """A manifest shard entry's digest as ``(algorithm, hex)``: its ``blake3``, else the
+    ``sha256`` of a shard written before 0.2; None when it has neither."""
+    for algorithm in _DIGESTS:
+        value = entry.get(algorithm)
+        if value:
+            return algorithm, str(value).lower()
+    return None
 
 
 def _map_tokens(path: Path, count: int) -> np.ndarray:
@@ -121,11 +144,14 @@ class ShardDataset:
     """A memory-mapped, validated view of an aprx shard directory.
 
     ``len(ds)`` is the total number of tokens. Opening validates every shard against the
-    manifest (file sizes, index lengths, last offsets, totals); pass ``verify_sha256=True`` (or
-    call :meth:`verify_sha256` later) to also hash every ``.bin``.
+    manifest (file sizes, index lengths, last offsets, totals); pass ``verify_digests=True``
+    (or call :meth:`verify_digests` later) to also hash every ``.bin`` (``verify_sha256`` is
+    the older name of both).
     """
 
-    def __init__(self, path: PathLike, *, verify_sha256: bool = False) -> None:
+    def __init__(
+        self, path: PathLike, *, verify_digests: bool = False, verify_sha256: bool = False
+    ) -> None:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
@@ -213,8 +239,8 @@ class ShardDataset:
         self._shard_token_starts = np.concatenate(
             [[0], np.cumsum([len(s) for s in self.shards])]
         ).astype(np.int64)
-        if verify_sha256:
-            self.verify_sha256()
+        if verify_digests or verify_sha256:
+            self.verify_digests()
 
     @staticmethod
     def _check_manifest_fields(manifest_path: Path, manifest: Any) -> None:
@@ -361,23 +387,29 @@ class ShardDataset:
 
     # -- verification -----------------------------------------------------------------------
 
-    def verify_sha256(self) -> None:
-        """Hash every ``.bin`` and compare with the manifest (``APRX-C227`` on mismatch)."""
+    def verify_digests(self) -> None:
+        """Hash every ``.bin`` and compare with its manifest digest (``APRX-C227`` on a
+        mismatch, or for a shard the manifest gives no digest)."""
         for entry in self.manifest["shards"]:
-            expected = entry.get("sha256")
-            if not expected:
+            digest = shard_digest(entry)
+            if digest is None:
                 raise CorpusError(
-                    f"{self.path / 'manifest.json'}: shard {entry['file']} has no sha256 to "
-                    "verify against",
+                    f"{self.path / 'manifest.json'}: shard {entry['file']} has no digest "
+                    f"({' or '.join(_DIGESTS)}) to verify against",
                     code="APRX-C227",
                 )
-            actual = _sha256_file(self.path / entry["file"])
-            if actual != str(expected).lower():
+            algorithm, expected = digest
+            actual = _file_digest(self.path / entry["file"], algorithm)
+            if actual != expected:
                 raise CorpusError(
-                    f"{self.path / entry['file']}: sha256 {actual} but the manifest says "
+                    f"{self.path / entry['file']}: {algorithm} {actual} but the manifest says "
                     f"{expected}",
                     code="APRX-C227",
                 )
+
+    def verify_sha256(self) -> None:
+        """The older name of :meth:`verify_digests`."""
+        self.verify_digests()
 
     def scan_max_token_id(self) -> int:
         """The largest token id actually present (reads every shard; -1 when empty)."""
@@ -450,7 +482,7 @@ def write_shards(
                 "index": f"{name}.idx",
                 "tokens": int(flat.size),
                 "documents": len(docs),
-                "sha256": hashlib.sha256(flat.tobytes()).hexdigest(),
+                "blake3": _blake3(flat.tobytes()),
             }
         )
     manifest = {

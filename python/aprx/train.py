@@ -127,7 +127,7 @@ class TrainConfig:
     sampling: str = "random"  # or "sequential"
     log_interval: int = 0  # progress line every N steps; 0: about 100 lines per run
     quiet: bool = False
-    verify_sha256: bool = False
+    verify_digests: bool = False  # hash every shard against its manifest digest
     save_final: bool = True
     fsdp: bool = False  # shard params, grads and optimizer state over ranks (FSDP2)
 
@@ -430,7 +430,7 @@ def _train(
             steps=cfg.steps,
             val_shard=cfg.val_shard,
             val_fraction=cfg.val_fraction,
-            verify_sha256=cfg.verify_sha256,
+            verify_digests=cfg.verify_digests,
         )
         if main:
             write_json_atomic(out / "preflight.json", report.to_dict())
@@ -930,12 +930,17 @@ def _gather_rank_states(ctx: DistContext, sampler: WindowSampler, device: torch.
     return tensors, {"ranks": ranks}
 
 
+def _shard_identity(entry: Dict[str, Any]) -> Any:
+    """A shard's digest (BLAKE3; SHA-256 before 0.2), else its token count."""
+    return entry.get("blake3") or entry.get("sha256") or entry["tokens"]
+
+
 def _data_identity(report: PreflightReport) -> Dict[str, Any]:
     ds = report.dataset
     return {
         "tokenizer_sha256": ds.tokenizer_sha256,
         "total_tokens": len(ds),
-        "shards": [e.get("sha256") or e["tokens"] for e in ds.manifest["shards"]],
+        "shards": [_shard_identity(e) for e in ds.manifest["shards"]],
     }
 
 

@@ -106,9 +106,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="hold out the last X of all tokens, cut at a document boundary (default 0.01)",
     )
     p.add_argument(
+        "--verify-digests",
         "--verify-sha256",
+        dest="verify_digests",
         action="store_true",
-        help="hash every shard against its manifest (reads the whole corpus)",
+        help="hash every shard against its manifest digest (reads the whole corpus; "
+        "--verify-sha256 is its older name)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument(
@@ -298,7 +301,7 @@ def run_preflight(args: argparse.Namespace) -> int:
             steps=args.steps,
             val_shard=args.val_shard,
             val_fraction=args.val_fraction,
-            verify_sha256=args.verify_sha256,
+            verify_digests=args.verify_digests,
         )
     except AprxError as exc:
         return _error(exc)
@@ -354,7 +357,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
             sampling=args.sampling,
             log_interval=args.log_interval,
             quiet=args.quiet,
-            verify_sha256=args.verify_sha256,
+            verify_digests=args.verify_digests,
             fsdp=args.fsdp,
         )
         result = train(cfg)
