@@ -141,8 +141,17 @@ def run_cli(args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
 
 
+# Runs the CLI with Python's own SIGINT handler even when this process was started with SIGINT
+# ignored (a background job of a non-interactive shell is, and the ignoring is inherited), as
+# it is for someone who presses Ctrl-C.
+_CLI_WITH_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'aprx'; runpy.run_module('aprx.cli', run_name='__main__')"
+)
+
+
 def start_cli(args: Sequence[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "aprx.cli", "tokenize", "encode-corpus", *map(str, args)]
+    cmd = [sys.executable, "-c", _CLI_WITH_SIGINT, "tokenize", "encode-corpus", *map(str, args)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
