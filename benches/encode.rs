@@ -3,8 +3,8 @@
 //! per iteration), and the BPE of the short pieces that are not one token (one at a time, and in
 //! the batches the encoder merges them in), when APRX_BENCH_TOKENIZER names a tokenizer.json.
 //! Group `pipeline`: encode-corpus's other hot loops over the whole standard library: the JSONL
-//! `content` field's extraction, SHA-256 of 32 MB not in cache (with and without
-//! `update_ahead`'s prefetch), and the UTF-8 of the non-ASCII files' PEP 393 characters.
+//! `content` field's extraction, the digest of 32 MB not in cache (BLAKE3, and the SHA-256 it
+//! replaced), and the UTF-8 of the non-ASCII files' PEP 393 characters.
 
 use aprx::pretok::{PreTokenizer, QWEN2_PATTERN};
 use aprx::utf8::{push_utf8, Units};

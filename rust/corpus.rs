@@ -751,7 +751,7 @@ fn run_job(
     }
 }
 
-/// The SHA-256 of the file `f`, read 1 MiB at a time; None if `cancelled` says so between two
+/// The digest (BLAKE3) of the file `f`, read 1 MiB at a time; None if `cancelled` says so between two
 /// reads (the reader has dropped the job).
 fn hash_file(f: &InputFile, cancelled: impl Fn() -> bool) -> Result<Option<String>> {
     let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
@@ -944,7 +944,7 @@ fn emit_decoded(
     }
 }
 
-/// A text file's bytes and SHA-256 (its one record), on one of `read_items`'s reading threads
+/// A text file's bytes and digest (its one record), on one of `read_items`'s reading threads
 /// or the reader's own (read to the end: two reads, the second finding it).
 fn read_text(f: &InputFile, read_bytes: &Arc<AtomicU64>) -> Result<(Vec<u8>, String)> {
     let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
@@ -982,7 +982,7 @@ fn emit_text(
 }
 
 /// One input file read through `std::io::Read` (compressed input, Parquet, and JSONL when it
-/// is not mapped; text files are `read_text`'s): its record count and SHA-256, or None if `emit` asked to stop.
+/// is not mapped; text files are `read_text`'s): its record count and digest, or None if `emit` asked to stop.
 fn read_file(
     file: File,
     f: &InputFile,

@@ -168,7 +168,7 @@ impl<W: Write + Send + 'static> Offload<W> {
         Ok(())
     }
 
-    /// Waits for everything to be hashed and written; the sink and the SHA-256 of all bytes.
+    /// Waits for everything to be hashed and written; the sink and the digest of all bytes.
     pub fn finish(mut self) -> io::Result<(W, [u8; 32])> {
         if !self.buf.is_empty() {
             self.send()?;

@@ -104,7 +104,11 @@ struct ShardInfo {
     blake3: String,
     /// The SHA-256 of a shard written by an aprx before 0.2 (which took SHA-256 digests),
     /// kept as it was by a run that resumes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "legacy_digest",
+        skip_serializing_if = "Option::is_none"
+    )]
     sha256: Option<String>,
 }
 
@@ -124,13 +128,26 @@ struct InputDone {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     blake3: String,
     /// An input done by an aprx before 0.2: its SHA-256, kept by a run that resumes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "legacy_digest",
+        skip_serializing_if = "Option::is_none"
+    )]
     sha256: Option<String>,
     records: u64,
     documents: u64,
     empty_documents: u64,
     skipped: u64,
     blank_lines: u64,
+}
+
+/// A `sha256` of a record written before 0.2, where the input being read when the run
+/// stopped has an empty one (`current`, not yet hashed): that is no digest, and the resumed
+/// run hashes the file again.
+fn legacy_digest<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
 
 /// Everything needed to continue a run after its last completed shard. The inputs done and
@@ -252,7 +269,8 @@ impl<'a> RunConfig<'a> {
         serde_json::to_value(self).expect("serialisable")
     }
 
-    /// As a progress record holds it.
+    /// As a progress record holds it. The input list's digest stays SHA-256 (it is compared,
+    /// not verified against a file): a record written before 0.2 must still match it.
     fn for_record(&self) -> Value {
         let bytes = serde_json::to_vec(&self.inputs).expect("serialisable");
         let digest = <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
@@ -2003,6 +2021,78 @@ mod tests {
             }
             assert!(!out.join(PROGRESS).exists() && !out.join(PROGRESS_LOG).exists());
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A run stopped by aprx 0.1 (SHA-256 digests, an empty one for the input being read)
+    /// resumed by this version: the shards done keep their `sha256`, the rest get `blake3`,
+    /// and the input, hashed again, has its `blake3` and no empty `sha256`.
+    #[test]
+    fn resumes_a_run_stopped_by_a_version_with_sha256_digests() {
+        let dir = scratch("resume-sha256");
+        let docs: Vec<String> = (0..40)
+            .map(|i| format!("{{\"content\": \"doc {i} {}\"}}", "y".repeat(i % 5)))
+            .collect();
+        let write = |line30: &str| {
+            let mut lines = docs.clone();
+            lines[29] = line30.to_string();
+            std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+        };
+        let cancel = AtomicBool::new(false);
+        let tok = byte_tokenizer();
+        let mut opts = options(
+            dir.join("in.jsonl"),
+            dir.join("ref"),
+            EosPolicy::Between,
+            20,
+        );
+        write(r#"{"content":"5"}"#);
+        let want = run(&tok, &opts, &cancel).unwrap();
+        write(r#"{"content":555}"#);
+        opts.output = dir.join("o");
+        run(&tok, &opts, &cancel).unwrap_err();
+        // The progress record as 0.1 wrote it.
+        let pp = dir.join("o").join(PROGRESS);
+        let mut p: Value = serde_json::from_slice(&std::fs::read(&pp).unwrap()).unwrap();
+        let done = p["shards"].as_array().unwrap().len();
+        assert!(done >= 2);
+        for s in p["shards"].as_array_mut().unwrap() {
+            let m = s.as_object_mut().unwrap();
+            let d = m.remove("blake3").unwrap();
+            m.insert(
+                "sha256".into(),
+                json!(format!("old-{}", d.as_str().unwrap())),
+            );
+        }
+        let cur = p["current"].as_object_mut().unwrap();
+        assert!(cur.remove("blake3").is_none()); // not hashed yet: none written
+        cur.insert("sha256".into(), json!(""));
+        std::fs::write(&pp, serde_json::to_vec_pretty(&p).unwrap()).unwrap();
+        write(r#"{"content":"5"}"#);
+        opts.overwrite = false;
+        opts.resume = true;
+        let got = run(&tok, &opts, &cancel).unwrap();
+        assert_eq!(got["run"]["resumed"], json!(true));
+        let (gs, ws) = (
+            got["shards"].as_array().unwrap(),
+            want["shards"].as_array().unwrap(),
+        );
+        assert_eq!(gs.len(), ws.len());
+        for (k, (g, w)) in gs.iter().zip(ws).enumerate() {
+            let name = w["file"].as_str().unwrap();
+            assert_eq!(
+                std::fs::read(dir.join("ref").join(name)).unwrap(),
+                std::fs::read(dir.join("o").join(name)).unwrap()
+            );
+            if k < done {
+                let old = format!("old-{}", w["blake3"].as_str().unwrap());
+                assert_eq!((g.get("blake3"), &g["sha256"]), (None, &json!(old)), "{k}");
+            } else {
+                assert_eq!((&g["blake3"], g.get("sha256")), (&w["blake3"], None), "{k}");
+            }
+        }
+        assert_eq!(got["inputs"], want["inputs"]);
+        assert!(got["inputs"][0].get("sha256").is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

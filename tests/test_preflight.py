@@ -294,9 +294,10 @@ def test_truncated_shards(setup):
     (tmp / "ds3" / "shard-00000.bin").write_bytes(bytes(raw))
     kw = dict(config=cfg, seq_len=32, batch_size=2, val_fraction=0.1)
     assert preflight(tok, tmp / "ds3", **kw).gate("shards-integrity").status == "pass"
-    r = preflight(tok, tmp / "ds3", verify_digests=True, **kw)
-    assert r.gate("shards-integrity").status == "fail"
-    assert r.gate("shards-integrity").details["error_code"] == "APRX-C227"
+    for verify in ("verify_digests", "verify_sha256"):  # the older name does the same
+        r = preflight(tok, tmp / "ds3", **{verify: True}, **kw)
+        assert r.gate("shards-integrity").status == "fail"
+        assert r.gate("shards-integrity").details["error_code"] == "APRX-C227"
 
 
 def test_max_token_id(setup):

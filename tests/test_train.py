@@ -404,3 +404,12 @@ def test_compiled_layers_train_like_eager(env):
     for a, b in zip(eager, compiled):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-4)
     assert compiled[-1]["val_loss"] == pytest.approx(eager[-1]["val_loss"], rel=1e-4, abs=1e-4)
+
+
+def test_verify_sha256_is_the_older_name_of_verify_digests():
+    from aprx.train import TrainConfig
+
+    base = dict(tokenizer="t", dataset="d", output="o", steps=1, seq_len=8, batch_size=1)
+    assert TrainConfig(**base).verify_digests is False
+    assert TrainConfig(**base, verify_sha256=True).verify_digests is True
+    assert TrainConfig(**base, verify_digests=True).verify_digests is True

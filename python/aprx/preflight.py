@@ -898,6 +898,7 @@ def preflight(
     val_shard: Optional[Union[str, int]] = None,
     val_fraction: Optional[float] = None,
     verify_digests: bool = False,
+    verify_sha256: bool = False,
     scan_max_token_id: Optional[bool] = None,
 ) -> PreflightReport:
     """Run every gate and return the report (never raises for a failed gate; see
@@ -906,6 +907,8 @@ def preflight(
     ``init`` (an HF checkpoint dir) or ``config`` (config.json path or preset name) gives the
     model. ``scan_max_token_id``: read every token to find the largest id (default: only for
     corpora up to 256M tokens; otherwise trust the manifest plus a sample).
+    ``verify_digests``: hash every shard against its manifest digest (``verify_sha256`` is its
+    older name).
     """
     from .errors import CorpusError
     from .shards import ShardDataset, split_dataset
@@ -972,6 +975,7 @@ def preflight(
 
     ds = None
     try:
+        verify_digests = verify_digests or verify_sha256  # its older name (before 0.2)
         ds = ShardDataset(dataset_dir, verify_digests=verify_digests)
         gates.append(
             Gate(

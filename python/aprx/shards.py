@@ -47,6 +47,7 @@ __all__ = [
     "TokenView",
     "DatasetSplit",
     "split_dataset",
+    "shard_digest",
     "write_shards",
     "SHARDS_SCHEMA",
 ]

@@ -128,10 +128,13 @@ class TrainConfig:
     log_interval: int = 0  # progress line every N steps; 0: about 100 lines per run
     quiet: bool = False
     verify_digests: bool = False  # hash every shard against its manifest digest
+    verify_sha256: bool = False  # the older name of verify_digests (before 0.2)
     save_final: bool = True
     fsdp: bool = False  # shard params, grads and optimizer state over ranks (FSDP2)
 
     def __post_init__(self) -> None:
+        if self.verify_sha256:
+            self.verify_digests = True
         for name in ("steps", "seq_len", "batch_size", "grad_accum"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
