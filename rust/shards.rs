@@ -99,11 +99,17 @@ struct ShardInfo {
     index: String,
     tokens: u64,
     documents: u64,
-    /// The `.bin`'s BLAKE3 (`digest`), as hex.
+    /// The `.bin`'s digest.
+    #[serde(flatten)]
+    digest: FileDigest,
+}
+
+/// A file's digest, as hex: its BLAKE3 (`digest`), or the SHA-256 that an aprx before 0.2
+/// took, which a run resuming one of its runs keeps as it was.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+struct FileDigest {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     blake3: String,
-    /// The SHA-256 of a shard written by an aprx before 0.2 (which took SHA-256 digests),
-    /// kept as it was by a run that resumes it.
     #[serde(
         default,
         deserialize_with = "legacy_digest",
@@ -124,16 +130,8 @@ struct Skipped {
 struct InputDone {
     path: String,
     size: u64,
-    /// The file's BLAKE3, as hex.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    blake3: String,
-    /// An input done by an aprx before 0.2: its SHA-256, kept by a run that resumes it.
-    #[serde(
-        default,
-        deserialize_with = "legacy_digest",
-        skip_serializing_if = "Option::is_none"
-    )]
-    sha256: Option<String>,
+    #[serde(flatten)]
+    digest: FileDigest,
     records: u64,
     documents: u64,
     empty_documents: u64,
@@ -431,8 +429,10 @@ fn complete_shard(dir: &Path, shard: OpenShard) -> Result<ShardInfo> {
         index: idx,
         tokens: shard.tokens,
         documents: shard.ends.len() as u64,
-        blake3: hex(&digest),
-        sha256: None,
+        digest: FileDigest {
+            blake3: hex(&digest),
+            sha256: None,
+        },
     })
 }
 
@@ -1374,7 +1374,7 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
                                 let f = &files[*file as usize];
                                 w.state.current.path = f.path.display().to_string();
                                 w.state.current.size = f.size;
-                                w.state.current.blake3 = digest.clone();
+                                w.state.current.digest.blake3 = digest.clone();
                                 w.state.current.records = *records;
                                 w.state.inputs.push(std::mem::take(&mut w.state.current));
                                 w.pos_file = *file as usize + 1;
@@ -1673,8 +1673,10 @@ mod tests {
             tokens: 0,
             documents: 0,
             // A shard of an aprx that took SHA-256 digests, which a resume keeps as it was.
-            blake3: String::new(),
-            sha256: Some("resumed".into()),
+            digest: FileDigest {
+                blake3: String::new(),
+                sha256: Some("resumed".into()),
+            },
         };
         // A resumed run's log, with a line past its last record (from a record never made).
         let kept = input_line("f0");
@@ -1695,16 +1697,16 @@ mod tests {
         }
         let shards = c.finish().unwrap();
         assert_eq!(shards.len(), 4);
-        assert_eq!(shards[0].sha256.as_deref(), Some("resumed"));
-        assert_eq!(shards[0].blake3, "");
+        assert_eq!(shards[0].digest.sha256.as_deref(), Some("resumed"));
+        assert_eq!(shards[0].digest.blake3, "");
         for (k, ids) in data.iter().enumerate() {
             let s = &shards[k + 1];
             assert_eq!(s.file, shard_name(k + 1).0);
             assert_eq!((s.tokens, s.documents), (ids.len() as u64, 1));
             assert_eq!(read_u32(&dir.join(&s.file)), *ids);
             let want = std::fs::read(dir.join(&s.file)).unwrap();
-            assert_eq!(s.blake3, hex(&crate::digest::digest(&want)));
-            assert_eq!(s.sha256, None);
+            assert_eq!(s.digest.blake3, hex(&crate::digest::digest(&want)));
+            assert_eq!(s.digest.sha256, None);
             let idx = std::fs::read(dir.join(&s.index)).unwrap();
             assert_eq!(idx, (ids.len() as u64).to_le_bytes());
         }
@@ -1718,7 +1720,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join(PROGRESS)).unwrap()).unwrap();
         assert_eq!(raw["shards"][0]["sha256"], json!("resumed"));
         assert!(raw["shards"][0].get("blake3").is_none());
-        assert_eq!(raw["shards"][1]["blake3"], json!(shards[1].blake3));
+        assert_eq!(raw["shards"][1]["blake3"], json!(shards[1].digest.blake3));
         assert!(raw["shards"][1].get("sha256").is_none());
         // Its log holds the inputs appended with each record, after the resumed run's (the
         // unfinished line dropped), and the record covers all of it.
@@ -2024,20 +2026,33 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// 40 JSONL documents, the i-th with `i % m` copies of `fill`.
+    fn forty_docs(fill: char, m: usize) -> Vec<String> {
+        (0..40)
+            .map(|i| {
+                format!(
+                    "{{\"content\": \"doc {i} {}\"}}",
+                    fill.to_string().repeat(i % m)
+                )
+            })
+            .collect()
+    }
+
+    /// Writes `dir/in.jsonl`: `docs`, line 30 replaced by `line30`.
+    fn write_with_line_30(dir: &Path, docs: &[String], line30: &str) {
+        let mut lines = docs.to_vec();
+        lines[29] = line30.to_string();
+        std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    }
+
     /// A run stopped by aprx 0.1 (SHA-256 digests, an empty one for the input being read)
     /// resumed by this version: the shards done keep their `sha256`, the rest get `blake3`,
     /// and the input, hashed again, has its `blake3` and no empty `sha256`.
     #[test]
     fn resumes_a_run_stopped_by_a_version_with_sha256_digests() {
         let dir = scratch("resume-sha256");
-        let docs: Vec<String> = (0..40)
-            .map(|i| format!("{{\"content\": \"doc {i} {}\"}}", "y".repeat(i % 5)))
-            .collect();
-        let write = |line30: &str| {
-            let mut lines = docs.clone();
-            lines[29] = line30.to_string();
-            std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
-        };
+        let docs = forty_docs('y', 5);
+        let write = |line30: &str| write_with_line_30(&dir, &docs, line30);
         let cancel = AtomicBool::new(false);
         let tok = byte_tokenizer();
         let mut opts = options(
@@ -2099,15 +2114,9 @@ mod tests {
     #[test]
     fn resumes_after_a_stop_to_identical_output() {
         let dir = scratch("resume");
-        let docs: Vec<String> = (0..40)
-            .map(|i| format!("{{\"content\": \"doc {i} {}\"}}", "x".repeat(i % 7)))
-            .collect();
+        let docs = forty_docs('x', 7);
         // Line 30 is bad; the fixed line has the same size, so the inputs' config still matches.
-        let write = |line30: &str| {
-            let mut lines = docs.clone();
-            lines[29] = line30.to_string();
-            std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
-        };
+        let write = |line30: &str| write_with_line_30(&dir, &docs, line30);
         let cancel = AtomicBool::new(false);
         let tok = byte_tokenizer();
         for policy in [EosPolicy::Between, EosPolicy::After, EosPolicy::None] {
