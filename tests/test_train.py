@@ -381,6 +381,12 @@ def test_cli_pretrain_exit_codes(env, capsys):
     assert args.func(args) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["ok"] is True and len(rep["gates"]) == 10
+    for flag in ("--verify-digests", "--verify-sha256"):  # the older name does the same
+        args = p.parse_args(["preflight", *common, flag, "--json"])
+        assert args.verify_digests is True and args.func(args) == 0
+        rep = json.loads(capsys.readouterr().out)
+        gate = next(g for g in rep["gates"] if g["id"] == "shards-integrity")
+        assert "(digests verified)" in gate["message"], gate
     bad = [x if x != base["config"] else "qwen2.5-0.5b" for x in common]
     args = p.parse_args(["preflight", *bad])
     assert args.func(args) == 2
