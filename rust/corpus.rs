@@ -751,25 +751,10 @@ fn run_job(
     }
 }
 
-/// The digest (BLAKE3) of the file `f`, read 1 MiB at a time; None if `cancelled` says so between two
-/// reads (the reader has dropped the job).
+/// The digest of the file `f` (`digest::digest_file`), as hex; None if `cancelled` says so
+/// between two reads (the reader has dropped the job).
 fn hash_file(f: &InputFile, cancelled: impl Fn() -> bool) -> Result<Option<String>> {
-    let file = File::open(&f.path).map_err(|e| Error::io(&f.path, "open", &e))?;
-    let mut hr = HashingReader::new(file, f.size).map_err(|e| Error::io(&f.path, "hash", &e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        if cancelled() {
-            return Ok(None);
-        }
-        match hr.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(&f.path, "read", &e)),
-        }
-    }
-    let digest = hr.finish().map_err(|e| Error::io(&f.path, "hash", &e))?;
-    Ok(Some(digest))
+    Ok(crate::digest::digest_file(&f.path, cancelled)?.map(|d| hex(&d)))
 }
 
 /// What a thread decoding an input ahead sends: its items in runs of about

@@ -4,9 +4,6 @@
 //! chain of one block after another (SHA-NI: 1.2-1.7 GB/s on this project's Xeon, about 40 ms
 //! of a 2-core encode-corpus call's 205 ms of CPU for the stdlib's two digests).
 
-/// The manifest's name for the digest.
-pub const NAME: &str = "blake3";
-
 /// A digest taken incrementally.
 #[derive(Clone, Default)]
 pub struct Hasher(blake3::Hasher);
@@ -34,16 +31,23 @@ pub fn digest(data: &[u8]) -> [u8; 32] {
     h.finalize()
 }
 
-/// The digest of the file at `path`, read 1 MiB at a time.
-pub fn digest_file(path: &std::path::Path) -> crate::Result<[u8; 32]> {
+/// The digest of the file at `path`, read 1 MiB at a time; None if `cancelled` says so
+/// between two reads.
+pub fn digest_file(
+    path: &std::path::Path,
+    cancelled: impl Fn() -> bool,
+) -> crate::Result<Option<[u8; 32]>> {
     use std::io::Read;
     let err = |what: &str, e: &std::io::Error| crate::Error::io(path, what, e);
     let mut f = std::fs::File::open(path).map_err(|e| err("open", &e))?;
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        if cancelled() {
+            return Ok(None);
+        }
         match f.read(&mut buf) {
-            Ok(0) => return Ok(h.finalize()),
+            Ok(0) => return Ok(Some(h.finalize())),
             Ok(n) => h.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(err("read", &e)),
@@ -104,8 +108,10 @@ mod tests {
             .map(|i| (i * 31 + i / 977) as u8)
             .collect();
         std::fs::write(&p, &data).unwrap();
-        assert_eq!(digest_file(&p).unwrap(), *blake3::hash(&data).as_bytes());
-        let e = digest_file(&dir.join("missing")).unwrap_err();
+        let whole = digest_file(&p, || false).unwrap();
+        assert_eq!(whole, Some(*blake3::hash(&data).as_bytes()));
+        assert_eq!(digest_file(&p, || true).unwrap(), None);
+        let e = digest_file(&dir.join("missing"), || false).unwrap_err();
         assert_eq!(e.kind, crate::ErrorKind::Io);
         assert!(
             e.message.contains("missing") && e.message.contains("cannot open"),

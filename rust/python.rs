@@ -974,7 +974,8 @@ fn encode_corpus(
     result.map_err(|e| to_py(py, e))
 }
 
-/// The BLAKE3 digest of shards and inputs (`aprx.digest`), taken incrementally.
+/// The digest encode-corpus takes of shards and inputs (BLAKE3, `digest::Hasher`), taken
+/// incrementally.
 #[pyclass(name = "Blake3", module = "aprx._aprx")]
 struct PyBlake3(crate::digest::Hasher);
 
@@ -1003,7 +1004,8 @@ impl PyBlake3 {
 /// The BLAKE3 digest of the file at `path`, as lower-case hex (what `b3sum` prints).
 #[pyfunction]
 fn blake3_file(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    py.detach(|| crate::digest::digest_file(&path))
+    py.detach(|| crate::digest::digest_file(&path, || false))
+        .and_then(|d| d.ok_or_else(Error::interrupted)) // not cancelled: always Some
         .map(|d| crate::corpus::hex(&d))
         .map_err(|e| to_py(py, e))
 }

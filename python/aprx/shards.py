@@ -72,12 +72,6 @@ def _file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def _blake3(data: bytes) -> str:
-    h = _aprx.Blake3()
-    h.update(data)
-    return h.hexdigest()
-
-
 def shard_digest(entry: Dict[str, Any]) -> Optional[Tuple[str, str]]:
     """A manifest shard entry's digest as ``(algorithm, hex)``: its ``blake3``, else the
     ``sha256`` of a shard written before 0.2; None when it has neither."""
@@ -470,8 +464,11 @@ def write_shards(
         name = f"shard-{i:05d}"
         flat = np.concatenate(docs) if docs else np.zeros(0, _TOKEN_DTYPE)
         ends = np.cumsum([d.size for d in docs]).astype(_INDEX_DTYPE)
+        data = flat.astype(_TOKEN_DTYPE).tobytes()
+        digest = _aprx.Blake3()
+        digest.update(data)
         try:
-            (out / f"{name}.bin").write_bytes(flat.astype(_TOKEN_DTYPE).tobytes())
+            (out / f"{name}.bin").write_bytes(data)
             (out / f"{name}.idx").write_bytes(ends.tobytes())
         except OSError as exc:
             raise AprxIOError(f"{out}: cannot write shard {name}: {exc}") from exc
@@ -483,7 +480,7 @@ def write_shards(
                 "index": f"{name}.idx",
                 "tokens": int(flat.size),
                 "documents": len(docs),
-                "blake3": _blake3(flat.tobytes()),
+                "blake3": digest.hexdigest(),
             }
         )
     manifest = {

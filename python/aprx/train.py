@@ -62,7 +62,7 @@ from .distributed import DistContext, context_from_env
 from .errors import TrainingError
 from .model import CausalLM, build_model, default_loss_chunk
 from .preflight import PreflightReport, format_count, preflight
-from .shards import TokenView
+from .shards import TokenView, shard_digest
 
 __all__ = ["TrainConfig", "train", "lr_at", "WindowSampler", "evaluate"]
 
@@ -934,8 +934,9 @@ def _gather_rank_states(ctx: DistContext, sampler: WindowSampler, device: torch.
 
 
 def _shard_identity(entry: Dict[str, Any]) -> Any:
-    """A shard's digest (BLAKE3; SHA-256 before 0.2), else its token count."""
-    return entry.get("blake3") or entry.get("sha256") or entry["tokens"]
+    """A shard's digest (`shard_digest`), else its token count."""
+    digest = shard_digest(entry)
+    return digest[1] if digest else entry["tokens"]
 
 
 def _data_identity(report: PreflightReport) -> Dict[str, Any]:
