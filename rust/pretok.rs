@@ -210,6 +210,16 @@ impl PreTokenizer {
         }
     }
 
+    /// Whether every split ends a whitespace run's piece at its last CR/LF (`\s*[\r\n]+`, the
+    /// cl100k family): then what follows a line break cannot change the piece that ends with
+    /// it. GPT-2's `\s+(?!\S)` gives a run's last char to what follows it, so there a text cut
+    /// after `"\n\n"` would end in one piece where the whole text has two.
+    pub fn ends_pieces_at_line_breaks(&self) -> bool {
+        self.splitters
+            .iter()
+            .all(|s| matches!(s, Splitter::Scan(Scanner::Cl100k(_))))
+    }
+
     /// Whether every split uses a hand-written scanner.
     pub fn is_fast(&self) -> bool {
         self.splitters

@@ -542,11 +542,13 @@ def test_one_megabyte(name: str, kind: str, request: pytest.FixtureRequest) -> N
     _check_big(name, MEGABYTE[kind])
 
 
-@pytest.mark.parametrize("name", ["qwen2", "llama3"])
+@pytest.mark.parametrize("name", VOCABS)
 def test_long_text_cut_and_encoded_in_parallel_is_identical(name: str) -> None:
     """``encode`` / ``encode_ordinary`` cut a text over 4 MB at safe line breaks and encode the
-    parts in parallel; ``encode_batch`` never cuts. Both give the same ids, with and without
-    added tokens, across CRLF, NFC-changing and added-token text at the cuts."""
+    parts in parallel, and so does ``encode_batch`` on several threads; on one thread it never
+    cuts. All give the same ids, with and without added tokens, across CRLF, NFC-changing and
+    added-token text at the cuts, and runs of line breaks and other whitespace before them
+    (which GPT-2's pattern splits differently at the end of a text)."""
     parts: List[str] = []
     size = 0
     for t in fx.stdlib_texts():
@@ -562,6 +564,9 @@ def test_long_text_cut_and_encoded_in_parallel_is_identical(name: str) -> None:
         whole = tok.encode_batch([text], ordinary=ordinary, num_threads=1)[0]
         cut = tok.encode_ordinary(text) if ordinary else tok.encode(text)
         assert np.array_equal(cut, whole), (name, ordinary)
+        batch = tok.encode_batch([text[: 1 << 20], "x"], ordinary=ordinary, num_threads=2)
+        alone = tok.encode_batch([text[: 1 << 20]], ordinary=ordinary, num_threads=1)[0]
+        assert np.array_equal(batch[0], alone), (name, ordinary)
 
 
 # --- Decoding, the empty string, surrogates, threads ----------------------------------------
