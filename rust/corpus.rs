@@ -702,7 +702,10 @@ fn jobs_of(f: &InputFile) -> Vec<Job> {
 /// shorter), from its metadata; None if that cannot be read.
 fn parquet_parts(path: &Path) -> Option<Vec<std::ops::Range<usize>>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let reader = SerializedFileReader::new(File::open(path).ok()?).ok()?;
+    // A file the reader cannot open (or panics on, see `parquet_call`) is read whole, where
+    // its error is reported.
+    let open = || SerializedFileReader::new(File::open(path).ok()?).ok();
+    let reader = crate::error::catch_quietly(open).ok().flatten()?;
     let groups = reader.metadata().row_groups();
     let (mut parts, mut start, mut bytes) = (Vec::new(), 0, 0u64);
     for (i, g) in groups.iter().enumerate() {
@@ -1021,6 +1024,22 @@ fn read_file(
 /// Rows of a Parquet file, or of its row groups `groups`: the `field` column of each row is
 /// one record, numbered from the file's first row (rows up to `skip` are passed over). Returns
 /// the number of rows read, or None if `emit` asked to stop.
+/// A call into the parquet crate, which panics on some corrupt files (e.g. a column chunk of
+/// negative length, in its metadata) instead of answering an error: a panic there is that
+/// file's error (`CORPUS_COMPRESSION`, as any other corruption), not a crash.
+fn parquet_call<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::error::catch_quietly(f).unwrap_or_else(|p| {
+        Err(Error::corpus(
+            codes::CORPUS_COMPRESSION,
+            format!(
+                "{}: corrupt or unreadable Parquet (the reader failed: {})",
+                path.display(),
+                crate::error::panic_message(&p)
+            ),
+        ))
+    })
+}
+
 fn read_parquet(
     path: &Path,
     file: u32,
@@ -1041,7 +1060,7 @@ fn read_parquet(
         )
     };
     let f = File::open(path).map_err(|e| Error::io(path, "open", &e))?;
-    let reader = SerializedFileReader::new(f).map_err(corrupt)?;
+    let reader = parquet_call(path, || SerializedFileReader::new(f).map_err(corrupt))?;
     // Progress: the file's size in step with its rows (the row reader's own reads are not
     // counted; the file is hashed after its rows).
     let total_rows = reader.metadata().file_metadata().num_rows().max(1) as u128;
@@ -1089,10 +1108,11 @@ fn read_parquet(
         .map_err(corrupt)?;
     let mut n = first_row;
     for g in groups {
-        let group = reader.get_row_group(g).map_err(corrupt)?;
-        let rows =
-            RowIter::from_row_group(Some(projection.clone()), group.as_ref()).map_err(corrupt)?;
-        for row in rows {
+        let group = parquet_call(path, || reader.get_row_group(g).map_err(corrupt))?;
+        let mut rows = parquet_call(path, || {
+            RowIter::from_row_group(Some(projection.clone()), group.as_ref()).map_err(corrupt)
+        })?;
+        while let Some(row) = parquet_call(path, || Ok(rows.next()))? {
             let row = row.map_err(corrupt)?;
             n += 1;
             count_to(n);

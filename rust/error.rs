@@ -16,6 +16,9 @@ pub enum ErrorKind {
     Io,
     /// The run was interrupted (Ctrl-C); becomes `KeyboardInterrupt`.
     Interrupted,
+    /// A bug: a thread of aprx's own failed (`AprxError`, code `APRX-X902`). Never a panic
+    /// across the FFI boundary.
+    Internal,
 }
 
 /// An aprx error: a kind, a stable code such as `APRX-T101`, and a message naming the file,
@@ -57,6 +60,28 @@ impl Error {
     pub fn interrupted() -> Self {
         Self::new(ErrorKind::Interrupted, codes::INTERRUPTED, "interrupted")
     }
+
+    /// The error for a panic caught from `what` (a thread's name, a library's call): an
+    /// internal failure, with the panic's message.
+    pub fn from_panic(what: &str, payload: Box<dyn std::any::Any + Send>) -> Self {
+        Self::new(
+            ErrorKind::Internal,
+            codes::INTERNAL,
+            format!(
+                "{what} failed: {}; this is a bug in aprx, please report it",
+                panic_message(&payload)
+            ),
+        )
+    }
+}
+
+/// The message a panic was raised with.
+pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 impl fmt::Display for Error {
@@ -115,4 +140,31 @@ pub mod codes {
     pub const IO: &str = "APRX-C290";
     /// Ctrl-C.
     pub const INTERRUPTED: &str = "APRX-X901";
+    /// A thread of aprx's own failed (a bug; please report it with the message).
+    pub const INTERNAL: &str = "APRX-X902";
+    /// A thread count out of range.
+    pub const THREADS: &str = "APRX-X903";
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind` for a call whose panic is an expected failure that the caller turns into an
+/// error of its own (a library that panics on corrupt input): the panic is not also printed.
+/// Other panics print as they would (the hook installed here defers to the one before it).
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                before(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r
 }

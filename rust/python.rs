@@ -20,6 +20,7 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
         ErrorKind::Corpus => "CorpusError",
         ErrorKind::Io => "AprxIOError",
         ErrorKind::Interrupted => return PyKeyboardInterrupt::new_err(e.message),
+        ErrorKind::Internal => "AprxError",
     };
     match py
         .import("aprx.errors")
@@ -969,7 +970,9 @@ fn encode_corpus(
                 return Err(e);
             }
         }
-        Ok(handle.join().expect("encode-corpus thread"))
+        Ok(handle
+            .join()
+            .unwrap_or_else(|p| Err(Error::from_panic("encode-corpus", p))))
     })?;
     result.map_err(|e| to_py(py, e))
 }

@@ -1464,13 +1464,17 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             Ok(())
         });
         drop(etx);
-        let wrote = writer.join().expect("writer thread");
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|p| Err(Error::from_panic("the shard writer", p)));
         let run = run.and(wrote);
         if run.is_err() {
             stop.store(true, Ordering::Relaxed);
             drop(rx);
         }
-        let read = reader.join().expect("reader thread");
+        let read = reader
+            .join()
+            .unwrap_or_else(|p| Err(Error::from_panic("the corpus reader", p)));
         run.and(read)
     });
     let result = result.and_then(|_| w.finish_closing());

@@ -1130,3 +1130,35 @@ def test_big_reference_round_trip(big_jsonl, big_ref, tok, eos):
     assert ds.num_documents == len(docs) == m["total_documents"]
     assert len(m["shards"]) > 50 and m["max_token_id"] == ds.scan_max_token_id() == eos
     assert m["inputs"][0]["blake3"] == b3_file(src)
+
+
+def test_corrupt_parquet_footers_give_errors_not_panics(tmp_path, tok):
+    """Every byte of a Parquet file's footer (its metadata) set to 0xFF: each file either reads
+    or stops the run with the file's own error (APRX-C205, naming it). The parquet crate
+    panics on some of them (a column chunk of negative length): that is the file's error too,
+    never a PanicException from across the FFI boundary."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    good_path = tmp_path / "good.parquet"
+    docs = [f"doc {i} " * (i % 7 + 1) for i in range(60)]
+    pq.write_table(pa.table({"content": docs}), good_path, row_group_size=20)
+    good = good_path.read_bytes()
+    footer = int.from_bytes(good[-8:-4], "little")
+    bad = tmp_path / "bad.parquet"
+    outcomes: Dict[str, int] = {}
+    for i in range(len(good) - 8 - footer, len(good) - 8):
+        data = bytearray(good)
+        data[i] = 0xFF
+        bad.write_bytes(bytes(data))
+        try:
+            encode_corpus(bad, tok, tmp_path / "out", eos_policy="none", overwrite=True)
+            kind = "read"
+        except CorpusError as e:
+            assert e.code == "APRX-C205" and str(bad) in str(e), (i, e)
+            kind = "reader failed" if "the reader failed" in str(e) else "corrupt"
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+    assert outcomes.get("corrupt", 0) > 0
+    # With this file and the parquet crate aprx pins, some corruptions reach a panic of the
+    # reader (caught): the case this test is for.
+    assert outcomes.get("reader failed", 0) > 0, outcomes
