@@ -11,6 +11,7 @@ from aprx._aprx import Tokenizer, __version__
 from aprx.errors import (
     AprxError,
     AprxIOError,
+    AprxWarning,
     CorpusError,
     EncodeError,
     PreflightError,
@@ -27,6 +28,7 @@ __all__ = [
     "preflight",
     "train",
     "AprxIOError",
+    "AprxWarning",
     "CorpusError",
     "EncodeError",
     "PreflightError",

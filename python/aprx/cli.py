@@ -52,6 +52,11 @@ def _tokenizer_summary(out: str, m: dict[str, Any]) -> str:
         f"{m['added_tokens_count']} added tokens "
         f"({'included' if m['include_added_tokens'] else 'not included'}), "
         f"effective vocab {m['effective_vocab_size']}, normalizer {m['normalizer']}"
+        + (
+            f", {m['unreachable_tokens']} tokens no merge reaches (see the warning)"
+            if m.get("unreachable_tokens")
+            else ""
+        )
     )
 
 

@@ -16,16 +16,34 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: Added tokens taken as the end-of-text token, in order of preference.
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>")
 
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+#: The most worker threads ``num_workers`` may ask for; more is a typo, not a machine.
+MAX_WORKERS = 1024
+
 
 def resolve_eos(tok: Tokenizer, eos_token: Union[None, int, str]) -> Optional[int]:
-    """The EOS id: ``eos_token`` (an id, or a token string), else the tokenizer's own."""
+    """The EOS id: ``eos_token`` (an id, or a token string), else the tokenizer's own.
+
+    A string of ASCII digits is an id. An id outside the tokenizer, a string that is neither
+    an id nor a token, and any other type (``True`` included) raise :class:`CorpusError`.
+    """
+    if isinstance(eos_token, bool) or not isinstance(eos_token, (int, str, type(None))):
+        raise CorpusError(
+            f"eos_token must be a token id (int) or a token string, not {eos_token!r}",
+            "APRX-C210",
+        )
+    if isinstance(eos_token, str) and eos_token.isascii() and eos_token.isdigit():
+        eos_token = int(eos_token)
     if isinstance(eos_token, int):
-        if eos_token < 0:
-            raise CorpusError(f"EOS id {eos_token} is not in the tokenizer", "APRX-C209")
+        # Ids are u32 in the shards; anything outside that cannot be in the tokenizer.
+        if not 0 <= eos_token <= U32_MAX:
+            raise CorpusError(
+                f"EOS id {eos_token} is not in the tokenizer (size {tok.vocab_size})",
+                "APRX-C209",
+            )
         return eos_token
     if isinstance(eos_token, str):
-        if eos_token.isdigit():
-            return int(eos_token)
         tid = tok.token_to_id(eos_token)
         if tid is None:
             raise CorpusError(f"EOS token {eos_token!r} is not in the tokenizer", "APRX-C209")
@@ -35,6 +53,12 @@ def resolve_eos(tok: Tokenizer, eos_token: Union[None, int, str]) -> Optional[in
             if t["content"] == cand:
                 return int(t["id"])
     return None
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, what: str) -> None:
+    """Raises APRX-C210 unless ``value`` is an int (not a bool) in ``lo..=hi``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise CorpusError(f"{name} must be {what}, not {value!r}", "APRX-C210")
 
 
 def load_tokenizer(tokenizer: Union[PathLike, Tokenizer]) -> tuple[Tokenizer, str]:
@@ -77,14 +101,23 @@ def encode_corpus(
     paths = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
     if not paths:
         raise CorpusError("no corpus path given", "APRX-C210")
-    # Checked here: a negative number would otherwise escape as an OverflowError traceback.
-    if not isinstance(shard_tokens, int) or shard_tokens < 1:
-        raise CorpusError(
-            f"shard_tokens must be a positive integer, not {shard_tokens!r}", "APRX-C210"
+    # Checked here: an out-of-range number would otherwise escape as an OverflowError
+    # traceback from the conversion to the Rust types (u64, usize, u32).
+    _check_int("shard_tokens", shard_tokens, 1, U64_MAX, f"an integer from 1 to {U64_MAX}")
+    if num_workers is not None:
+        _check_int(
+            "num_workers",
+            num_workers,
+            0,
+            MAX_WORKERS,
+            f"an integer from 0 (all CPUs) to {MAX_WORKERS}",
         )
-    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+    _check_int("num_tasks", num_tasks, 1, U32_MAX, f"an integer from 1 to {U32_MAX}")
+    _check_int("task_index", task_index, 0, U32_MAX, f"an integer from 0 to {U32_MAX}")
+    if task_index >= num_tasks:
         raise CorpusError(
-            f"num_workers must be a non-negative integer (0: all CPUs), not {num_workers!r}",
+            f"task_index {task_index} is not below the number of tasks {num_tasks} "
+            f"(task indices run from 0 to {num_tasks - 1})",
             "APRX-C210",
         )
     tok, tok_path = load_tokenizer(tokenizer)

@@ -59,3 +59,8 @@ class TrainingError(AprxError, RuntimeError):
     """A training run failed (NaN loss, bad resume state, ...)."""
 
     code = "APRX-R400"
+
+
+class AprxWarning(UserWarning):
+    """Something aprx did that works but that you may not expect (e.g. an imported tokenizer
+    that cannot produce some of its tokens)."""

@@ -15,11 +15,12 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from aprx._aprx import PATTERNS, Tokenizer, __version__, recover_merges
-from aprx.errors import AprxIOError, TokenizerError
+from aprx.errors import AprxIOError, AprxWarning, TokenizerError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -117,6 +118,7 @@ def import_hf(
     include_added_tokens: bool = False,
     overwrite: bool = False,
     _source: Optional[Path] = None,
+    _extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Imports an HF ``tokenizer.json`` into an aprx tokenizer directory; returns the manifest.
 
@@ -175,6 +177,7 @@ def import_hf(
             "tokenizer_sha256": "",
             "aprx_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **(_extra or {}),
         }
         _write_json(tmp / "manifest.json", manifest)
         # Load what was written: the directory must stand on its own.
@@ -289,18 +292,34 @@ def tiktoken_to_tokenizer_json(
     not_special: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Builds an HF tokenizer.json (as a dict) from ranked byte tokens; the ``added`` tokens
-    get the ids after the ranks and are special unless named in ``not_special``."""
+    get the ids after the ranks and are special unless named in ``not_special``.
+
+    Tokens that no merge sequence reaches (see :func:`aprx._aprx.recover_merges`) stay in the
+    vocab but, unless ``ignore_merges``, the tokenizer never produces them;
+    :func:`import_tiktoken` warns about them."""
+    return _tiktoken_doc(tokens, pattern, nfc, ignore_merges, added, not_special)[0]
+
+
+def _tiktoken_doc(
+    tokens: list[bytes],
+    pattern: str,
+    nfc: bool,
+    ignore_merges: bool,
+    added: list[str],
+    not_special: frozenset[str] = frozenset(),
+) -> tuple[dict[str, Any], list[int]]:
+    """:func:`tiktoken_to_tokenizer_json` and the ranks of the tokens no merge reaches."""
     from aprx._aprx import byte_level_str
 
     strs = [byte_level_str(t) for t in tokens]
-    merges, _unreachable = recover_merges(tokens)
+    merges, unreachable = recover_merges(tokens)
     byte_level = {
         "type": "ByteLevel",
         "add_prefix_space": False,
         "trim_offsets": False,
         "use_regex": False,
     }
-    return {
+    doc = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
@@ -344,6 +363,7 @@ def tiktoken_to_tokenizer_json(
             "merges": [[strs[a], strs[b]] for a, b, _ in merges],
         },
     }
+    return doc, list(unreachable)
 
 
 def import_tiktoken(
@@ -353,7 +373,16 @@ def import_tiktoken(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Imports a tiktoken rank file with a preset (``qwen2``, ``llama3``, ``cl100k``, ``gpt2``)
-    into an aprx tokenizer directory (added tokens included); returns the manifest."""
+    into an aprx tokenizer directory (added tokens included); returns the manifest.
+
+    tiktoken looks a whole pre-tokenized piece up in the ranks before merging, so it can
+    produce a token that no sequence of merges reaches. A tokenizer.json can express that only
+    with ``ignore_merges`` (the ``llama3`` preset). With the other presets such tokens stay in
+    the vocab but the imported tokenizer never produces them, so it splits those pieces
+    differently than tiktoken: the import then warns (:class:`aprx.AprxWarning`, naming how
+    many and the first few by rank and bytes), and the manifest's ``unreachable_tokens`` holds
+    their count (0 when there are none, and always 0 with ``ignore_merges``).
+    """
     if pattern not in TIKTOKEN_PRESETS:
         raise TokenizerError(
             f"unknown pattern preset {pattern!r} (choose from {', '.join(TIKTOKEN_PRESETS)})",
@@ -362,7 +391,7 @@ def import_tiktoken(
     preset = TIKTOKEN_PRESETS[pattern]
     src = Path(input)
     tokens = read_rank_file(src)
-    doc = tiktoken_to_tokenizer_json(
+    doc, unreachable = _tiktoken_doc(
         tokens,
         preset["pattern"],
         preset["nfc"],
@@ -370,7 +399,30 @@ def import_tiktoken(
         preset["added"],
         preset.get("not_special", frozenset()),
     )
+    if preset["ignore_merges"]:
+        # The whole-piece lookup reaches them, as in tiktoken.
+        unreachable = []
     with tempfile.TemporaryDirectory() as d:
         tj = Path(d) / "tokenizer.json"
         _write_json(tj, doc)
-        return import_hf(tj, output, include_added_tokens=True, overwrite=overwrite, _source=src)
+        manifest = import_hf(
+            tj,
+            output,
+            include_added_tokens=True,
+            overwrite=overwrite,
+            _source=src,
+            _extra={"unreachable_tokens": len(unreachable)},
+        )
+    if unreachable:
+        shown = ", ".join(f"rank {r} {tokens[r]!r}" for r in unreachable[:5])
+        more = f" and {len(unreachable) - 5} more" if len(unreachable) > 5 else ""
+        warnings.warn(
+            f"{src}: {len(unreachable)} of {len(tokens)} tokens are reached by no sequence of "
+            f"merges ({shown}{more}); tiktoken produces them for a whole matching piece, but "
+            f"the '{pattern}' preset does not ignore merges, so the imported tokenizer never "
+            "does and encodes such pieces differently (recorded as unreachable_tokens in the "
+            "manifest)",
+            AprxWarning,
+            stacklevel=2,
+        )
+    return manifest

@@ -31,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, TypeGuard, Union
 
 from .errors import PreflightError
 
@@ -337,16 +337,68 @@ class TokenizerFiles:
 def _read_json(path: Path, what: str, code: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise PreflightError(f"{path}: cannot read {what}: {exc}", code=code) from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: invalid UTF-8, invalid JSON, or a number of more than 4300 digits;
+        # RecursionError: JSON nested too deep to parse.
         raise PreflightError(f"{path}: cannot read {what}: {exc}", code=code) from exc
 
 
-def _read_merges_txt(path: Path) -> List[str]:
+def _read_merges_txt(path: Path, code: str) -> List[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PreflightError(f"{path}: cannot read merges: {exc}", code=code) from exc
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if line.startswith("#version") or not line.strip():
             continue
         out.append(line)
+    return out
+
+
+def _is_id(v: Any) -> TypeGuard[int]:
+    """A token id: a non-negative int that is not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _vocab_ids(path: Path, vocab: Any, code: str) -> Dict[int, str]:
+    """``{token: id}`` (a vocab.json or a tokenizer.json model vocab) -> ``{id: token}``."""
+    if not isinstance(vocab, dict):
+        raise PreflightError(f"{path}: the vocab is not a JSON object", code=code)
+    out: Dict[int, str] = {}
+    for t, i in vocab.items():
+        if not _is_id(i):
+            raise PreflightError(
+                f"{path}: vocab entry {t!r} has id {i!r}, not a non-negative integer", code=code
+            )
+        out[i] = t
+    return out
+
+
+def _added_ids(path: Path, added: Any, where: str, code: str) -> Dict[int, str]:
+    """A list of ``{"id": int, "content": str}`` objects (``added_tokens``) -> ``{id: token}``."""
+    if added is None:
+        return {}
+    if not isinstance(added, list):
+        raise PreflightError(f"{path}: {where} is not a list", code=code)
+    out: Dict[int, str] = {}
+    for k, tok in enumerate(added):
+        if not isinstance(tok, dict):
+            raise PreflightError(f"{path}: {where}[{k}] is not an object", code=code)
+        i, content = tok.get("id"), tok.get("content")
+        if "id" not in tok:
+            raise PreflightError(f"{path}: {where}[{k}] has no 'id'", code=code)
+        if not _is_id(i):
+            raise PreflightError(
+                f"{path}: {where}[{k}].id is {i!r}, not a non-negative integer", code=code
+            )
+        if not isinstance(content, str):
+            raise PreflightError(
+                f"{path}: {where}[{k}].content is {content!r}, not a string", code=code
+            )
+        out[i] = content
     return out
 
 
@@ -354,10 +406,21 @@ def _norm_merges(merges: Any) -> List[str]:
     return [" ".join(m) if isinstance(m, (list, tuple)) else str(m) for m in merges]
 
 
-def _unk_from_tokenizer_json(tj: Dict[str, Any], token_to_id: Dict[str, int]) -> Optional[int]:
-    unk = (tj.get("model") or {}).get("unk_token")
+def _unk_from_tokenizer_json(
+    path: Path, tj: Any, token_to_id: Dict[str, int], code: str
+) -> Optional[int]:
+    if not isinstance(tj, dict):
+        raise PreflightError(f"{path}: not a JSON object", code=code)
+    model = tj.get("model")
+    if model is None:
+        return None
+    if not isinstance(model, dict):
+        raise PreflightError(f"{path}: model is {model!r}, not an object", code=code)
+    unk = model.get("unk_token")
     if unk is None:
         return None
+    if not isinstance(unk, str):
+        raise PreflightError(f"{path}: model.unk_token is {unk!r}, not a string", code=code)
     return token_to_id.get(unk)
 
 
@@ -372,28 +435,44 @@ def read_aprx_tokenizer(path: PathLike) -> TokenizerFiles:
             " is not 'aprx.tokenizer/1'",
             code="APRX-P310",
         )
-    vocab = _read_json(p / "vocab.json", "vocab", "APRX-P310")
-    if not isinstance(vocab, dict):
-        raise PreflightError(f"{p / 'vocab.json'}: not a JSON object", code="APRX-P310")
-    id_to_token = {int(i): t for t, i in vocab.items()}
-    if manifest.get("include_added_tokens", True):
-        for tok in manifest.get("added_tokens") or []:
-            id_to_token[int(tok["id"])] = str(tok["content"])
-    merges = _read_merges_txt(p / "merges.txt") if (p / "merges.txt").is_file() else None
+    mpath = p / "manifest.json"
+
+    def bad(msg: str) -> PreflightError:
+        return PreflightError(f"{mpath}: {msg}", code="APRX-P310")
+
+    id_to_token = _vocab_ids(
+        p / "vocab.json", _read_json(p / "vocab.json", "vocab", "APRX-P310"), "APRX-P310"
+    )
+    include = manifest.get("include_added_tokens", True)
+    if not isinstance(include, bool):
+        raise bad(f"include_added_tokens is {include!r}, not true or false")
+    added = _added_ids(mpath, manifest.get("added_tokens"), "added_tokens", "APRX-P310")
+    if include:
+        id_to_token.update(added)
+    merges = (
+        _read_merges_txt(p / "merges.txt", "APRX-P310") if (p / "merges.txt").is_file() else None
+    )
     unk_id = manifest.get("unk_id")
+    if unk_id is not None and not _is_id(unk_id):
+        raise bad(f"unk_id is {unk_id!r}, not a non-negative integer")
     if unk_id is None and (p / "tokenizer.json").is_file():
         tj = _read_json(p / "tokenizer.json", "tokenizer.json", "APRX-P310")
         token_to_id = {t: i for i, t in id_to_token.items()}
-        unk_id = _unk_from_tokenizer_json(tj, token_to_id)
+        unk_id = _unk_from_tokenizer_json(p / "tokenizer.json", tj, token_to_id, "APRX-P310")
     computed = 1 + max(id_to_token) if id_to_token else 0
-    eff = int(manifest.get("effective_vocab_size", computed))
+    eff = manifest.get("effective_vocab_size", computed)
+    if not _is_id(eff):
+        raise bad(f"effective_vocab_size is {eff!r}, not a non-negative integer")
+    sha = manifest.get("tokenizer_sha256")
+    if sha is not None and not isinstance(sha, str):
+        raise bad(f"tokenizer_sha256 is {sha!r}, not a string")
     return TokenizerFiles(
         path=str(p),
         id_to_token=id_to_token,
         merges=merges,
-        unk_id=None if unk_id is None else int(unk_id),
+        unk_id=unk_id,
         effective_vocab_size=eff,
-        sha256=manifest.get("tokenizer_sha256"),
+        sha256=sha,
         manifest=manifest,
     )
 
@@ -406,32 +485,58 @@ def read_hf_tokenizer(path: PathLike) -> Optional[TokenizerFiles]:
     merges: Optional[List[str]] = None
     unk_id = None
     if (p / "tokenizer.json").is_file():
-        tj = _read_json(p / "tokenizer.json", "tokenizer.json", "APRX-P302")
-        model = tj.get("model") or {}
+        tj_path = p / "tokenizer.json"
+        tj = _read_json(tj_path, "tokenizer.json", "APRX-P302")
+        model = tj.get("model") if isinstance(tj, dict) else None
+        model = model if isinstance(model, dict) else {}
         if model.get("type", "BPE") != "BPE" or not isinstance(model.get("vocab"), dict):
             raise PreflightError(
-                f"{p / 'tokenizer.json'}: model type {model.get('type')!r} is not a BPE vocab",
+                f"{tj_path}: model type {model.get('type')!r} is not a BPE vocab",
                 code="APRX-P302",
             )
-        id_to_token = {int(i): t for t, i in model["vocab"].items()}
-        merges = _norm_merges(model.get("merges") or [])
-        for tok in tj.get("added_tokens") or []:
-            id_to_token[int(tok["id"])] = str(tok["content"])
-        unk_id = _unk_from_tokenizer_json(tj, {t: i for i, t in id_to_token.items()})
+        id_to_token = _vocab_ids(tj_path, model["vocab"], "APRX-P302")
+        raw_merges = model.get("merges") or []
+        if not isinstance(raw_merges, list):
+            raise PreflightError(f"{tj_path}: model.merges is not a list", code="APRX-P302")
+        merges = _norm_merges(raw_merges)
+        id_to_token.update(_added_ids(tj_path, tj.get("added_tokens"), "added_tokens", "APRX-P302"))
+        unk_id = _unk_from_tokenizer_json(
+            tj_path, tj, {t: i for i, t in id_to_token.items()}, "APRX-P302"
+        )
     elif (p / "vocab.json").is_file():
-        vocab = _read_json(p / "vocab.json", "vocab.json", "APRX-P302")
-        id_to_token = {int(i): t for t, i in vocab.items()}
+        id_to_token = _vocab_ids(
+            p / "vocab.json",
+            _read_json(p / "vocab.json", "vocab.json", "APRX-P302"),
+            "APRX-P302",
+        )
         if (p / "merges.txt").is_file():
-            merges = _read_merges_txt(p / "merges.txt")
+            merges = _read_merges_txt(p / "merges.txt", "APRX-P302")
         if (p / "added_tokens.json").is_file():
-            for t, i in _read_json(
-                p / "added_tokens.json", "added_tokens.json", "APRX-P302"
-            ).items():
-                id_to_token[int(i)] = t
+            # {token: id}, the same shape as vocab.json
+            id_to_token.update(
+                _vocab_ids(
+                    p / "added_tokens.json",
+                    _read_json(p / "added_tokens.json", "added_tokens.json", "APRX-P302"),
+                    "APRX-P302",
+                )
+            )
         if (p / "tokenizer_config.json").is_file():
-            tc = _read_json(p / "tokenizer_config.json", "tokenizer_config.json", "APRX-P302")
-            for i, tok in (tc.get("added_tokens_decoder") or {}).items():
-                id_to_token[int(i)] = str(tok.get("content"))
+            tc_path = p / "tokenizer_config.json"
+            tc = _read_json(tc_path, "tokenizer_config.json", "APRX-P302")
+            decoder = tc.get("added_tokens_decoder") if isinstance(tc, dict) else None
+            if decoder is not None and not isinstance(decoder, dict):
+                raise PreflightError(
+                    f"{tc_path}: added_tokens_decoder is not an object", code="APRX-P302"
+                )
+            for i, tok in (decoder or {}).items():
+                content = tok.get("content") if isinstance(tok, dict) else None
+                if not (i.isascii() and i.isdigit()) or not isinstance(content, str):
+                    raise PreflightError(
+                        f"{tc_path}: added_tokens_decoder[{i!r}] is not an id with a string "
+                        "content",
+                        code="APRX-P302",
+                    )
+                id_to_token[int(i)] = content
     else:
         return None
     return TokenizerFiles(

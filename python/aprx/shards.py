@@ -59,6 +59,7 @@ _INDEX_DTYPE = np.dtype("<u8")
 PathLike = Union[str, "os.PathLike[str]"]
 # A shard entry's digest keys, in the order they are looked for.
 _DIGESTS = ("blake3", "sha256")
+_U32_MAX = 2**32 - 1
 
 
 def _file_digest(path: Path, algorithm: str) -> str:
@@ -157,7 +158,14 @@ class ShardDataset:
             )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except OSError as exc:
+            raise CorpusError(
+                f"{manifest_path}: cannot read shard manifest: {exc}", code="APRX-C220"
+            ) from exc
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers UnicodeDecodeError and JSONDecodeError, and also a number of
+            # more than 4300 digits, which json.loads refuses with a plain ValueError;
+            # RecursionError is JSON nested too deep to parse.
             raise CorpusError(
                 f"{manifest_path}: cannot read shard manifest: {exc}", code="APRX-C220"
             ) from exc
@@ -221,10 +229,9 @@ class ShardDataset:
             total_docs += docs
 
         for key, actual in (("total_tokens", total_tokens), ("total_documents", total_docs)):
-            if key in manifest and int(manifest[key]) != actual:
+            if key in manifest and manifest[key] != actual:
                 raise CorpusError(
-                    f"{manifest_path}: {key} is {int(manifest[key])} but its shards sum to "
-                    f"{actual}",
+                    f"{manifest_path}: {key} is {manifest[key]} but its shards sum to {actual}",
                     code="APRX-C226",
                 )
         self._total_tokens = total_tokens
@@ -272,6 +279,49 @@ class ShardDataset:
                 v = entry[key]
                 if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                     raise bad(f"shards[{i}].{key} = {v!r} is not a non-negative integer")
+            for key in _DIGESTS:
+                v = entry.get(key)
+                if v is not None and not isinstance(v, str):
+                    raise bad(f"shards[{i}].{key} = {v!r} is not a string")
+        # A file listed twice would be read twice, and its data counted twice.
+        seen: Dict[str, str] = {}
+        for i, entry in enumerate(shards):
+            for key in ("file", "index"):
+                name = entry[key]
+                if name in seen:
+                    raise bad(
+                        f"shards[{i}].{key} = {name!r} is already listed as {seen[name]}; "
+                        "every shard file may appear once"
+                    )
+                seen[name] = f"shards[{i}].{key}"
+
+        def check_int(where: str, v: Any, optional: bool, lo: int = 0, hi: int = -1) -> None:
+            if v is None and optional:
+                return
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                what = "a non-negative integer" if lo == 0 else f"an integer >= {lo}"
+                raise bad(f"{where} = {v!r} is not {what}")
+            if hi >= 0 and v > hi:
+                raise bad(f"{where} = {v} does not fit in uint32 (at most {hi})")
+
+        for key in ("total_tokens", "total_documents"):
+            if key in manifest:
+                check_int(key, manifest[key], optional=False)
+        # max_token_id is -1 for a dataset with no tokens (write_shards)
+        check_int("max_token_id", manifest.get("max_token_id"), True, lo=-1, hi=_U32_MAX)
+        check_int("eos_id", manifest.get("eos_id"), optional=True, hi=_U32_MAX)
+        eos_policy = manifest.get("eos_policy")
+        if eos_policy is not None and not isinstance(eos_policy, str):
+            raise bad(f"eos_policy = {eos_policy!r} is not a string")
+        tok = manifest.get("tokenizer")
+        if tok is not None:
+            if not isinstance(tok, dict):
+                raise bad(f"tokenizer = {tok!r} is not an object")
+            check_int("tokenizer.vocab_size", tok.get("vocab_size"), optional=True)
+            for key in ("sha256", "path"):
+                v = tok.get(key)
+                if v is not None and not isinstance(v, str):
+                    raise bad(f"tokenizer.{key} = {v!r} is not a string")
 
     # -- basic properties -------------------------------------------------------------------
 
