@@ -916,7 +916,25 @@ fn norm_name(n: Normalizer) -> &'static str {
     }
 }
 
-/// Files of ours in an output directory.
+/// Whether `name` is one aprx gives a file of its own in an output directory: the manifest,
+/// the progress files, `shard-NNNNN.bin` / `.idx`, and the `.tmp` files each is written as
+/// first. Only such files are taken for an earlier run's (resumed, or deleted by
+/// `--overwrite`): a user's `shard-00000.jsonl` or `manifest.json.bak` is not.
+fn is_our_name(name: &str) -> bool {
+    let name = name.strip_suffix(".tmp").unwrap_or(name);
+    if [MANIFEST, PROGRESS, PROGRESS_LOG].contains(&name) {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix("shard-") else {
+        return false;
+    };
+    let digits = rest
+        .strip_suffix(".bin")
+        .or_else(|| rest.strip_suffix(".idx"));
+    digits.is_some_and(|d| d.len() >= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Files of ours in an output directory (`is_our_name`).
 fn our_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
     if !dir.exists() {
@@ -924,19 +942,29 @@ fn our_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list directory", &e))?;
     for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("shard-")
-            || name == MANIFEST
-            || name == PROGRESS
-            || name == PROGRESS_LOG
-            || name.starts_with("manifest.json")
-            || name.starts_with("progress.json")
-        {
+        if is_our_name(&e.file_name().to_string_lossy()) {
             v.push(e.path());
         }
     }
     v.sort();
     Ok(v)
+}
+
+/// An input of this run that is one of `ours` (files named as aprx names its output, in the
+/// output directory): such a file is never resumed over or deleted, the run stops instead.
+fn input_among_ours(inputs: &[InputFile], ours: &[PathBuf]) -> Option<PathBuf> {
+    if ours.is_empty() {
+        return None;
+    }
+    let ours: Vec<PathBuf> = ours
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    inputs
+        .iter()
+        .filter(|f| ours.iter().any(|o| o.file_name() == f.path.file_name()))
+        .find(|f| std::fs::canonicalize(&f.path).is_ok_and(|c| ours.contains(&c)))
+        .map(|f| f.path.clone())
 }
 
 fn remove(path: &Path) -> Result<()> {
@@ -1054,6 +1082,16 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", &e))?;
     let existing = our_files(dir)?;
+    if let Some(input) = input_among_ours(&files, &existing) {
+        return Err(Error::corpus(
+            codes::INPUT,
+            format!(
+                "{}: is an input of this run, in its output directory under a name aprx gives \
+                 its own files; it is left as it is: move it, or write the output elsewhere",
+                input.display()
+            ),
+        ));
+    }
     let mut old_files = Vec::new();
     let mut state: Option<Progress> = None;
     // The record read has its inputs inline (written before the progress log): none of them
@@ -1138,11 +1176,10 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             for p in &existing {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 let stale = name.ends_with(".tmp")
-                    || name.starts_with("shard-")
-                        && name
-                            .get(6..11)
-                            .and_then(|d| d.parse::<usize>().ok())
-                            .is_none_or(|n| n >= keep);
+                    || name
+                        .strip_prefix("shard-")
+                        .map(|r| r.split('.').next().unwrap_or(r))
+                        .is_some_and(|d| d.parse::<usize>().map_or(true, |n| n >= keep));
                 if stale {
                     remove(p)?;
                 }

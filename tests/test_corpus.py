@@ -1162,3 +1162,33 @@ def test_corrupt_parquet_footers_give_errors_not_panics(tmp_path, tok):
     # With this file and the parquet crate aprx pins, some corruptions reach a panic of the
     # reader (caught): the case this test is for.
     assert outcomes.get("reader failed", 0) > 0, outcomes
+
+
+def test_overwrite_and_resume_never_touch_inputs_or_files_not_ours(tmp_path, tok):
+    """Only files named as aprx names its own (`shard-NNNNN.bin`/`.idx`, the manifest and
+    progress files, their `.tmp`) count as an earlier run's output. An input in the output
+    directory under such a name stops the run untouched; a user's `shard-00000.jsonl` (a
+    common dataset naming) or `manifest.json.bak` beside the output survives `overwrite`."""
+    out = tmp_path / "data"
+    out.mkdir()
+    data = out / "shard-00000.jsonl"
+    write_jsonl(data, ["precious data", "more data"])
+    keep = {data: data.read_bytes()}
+    for name in ("manifest.json.bak", "shard-notes.txt", "shard-00000.bin.orig"):
+        (out / name).write_text("user file")
+        keep[out / name] = b"user file"
+    first = encode_corpus(data, tok, out, eos_policy="none")
+    assert first["total_documents"] == 2
+    for flag in ("overwrite", "resume"):
+        again = encode_corpus(data, tok, out, eos_policy="none", **{flag: True})
+        assert without_run(again) == without_run(first), flag
+    assert all(p.read_bytes() == b for p, b in keep.items())
+    # An input named like a shard of ours, in the output directory: never deleted.
+    named = out / "shard-00001.bin"
+    named.write_text('{"content": "x"}\n')
+    for flag in ("overwrite", "resume"):
+        with pytest.raises(CorpusError) as e:
+            encode_corpus(named, tok, out, eos_policy="none", **{flag: True})
+        assert e.value.code == "APRX-C210" and str(named) in str(e.value)
+        assert named.read_text() == '{"content": "x"}\n'
+    assert all(p.read_bytes() == b for p, b in keep.items())
