@@ -137,7 +137,7 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
             )
         })?;
         if meta.is_dir() {
-            out.extend(walk(p, text_extensions)?);
+            out.extend(walk(p, text_extensions, &[])?);
             dirs.push(p.as_path());
         } else {
             let kind = p.file_name().map_or(InputKind::Text, named_kind);
@@ -241,9 +241,26 @@ fn no_inputs_in(dirs: &[&Path], exts: &[String]) -> Error {
 
 /// The input files under `dir`, in order. The entries of a directory are taken in parallel,
 /// on the rayon pool this runs in (encode-corpus's; elsewhere rayon's global one): a tree of
-/// many small files spends its discovery waiting on a stat per file.
-fn walk(dir: &Path, exts: &[String]) -> Result<Vec<InputFile>> {
+/// many small files spends its discovery waiting on a stat per file. `above` are the
+/// directories `dir` is inside of (canonical paths): a symbolic link back to one of them is a
+/// cycle, which is an error (`codes::INPUT`) rather than a walk that never ends (two links to
+/// `.` make it exponential).
+fn walk(dir: &Path, exts: &[String], above: &[PathBuf]) -> Result<Vec<InputFile>> {
     let listing_err = |e: std::io::Error| Error::io(dir, "list directory", &e);
+    let here = std::fs::canonicalize(dir).map_err(listing_err)?;
+    if let Some(outer) = above.iter().find(|a| **a == here) {
+        return Err(Error::corpus(
+            codes::INPUT,
+            format!(
+                "{}: a symbolic link to {}, a directory it is inside of: the tree has a cycle; \
+                 remove the link or name the inputs without it",
+                dir.display(),
+                outer.display()
+            ),
+        ));
+    }
+    let above: Vec<PathBuf> = above.iter().cloned().chain([here]).collect();
+    let above = above.as_slice();
     let mut entries: Vec<(OsString, std::fs::DirEntry)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(listing_err)? {
         let entry = entry.map_err(listing_err)?;
@@ -257,7 +274,7 @@ fn walk(dir: &Path, exts: &[String]) -> Result<Vec<InputFile>> {
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let found: Vec<Result<Found>> = entries
         .into_par_iter()
-        .map(|(name, entry)| take(dir, &name, &entry, exts))
+        .map(|(name, entry)| take(dir, &name, &entry, exts, above))
         .collect();
     let mut out = Vec::new();
     for f in found {
@@ -277,7 +294,13 @@ enum Found {
     Nothing,
 }
 
-fn take(dir: &Path, name: &OsStr, entry: &std::fs::DirEntry, exts: &[String]) -> Result<Found> {
+fn take(
+    dir: &Path,
+    name: &OsStr,
+    entry: &std::fs::DirEntry,
+    exts: &[String],
+    above: &[PathBuf],
+) -> Result<Found> {
     let path = || dir.join(name);
     // The directory listing's own file type where it has one (no stat), and a stat only for a
     // file that is taken (its size), made relative to the directory rather than walking the
@@ -293,7 +316,7 @@ fn take(dir: &Path, name: &OsStr, entry: &std::fs::DirEntry, exts: &[String]) ->
         None => stat().map_err(stat_err)?.is_dir(),
     };
     if is_dir {
-        return walk(&path(), exts).map(Found::Dir);
+        return walk(&path(), exts, above).map(Found::Dir);
     }
     let kind = kind_of(name);
     if kind == InputKind::Text && !has_extension(name, exts) {
@@ -1184,7 +1207,10 @@ fn read_lines(
     sizes: (usize, usize),
 ) -> Result<Option<u64>> {
     let read_error = |e: std::io::Error| {
+        // The decoders' ways of saying "corrupt" (flate2 reports a bad header or CRC as
+        // `InvalidInput`); a plain file's read fails with none of these.
         if e.kind() == std::io::ErrorKind::InvalidData
+            || e.kind() == std::io::ErrorKind::InvalidInput
             || e.kind() == std::io::ErrorKind::UnexpectedEof
             || e.kind() == std::io::ErrorKind::Other
         {
@@ -1724,6 +1750,32 @@ mod tests {
         }
         want.push(("elsewhere/real.py".to_string(), InputKind::Text, 40));
         assert_eq!(got, want);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn discovery_stops_at_a_symlink_cycle() {
+        let root = std::env::temp_dir().join(format!("aprx-cycle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("src/pkg")).unwrap();
+        std::fs::write(root.join("src/pkg/a.py"), "x = 1\n").unwrap();
+        // Two links back up: without cycle detection the walk doubles at every level.
+        std::os::unix::fs::symlink("..", root.join("src/pkg/up")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("src/pkg/here")).unwrap();
+        let exts = vec!["py".to_string()];
+        let e = discover(std::slice::from_ref(&root), &exts).unwrap_err();
+        assert_eq!(e.code, codes::INPUT);
+        assert!(e.message.contains("src/pkg/"), "{}", e.message);
+        assert!(e.message.contains("cycle"), "{}", e.message);
+        // A link to a directory elsewhere is followed as before.
+        std::fs::remove_file(root.join("src/pkg/up")).unwrap();
+        std::fs::remove_file(root.join("src/pkg/here")).unwrap();
+        std::fs::create_dir_all(root.join("other")).unwrap();
+        std::fs::write(root.join("other/b.py"), "y = 2\n").unwrap();
+        std::os::unix::fs::symlink(root.join("other"), root.join("src/pkg/ext")).unwrap();
+        let found = discover(&[root.join("src")], &exts).unwrap();
+        assert_eq!(found.len(), 2);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -603,15 +603,24 @@ def test_skip_accounts_for_every_bad_line(tmp_path, stdlib, tok, eos):
     check_layout(tmp_path / "s", good, tok, "between", eos)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bad header", "bad CRC"])
 @pytest.mark.parametrize("kind", ["gz", "zst"])
-def test_corrupt_compressed_input(tmp_path, stdlib, tok, kind):
+def test_corrupt_compressed_input(tmp_path, stdlib, tok, kind, damage):
     raw = jsonl_bytes([t for _, t in stdlib[:20]])
     if kind == "gz":
         data = gzip.compress(raw)
     else:
-        data = zstandard.ZstdCompressor().compress(raw)
+        data = zstandard.ZstdCompressor(write_checksum=True).compress(raw)
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "bad header":
+        data = b"not a compressed file at all\n" + data
+    elif kind == "gz":  # the gzip trailer's CRC-32 of the text
+        data = data[:-8] + bytes(4) + data[-4:]
+    else:  # the zstd frame's checksum of the text
+        data = data[:-4] + bytes(4)
     src = tmp_path / f"t.jsonl.{kind}"
-    src.write_bytes(data[: len(data) // 2])  # truncated
+    src.write_bytes(data)
     with pytest.raises(CorpusError) as e:
         encode_corpus(src, tok, tmp_path / "o", shard_tokens=1_000)
     assert e.value.code == "APRX-C205" and str(src) in str(e.value)
