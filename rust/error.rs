@@ -116,6 +116,8 @@ pub mod codes {
     pub const BAD_TEXT: &str = "APRX-E102";
     /// The general-regex pre-tokenizer gave up (backtracking limit) on this text.
     pub const REGEX_LIMIT: &str = "APRX-E103";
+    /// A thread count out of range (`num_threads`, `RAYON_NUM_THREADS`).
+    pub const THREADS: &str = "APRX-E104";
     /// A corpus line is not valid JSON.
     pub const CORPUS_JSON: &str = "APRX-C201";
     /// A corpus line or file is not valid UTF-8.
@@ -142,8 +144,6 @@ pub mod codes {
     pub const INTERRUPTED: &str = "APRX-X901";
     /// A thread of aprx's own failed (a bug; please report it with the message).
     pub const INTERNAL: &str = "APRX-X902";
-    /// A thread count out of range.
-    pub const THREADS: &str = "APRX-X903";
 }
 
 thread_local! {

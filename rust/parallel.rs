@@ -26,9 +26,25 @@ pub fn default_threads() -> usize {
         })
 }
 
-/// A pool with `threads` threads (default: `default_threads()`), built for this process.
+/// The most threads a pool may have: more is a typo, not a machine, and starting them all
+/// would bring the machine to a halt before failing.
+pub const MAX_THREADS: usize = 1024;
+
+/// A pool with `threads` threads (default: `default_threads()`), built for this process;
+/// an error (`codes::THREADS`) for more than `MAX_THREADS`.
 pub fn pool(threads: Option<usize>) -> crate::Result<Arc<ThreadPool>> {
     let want = threads.filter(|&n| n > 0).unwrap_or_else(default_threads);
+    if want > MAX_THREADS {
+        let from = match threads.filter(|&n| n > 0) {
+            Some(_) => "num_threads",
+            None => "RAYON_NUM_THREADS",
+        };
+        return Err(crate::Error::new(
+            crate::ErrorKind::Encode,
+            crate::error::codes::THREADS,
+            format!("{from} is {want}: at most {MAX_THREADS} threads"),
+        ));
+    }
     let pid = std::process::id();
     let mut held = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(h) = held.as_ref() {

@@ -237,11 +237,35 @@ fn utf8_of<'a>(s: &'a Bound<'_, PyString>, arena: &'a Utf8Arena) -> PyResult<&'a
     }
 }
 
-/// Ids to decode: a numpy uint32 array (no copy) or any sequence of ints.
+/// The pool for a call's `num_threads` (None or 0: the default); a negative count is an
+/// error of its own (`codes::THREADS`), as is one over `parallel::MAX_THREADS`.
+fn threads_pool(py: Python<'_>, num_threads: Option<i64>) -> PyResult<Arc<rayon::ThreadPool>> {
+    let threads = match num_threads {
+        Some(n) if n < 0 => {
+            return Err(to_py(
+                py,
+                Error::new(
+                    ErrorKind::Encode,
+                    crate::error::codes::THREADS,
+                    format!("num_threads is {n}: give a count of threads, or 0 or None for all"),
+                ),
+            ))
+        }
+        n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    parallel::pool(threads).map_err(|e| to_py(py, e))
+}
+
+/// `operator.index(x)`: `x` as a Python int, or the TypeError for a value that is not one.
+fn as_int<'py>(x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    x.py().import("operator")?.getattr("index")?.call1((x,))
+}
+
+/// Ids to decode: a numpy uint32 array (no copy when contiguous) or any sequence of ints.
 #[derive(FromPyObject)]
 enum IdsArg<'py> {
     Array(PyReadonlyArray1<'py, u32>),
-    Seq(Vec<i64>),
+    Seq(Vec<Bound<'py, PyAny>>),
 }
 
 /// Loads numpy's C API if it is not loaded yet. rust-numpy loads it on first use and panics if
@@ -453,10 +477,10 @@ impl PyTokenizer {
         py: Python<'py>,
         texts: Vec<Bound<'py, PyString>>,
         ordinary: bool,
-        num_threads: Option<usize>,
+        num_threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyList>> {
         ensure_numpy(py)?;
-        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
+        let pool = threads_pool(py, num_threads)?;
         if pool.current_num_threads() > 1 {
             // As `encode_batch_flat`: each run appended to one buffer as it comes back, while
             // later runs are still encoding, and every text's array a view of that buffer. A
@@ -488,10 +512,10 @@ impl PyTokenizer {
         py: Python<'py>,
         texts: Vec<Bound<'py, PyString>>,
         ordinary: bool,
-        num_threads: Option<usize>,
+        num_threads: Option<i64>,
     ) -> PyResult<FlatIds<'py>> {
         ensure_numpy(py)?;
-        let pool = parallel::pool(num_threads).map_err(|e| to_py(py, e))?;
+        let pool = threads_pool(py, num_threads)?;
         if pool.current_num_threads() == 1 {
             // One thread: every text's ids appended straight to the one result, on this
             // thread (no per-text vectors, no second copy).
@@ -567,8 +591,14 @@ impl PyTokenizer {
         self.inner.token_to_id(token)
     }
 
-    fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id).map(String::from)
+    /// The token of `id`; None for an id outside the vocabulary (a negative one included).
+    fn id_to_token(&self, id: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        let id = as_int(id)?; // an int, or a TypeError
+        Ok(id
+            .extract::<u32>()
+            .ok()
+            .and_then(|id| self.inner.id_to_token(id))
+            .map(String::from))
     }
 
     /// Facts about the tokenizer: model type, counts, normalizer, patterns, added tokens.
@@ -836,20 +866,27 @@ impl PyTokenizer {
 fn ids_vec(py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     ensure_numpy(py)?;
     match ids.extract::<IdsArg>()? {
-        IdsArg::Array(a) => Ok(a.as_slice()?.to_vec()),
+        IdsArg::Array(a) => match a.as_slice() {
+            Ok(ids) => Ok(ids.to_vec()),
+            Err(_) => Ok(a.as_array().iter().copied().collect()), // strided: a view
+        },
         IdsArg::Seq(v) => v
             .into_iter()
             .map(|x| {
-                u32::try_from(x).map_err(|_| {
-                    to_py(
-                        py,
-                        Error::new(
-                            ErrorKind::Encode,
-                            crate::error::codes::UNKNOWN_ID,
-                            format!("token id {x} is out of range"),
-                        ),
-                    )
-                })
+                if let Ok(id) = x.extract::<u32>() {
+                    return Ok(id);
+                }
+                // An int out of range (negative, or past u32: numpy's uint64 too) is an id
+                // outside the vocabulary; anything else is the wrong type.
+                let int = as_int(&x)?;
+                Err(to_py(
+                    py,
+                    Error::new(
+                        ErrorKind::Encode,
+                        crate::error::codes::UNKNOWN_ID,
+                        format!("token id {int} is out of range"),
+                    ),
+                ))
             })
             .collect(),
     }

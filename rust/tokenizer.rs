@@ -90,12 +90,64 @@ fn unsupported(source: &str, what: impl std::fmt::Display) -> Error {
     Error::tokenizer(codes::UNSUPPORTED, format!("{source}: unsupported {what}"))
 }
 
-fn type_name(v: &Value) -> &str {
-    v.get("type").and_then(Value::as_str).unwrap_or("<no type>")
+/// A JSON value for an error message: compact, and cut short if long.
+fn shown(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s,
+    }
 }
 
-fn is_null_or_absent(v: Option<&Value>) -> bool {
-    v.is_none_or(Value::is_null)
+/// An object of a tokenizer file, with the path that names it in errors (`model`,
+/// `added_tokens[3]`, `pre_tokenizer.pretokenizers[0]`), for reading its optional fields by
+/// one rule: a missing key or JSON null is `None` (the caller's default, as HF's `Option` and
+/// `#[serde(default)]` fields), and a present value of another type is APRX-T102 naming the
+/// field, never silently the default.
+struct Fields<'a> {
+    v: &'a Value,
+    path: Cow<'a, str>,
+    source: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(v: &'a Value, path: impl Into<Cow<'a, str>>, source: &'a str) -> Self {
+        Fields {
+            v,
+            path: path.into(),
+            source,
+        }
+    }
+
+    fn get<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        get: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => get(x).map(Some).ok_or_else(|| {
+                field_err(
+                    self.source,
+                    format!("{}.{key} must be {expected}, not {}", self.path, shown(x)),
+                )
+            }),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key, "a boolean", Value::as_bool)
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key, "a string", Value::as_str)
+    }
+
+    /// The component's `type` (`"<no type>"` when absent).
+    fn type_name(&self) -> Result<&'a str> {
+        Ok(self.str("type")?.unwrap_or("<no type>"))
+    }
 }
 
 /// Parses JSON text, reporting line and column on failure.
@@ -136,20 +188,27 @@ fn parse_pretokenizer(v: Option<&Value>, source: &str) -> Result<(Vec<String>, b
             "pre_tokenizer null: a byte-level BPE needs a ByteLevel pre-tokenizer",
         ));
     };
-    let steps: Vec<&Value> = match type_name(v) {
-        "Sequence" => v
-            .get("pretokenizers")
+    let sequence = Fields::new(v, "pre_tokenizer", source).type_name()? == "Sequence";
+    let steps: Vec<&Value> = if sequence {
+        v.get("pretokenizers")
             .and_then(Value::as_array)
             .ok_or_else(|| field_err(source, "pre_tokenizer.pretokenizers must be a list"))?
             .iter()
-            .collect(),
-        _ => vec![v],
+            .collect()
+    } else {
+        vec![v]
     };
     let mut patterns = Vec::new();
     let mut saw_bytelevel = false;
     let mut add_prefix_space = false;
     for (i, step) in steps.iter().enumerate() {
-        match type_name(step) {
+        let path = if sequence {
+            Cow::Owned(format!("pre_tokenizer.pretokenizers[{i}]"))
+        } else {
+            Cow::Borrowed("pre_tokenizer")
+        };
+        let f = Fields::new(step, path, source);
+        match f.type_name()? {
             "Split" => {
                 if saw_bytelevel {
                     return Err(unsupported(
@@ -157,14 +216,14 @@ fn parse_pretokenizer(v: Option<&Value>, source: &str) -> Result<(Vec<String>, b
                         "Split after ByteLevel in pre_tokenizer",
                     ));
                 }
-                let behavior = step.get("behavior").and_then(Value::as_str).unwrap_or("");
+                let behavior = f.str("behavior")?.unwrap_or("");
                 if behavior != "Isolated" {
                     return Err(unsupported(
                         source,
                         format!("Split behavior {behavior:?} (only \"Isolated\")"),
                     ));
                 }
-                if step.get("invert").and_then(Value::as_bool).unwrap_or(false) {
+                if f.bool("invert")?.unwrap_or(false) {
                     return Err(unsupported(source, "Split with invert: true"));
                 }
                 let pat = step.get("pattern").ok_or_else(|| {
@@ -189,14 +248,8 @@ fn parse_pretokenizer(v: Option<&Value>, source: &str) -> Result<(Vec<String>, b
                     return Err(unsupported(source, "two ByteLevel pre-tokenizers"));
                 }
                 saw_bytelevel = true;
-                let use_regex = step
-                    .get("use_regex")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true);
-                let aps = step
-                    .get("add_prefix_space")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                let use_regex = f.bool("use_regex")?.unwrap_or(true);
+                let aps = f.bool("add_prefix_space")?.unwrap_or(false);
                 if use_regex {
                     if !patterns.is_empty() {
                         return Err(unsupported(source, "Split followed by ByteLevel use_regex"));
@@ -227,11 +280,11 @@ fn parse_pretokenizer(v: Option<&Value>, source: &str) -> Result<(Vec<String>, b
     Ok((patterns, add_prefix_space))
 }
 
-fn parse_normalizer(v: Option<&Value>, source: &str) -> Result<Normalizer> {
+fn parse_normalizer(v: Option<&Value>, path: &str, source: &str) -> Result<Normalizer> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(Normalizer::None);
     };
-    match type_name(v) {
+    match Fields::new(v, path, source).type_name()? {
         "NFC" => Ok(Normalizer::Nfc),
         "Sequence" => {
             let list = v
@@ -239,8 +292,9 @@ fn parse_normalizer(v: Option<&Value>, source: &str) -> Result<Normalizer> {
                 .and_then(Value::as_array)
                 .ok_or_else(|| field_err(source, "normalizer.normalizers must be a list"))?;
             let mut out = Normalizer::None;
-            for n in list {
-                match parse_normalizer(Some(n), source)? {
+            for (i, n) in list.iter().enumerate() {
+                let at = format!("{path}.normalizers[{i}]");
+                match parse_normalizer(Some(n), &at, source)? {
                     Normalizer::Nfc => out = Normalizer::Nfc,
                     Normalizer::None => {}
                 }
@@ -257,7 +311,7 @@ fn parse_normalizer(v: Option<&Value>, source: &str) -> Result<Normalizer> {
 fn check_decoder(v: Option<&Value>, source: &str) -> Result<()> {
     match v.filter(|v| !v.is_null()) {
         None => Ok(()),
-        Some(d) => match type_name(d) {
+        Some(d) => match Fields::new(d, "decoder", source).type_name()? {
             "ByteLevel" => Ok(()),
             other => Err(unsupported(
                 source,
@@ -276,18 +330,39 @@ fn parse_added(v: Option<&Value>, source: &str) -> Result<Vec<AddedToken>> {
         .ok_or_else(|| field_err(source, "added_tokens must be a list"))?;
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
-        let id = t
-            .get("id")
-            .and_then(Value::as_u64)
-            .filter(|&x| x < NO_ID as u64)
-            .ok_or_else(|| field_err(source, format!("added_tokens[{i}].id missing or invalid")))?;
-        let content = t
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+        if !t.is_object() {
+            return Err(field_err(
+                source,
+                format!("added_tokens[{i}] must be an object, not {}", shown(t)),
+            ));
+        }
+        let f = Fields::new(t, format!("added_tokens[{i}]"), source);
+        let content = f
+            .str("content")?
             .ok_or_else(|| field_err(source, format!("added_tokens[{i}].content missing")))?;
+        if content.is_empty() {
+            return Err(field_err(
+                source,
+                format!("added_tokens[{i}].content must not be empty"),
+            ));
+        }
+        let id = f
+            .get("id", "a non-negative integer", Value::as_u64)?
+            .ok_or_else(|| field_err(source, format!("added_tokens[{i}].id missing")))?;
+        // The cap vocab ids have: ids index tables sized by the largest one, and the merge
+        // table packs them in 21 bits.
+        if id > crate::bpe::MAX_ID as u64 {
+            return Err(Error::tokenizer(
+                codes::DUPLICATE_ID,
+                format!(
+                    "{source}: added token {content:?} has id {id}, above the largest id aprx \
+                     supports ({})",
+                    crate::bpe::MAX_ID
+                ),
+            ));
+        }
         for flag in ["single_word", "lstrip", "rstrip"] {
-            if t.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+            if f.bool(flag)?.unwrap_or(false) {
                 return Err(unsupported(
                     source,
                     format!("added token {content:?} with {flag}: true"),
@@ -297,11 +372,8 @@ fn parse_added(v: Option<&Value>, source: &str) -> Result<Vec<AddedToken>> {
         out.push(AddedToken {
             id: id as u32,
             content: content.to_string(),
-            special: t.get("special").and_then(Value::as_bool).unwrap_or(false),
-            normalized: t
-                .get("normalized")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            special: f.bool("special")?.unwrap_or(false),
+            normalized: f.bool("normalized")?.unwrap_or(false),
         });
     }
     Ok(out)
@@ -364,9 +436,8 @@ impl Tokenizer {
             .get("hf")
             .and_then(Value::as_object)
             .ok_or_else(|| field_err(&msrc, "missing \"hf\" section"))?;
-        let include = manifest
-            .get("include_added_tokens")
-            .and_then(Value::as_bool)
+        let include = Fields::new(&manifest, "manifest", &msrc)
+            .bool("include_added_tokens")?
             .unwrap_or(false);
         let mut model = Map::new();
         model.insert("type".into(), "BPE".into());
@@ -402,11 +473,13 @@ impl Tokenizer {
         let root = v
             .as_object()
             .ok_or_else(|| field_err(source, "top level must be a JSON object"))?;
-        let model = root
+        let model_v = root
             .get("model")
-            .and_then(Value::as_object)
+            .filter(|m| m.is_object())
             .ok_or_else(|| field_err(source, "missing \"model\" object"))?;
-        let mtype = match model.get("type").and_then(Value::as_str) {
+        let model = model_v.as_object().expect("an object");
+        let mf = Fields::new(model_v, "model", source);
+        let mtype = match mf.str("type")? {
             Some(t) => t.to_string(),
             None if model.contains_key("merges") => "BPE".to_string(),
             None => "<no type>".to_string(),
@@ -417,30 +490,21 @@ impl Tokenizer {
                 format!("{source}: model type is {mtype}; aprx needs a byte-level BPE model"),
             ));
         }
-        if !is_null_or_absent(model.get("dropout")) {
+        if mf.get("dropout", "a number", Value::as_f64)?.is_some() {
             return Err(unsupported(source, "BPE dropout (training-time only)"));
         }
         for k in ["continuing_subword_prefix", "end_of_word_suffix"] {
-            if model
-                .get(k)
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
-            {
+            if mf.str(k)?.is_some_and(|s| !s.is_empty()) {
                 return Err(unsupported(source, format!("BPE {k}")));
             }
         }
-        if model
-            .get("byte_fallback")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-        {
+        if mf.bool("byte_fallback")?.unwrap_or(false) {
             return Err(unsupported(source, "BPE byte_fallback"));
         }
-        let ignore_merges = model
-            .get("ignore_merges")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let normalizer = parse_normalizer(root.get("normalizer"), source)?;
+        let ignore_merges = mf.bool("ignore_merges")?.unwrap_or(false);
+        let unk_token = mf.str("unk_token")?;
+        let fuse_unk = mf.bool("fuse_unk")?.unwrap_or(false);
+        let normalizer = parse_normalizer(root.get("normalizer"), "normalizer", source)?;
         let (patterns, add_prefix_space) = parse_pretokenizer(root.get("pre_tokenizer"), source)?;
         check_decoder(root.get("decoder"), source)?;
         let added = parse_added(root.get("added_tokens"), source)?;
@@ -496,18 +560,13 @@ impl Tokenizer {
         // The ids of the vocabulary proper (not those only added tokens have, below).
         let vocab_ids: Vec<bool> = id_to_str.iter().map(Option::is_some).collect();
         let bpe_vocab_size = vocab.len();
-        let unk = match model.get("unk_token").and_then(Value::as_str) {
+        let unk = match unk_token {
             Some(u) => Some(*str_to_id.get(u).ok_or_else(|| {
                 field_err(source, format!("unk_token {u:?} is not in the vocab"))
             })?),
             None => None,
         };
-        if unk.is_some()
-            && model
-                .get("fuse_unk")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-        {
+        if unk.is_some() && fuse_unk {
             return Err(unsupported(source, "fuse_unk with an unk_token"));
         }
 
@@ -1619,6 +1678,208 @@ mod tests {
             .unwrap();
         assert_eq!(e.code, codes::JSON);
         assert!(e.message.contains("line 1"));
+    }
+
+    /// An added token's id has the vocabulary's cap (`MAX_ID`): one far above it is
+    /// APRX-T105 naming the token and the id, not a table of that many entries.
+    #[test]
+    fn added_token_ids_are_capped_like_vocab_ids() {
+        let max = crate::bpe::MAX_ID as u64;
+        for id in [
+            max + 1,
+            100_000_000,
+            u32::MAX as u64 - 1,
+            u32::MAX as u64,
+            1 << 40,
+        ] {
+            let mut v = small_json();
+            v["added_tokens"][0]["id"] = json!(id);
+            let e = Tokenizer::from_value(&v, "x.json").err().unwrap();
+            assert_eq!(e.code, codes::DUPLICATE_ID, "{id}: {}", e.message);
+            assert!(
+                e.message.contains("\"<|endoftext|>\"")
+                    && e.message.contains(&format!("id {id}"))
+                    && e.message.contains(&max.to_string()),
+                "{}",
+                e.message
+            );
+        }
+        // The cap itself is an id a file may use.
+        let mut v = small_json();
+        v["added_tokens"][0]["id"] = json!(max);
+        let t = Tokenizer::from_value(&v, "x.json").unwrap();
+        assert_eq!(t.vocab_size(), max as usize + 1);
+        assert_eq!(t.token_to_id("<|endoftext|>"), Some(max as u32));
+        assert_eq!(t.encode("<|endoftext|>", true).unwrap(), [max as u32]);
+        // Not a non-negative integer: a field error.
+        for bad in [json!(-1), json!(1.5), json!("261"), json!(1e8)] {
+            let mut v = small_json();
+            v["added_tokens"][0]["id"] = bad.clone();
+            let e = Tokenizer::from_value(&v, "x.json").err().unwrap();
+            assert_eq!(e.code, codes::FIELD, "{bad}: {}", e.message);
+            assert!(
+                e.message
+                    .contains("added_tokens[0].id must be a non-negative integer"),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    /// A present field of the wrong type is APRX-T102 naming its path and value, never its
+    /// default; a missing one, or JSON null, is the default.
+    #[test]
+    fn wrongly_typed_fields_are_errors_not_defaults() {
+        let split = "pre_tokenizer.pretokenizers[0]";
+        let bytelevel = "pre_tokenizer.pretokenizers[1]";
+        let cases: Vec<(String, Value, &str)> = vec![
+            (
+                "added_tokens[0].special".into(),
+                json!("true"),
+                "a boolean, not \"true\"",
+            ),
+            (
+                "added_tokens[0].normalized".into(),
+                json!(0),
+                "a boolean, not 0",
+            ),
+            ("added_tokens[0].lstrip".into(), json!("true"), "a boolean"),
+            ("added_tokens[0].rstrip".into(), json!(1), "a boolean"),
+            (
+                "added_tokens[0].single_word".into(),
+                json!([]),
+                "a boolean, not []",
+            ),
+            (
+                "added_tokens[0].content".into(),
+                json!(5),
+                "a string, not 5",
+            ),
+            ("model.unk_token".into(), json!(5), "a string, not 5"),
+            ("model.byte_fallback".into(), json!("true"), "a boolean"),
+            ("model.ignore_merges".into(), json!("true"), "a boolean"),
+            ("model.fuse_unk".into(), json!("false"), "a boolean"),
+            ("model.type".into(), json!(5), "a string, not 5"),
+            ("model.dropout".into(), json!("0.1"), "a number"),
+            (
+                "model.continuing_subword_prefix".into(),
+                json!(5),
+                "a string",
+            ),
+            ("model.end_of_word_suffix".into(), json!(false), "a string"),
+            (format!("{split}.invert"), json!("true"), "a boolean"),
+            (format!("{split}.behavior"), json!(5), "a string"),
+            (format!("{split}.type"), json!(5), "a string"),
+            (
+                format!("{bytelevel}.use_regex"),
+                json!("false"),
+                "a boolean",
+            ),
+            (
+                format!("{bytelevel}.add_prefix_space"),
+                json!(0),
+                "a boolean",
+            ),
+            ("normalizer.type".into(), json!(5), "a string"),
+            ("decoder.type".into(), json!(true), "a string, not true"),
+        ];
+        for (path, bad, want) in cases {
+            let mut v = small_json();
+            set_path(&mut v, &path, bad.clone());
+            let e = Tokenizer::from_value(&v, "x.json")
+                .err()
+                .unwrap_or_else(|| panic!("{path} = {bad} loaded"));
+            assert_eq!(e.code, codes::FIELD, "{path}: {}", e.message);
+            assert!(
+                e.message.contains(&format!("{path} must be {want}")),
+                "{path}: {}",
+                e.message
+            );
+        }
+        // Absent or null: the default, and the file loads as before.
+        let base = Tokenizer::from_value(&small_json(), "x.json").unwrap();
+        for path in [
+            "added_tokens[0].normalized",
+            "added_tokens[0].lstrip",
+            "model.unk_token",
+            "model.byte_fallback",
+            "model.ignore_merges",
+            "model.fuse_unk",
+            "model.dropout",
+            "model.continuing_subword_prefix",
+            "pre_tokenizer.pretokenizers[0].invert",
+            "pre_tokenizer.pretokenizers[1].add_prefix_space",
+        ] {
+            for absent in [false, true] {
+                let mut v = small_json();
+                if absent {
+                    remove_path(&mut v, path);
+                } else {
+                    set_path(&mut v, path, Value::Null);
+                }
+                let t = Tokenizer::from_value(&v, "x.json")
+                    .unwrap_or_else(|e| panic!("{path} absent={absent}: {}", e.message));
+                assert_eq!(t.info().fingerprint, base.info().fingerprint, "{path}");
+            }
+        }
+        // `special` absent or null is false: the token is kept by skip-special decoding.
+        for special in [None, Some(Value::Null)] {
+            let mut v = small_json();
+            match special {
+                None => remove_path(&mut v, "added_tokens[0].special"),
+                Some(x) => set_path(&mut v, "added_tokens[0].special", x),
+            }
+            let t = Tokenizer::from_value(&v, "x.json").unwrap();
+            assert!(!t.info().added_tokens[0].special);
+            assert_eq!(t.decode(&[261], true).unwrap(), "<|endoftext|>");
+        }
+        // The right types still mean what they say.
+        let mut v = small_json();
+        v["model"]["byte_fallback"] = json!(true);
+        let e = Tokenizer::from_value(&v, "x.json").err().unwrap();
+        assert_eq!(e.code, codes::UNSUPPORTED);
+        let mut v = small_json();
+        v["model"]["ignore_merges"] = json!(true);
+        assert!(
+            Tokenizer::from_value(&v, "x.json")
+                .unwrap()
+                .info()
+                .ignore_merges
+        );
+        // A long wrong value is shown cut short.
+        let mut v = small_json();
+        v["model"]["unk_token"] = json!(vec![7; 10_000]);
+        let e = Tokenizer::from_value(&v, "x.json").err().unwrap();
+        assert_eq!(e.code, codes::FIELD);
+        assert!(e.message.len() < 200, "{}", e.message);
+    }
+
+    /// The value at a dotted path such as `added_tokens[0].special` or
+    /// `pre_tokenizer.pretokenizers[1].use_regex`: its parent and last key.
+    fn parent_at<'v>(v: &'v mut Value, path: &str) -> (&'v mut Value, String) {
+        let mut keys: Vec<&str> = path.split('.').collect();
+        let last = keys.pop().unwrap().to_string();
+        let mut at = v;
+        for k in keys {
+            at = match k.split_once('[') {
+                Some((name, idx)) => {
+                    let i: usize = idx.trim_end_matches(']').parse().unwrap();
+                    &mut at[name][i]
+                }
+                None => &mut at[k],
+            };
+        }
+        (at, last)
+    }
+
+    fn set_path(v: &mut Value, path: &str, x: Value) {
+        let (parent, key) = parent_at(v, path);
+        parent[key.as_str()] = x;
+    }
+
+    fn remove_path(v: &mut Value, path: &str) {
+        let (parent, key) = parent_at(v, path);
+        parent.as_object_mut().unwrap().remove(&key);
     }
 
     /// `small_json` with `n` random merges over the tokens of `alphabet` (ids from 256 on, the

@@ -504,3 +504,61 @@ def test_tiktoken_all_reachable_no_warning(tmp_path: Path) -> None:
 def test_aprx_warning_is_exported() -> None:
     assert aprx.AprxWarning is AprxWarning and issubclass(AprxWarning, UserWarning)
     assert "AprxWarning" in aprx.__all__
+
+
+# --- Ids and thread counts given to the Tokenizer's methods ----------------------------------
+
+
+def test_decode_takes_any_uint32_view_and_any_int(tok_json: Path) -> None:
+    """A strided or reversed uint32 array decodes as its copy does; an int that is no id
+    (negative, past u32, numpy uint64 included) is E101; a non-int is a TypeError."""
+    import numpy as np
+
+    tok = aprx.Tokenizer.from_file(tok_json)
+    ids = tok.encode("hello the world in there")
+    for view in (ids[::2], ids[::-1], ids[1::3]):
+        assert not view.flags.c_contiguous or len(view) < 2
+        assert tok.decode(view) == tok.decode(view.copy()) == tok.decode(view.tolist())
+        assert tok.decode_bytes(view) == tok.decode_bytes(view.copy())
+    for bad in ([-1], [2**32], [2**40], [2**64], np.array([2**63], dtype=np.uint64)):
+        with pytest.raises(aprx.EncodeError) as e:
+            tok.decode(bad)
+        assert e.value.code == "APRX-E101"
+    with pytest.raises(TypeError):
+        tok.decode([1.5])
+
+
+def test_id_to_token_of_an_id_outside_the_vocabulary_is_none(tok_json: Path) -> None:
+    import numpy as np
+
+    tok = aprx.Tokenizer.from_file(tok_json)
+    assert tok.id_to_token(np.int64(104)) == tok.id_to_token(104) == "h"
+    for outside in (-1, 262, 2**32, 2**70):
+        assert tok.id_to_token(outside) is None
+    with pytest.raises(TypeError):
+        tok.id_to_token(1.0)
+
+
+@pytest.mark.parametrize("threads", [-1, 1025, 10**6])
+def test_thread_counts_out_of_range_are_errors(tok_json: Path, threads: int) -> None:
+    """A negative count, or more than 1024 threads (a typo, not a machine: starting a million
+    threads brings the machine down first), is APRX-E104, with nothing started."""
+    tok = aprx.Tokenizer.from_file(tok_json)
+    for call in (tok.encode_batch, tok.encode_batch_flat):
+        with pytest.raises(aprx.EncodeError) as e:
+            call(["a the"], num_threads=threads)
+        assert e.value.code == "APRX-E104" and str(threads) in str(e.value)
+    assert len(tok.encode_batch(["a the"], num_threads=0)[0]) == 2  # 0: the default
+
+
+def test_rayon_num_threads_out_of_range_is_an_error(tok_json: Path) -> None:
+    code = (
+        "import aprx\n"
+        "try:\n"
+        f"    aprx.Tokenizer.from_file({str(tok_json)!r}).encode_batch(['x'])\n"
+        "except aprx.EncodeError as e:\n    print(e.code, e)\n"
+    )
+    env = {**__import__("os").environ, "RAYON_NUM_THREADS": "100000"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("APRX-E104"), r.stdout + r.stderr
+    assert "RAYON_NUM_THREADS" in r.stdout
