@@ -1053,6 +1053,25 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             ),
         ));
     }
+    let dropped = tok.bytes_dropped();
+    if !dropped.is_empty() {
+        let shown: Vec<String> = dropped
+            .iter()
+            .take(8)
+            .map(|b| format!("0x{b:02X}"))
+            .collect();
+        return Err(Error::corpus(
+            codes::INPUT,
+            format!(
+                "the tokenizer has no token for {} byte(s) text can hold ({}{}) and no \
+                 unk_token: their text would be dropped from the shards without a trace (HF \
+                 drops it too); use a tokenizer with a token for every byte, or an unk_token",
+                dropped.len(),
+                shown.join(", "),
+                if dropped.len() > 8 { ", ..." } else { "" }
+            ),
+        ));
+    }
     let eos = match opts.eos_policy {
         EosPolicy::None => opts.eos_id,
         _ => Some(opts.eos_id.ok_or_else(|| {

@@ -639,6 +639,29 @@ impl Tokenizer {
         };
 
         // Added tokens: an id may coincide with a vocab entry only if the content is the same.
+        // HF numbers the added tokens that are not in the vocab itself, in the file's order
+        // from the vocab's size, whatever ids the file gives them: a file whose ids say
+        // otherwise would encode to other ids than HF's, so it is refused.
+        let mut next_added = vocab.len() as u64;
+        let mut numbered = std::collections::HashSet::new();
+        for t in &added {
+            if !vocab.contains_key(&t.content) && numbered.insert(t.content.as_str()) {
+                if u64::from(t.id) != next_added {
+                    return Err(Error::tokenizer(
+                        codes::DUPLICATE_ID,
+                        format!(
+                            "{source}: added token {:?} has id {}, but HF tokenizers gives it \
+                             {next_added} (it numbers the added tokens that are not in the \
+                             vocab in order, from the vocab's size, {}); correct the id",
+                            t.content,
+                            t.id,
+                            vocab.len()
+                        ),
+                    ));
+                }
+                next_added += 1;
+            }
+        }
         for t in &added {
             let id = t.id as usize;
             if id >= id_to_str.len() {
@@ -828,6 +851,19 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.id_to_str.len()
+    }
+
+    /// The bytes valid UTF-8 text can hold that this tokenizer has no token for, when it has
+    /// no `unk_token` either: encoding drops them, as HF does (empty for every real
+    /// vocabulary, which has all 256).
+    pub fn bytes_dropped(&self) -> Vec<u8> {
+        if self.unk.is_some() {
+            return Vec::new();
+        }
+        (0..=255u8)
+            .filter(|&b| !matches!(b, 0xC0 | 0xC1 | 0xF5..=0xFF))
+            .filter(|&b| self.bpe.byte_ids[b as usize] == NO_ID)
+            .collect()
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -1704,13 +1740,19 @@ mod tests {
                 e.message
             );
         }
-        // The cap itself is an id a file may use.
+        // The cap itself passes the cap, but HF would number the token 261 (after the
+        // vocab's 261 entries): refused for that, since its ids would not be HF's.
         let mut v = small_json();
         v["added_tokens"][0]["id"] = json!(max);
-        let t = Tokenizer::from_value(&v, "x.json").unwrap();
-        assert_eq!(t.vocab_size(), max as usize + 1);
-        assert_eq!(t.token_to_id("<|endoftext|>"), Some(max as u32));
-        assert_eq!(t.encode("<|endoftext|>", true).unwrap(), [max as u32]);
+        let Err(e) = Tokenizer::from_value(&v, "x.json") else {
+            panic!("an added id HF would renumber loaded")
+        };
+        assert_eq!(e.code, codes::DUPLICATE_ID);
+        assert!(
+            e.message.contains("HF tokenizers gives it 261"),
+            "{}",
+            e.message
+        );
         // Not a non-negative integer: a field error.
         for bad in [json!(-1), json!(1.5), json!("261"), json!(1e8)] {
             let mut v = small_json();
@@ -2061,20 +2103,20 @@ mod tests {
     fn normalized_added_tokens_match_by_normalized_content() {
         let mut v = small_json();
         v["added_tokens"] = json!([
-            {"id": 300, "content": "e\u{301}x", "special": false, "normalized": true},
-            {"id": 301, "content": "o\u{308}z", "special": false, "normalized": false},
+            {"id": 261, "content": "e\u{301}x", "special": false, "normalized": true},
+            {"id": 262, "content": "o\u{308}z", "special": false, "normalized": false},
         ]);
         let t = Tokenizer::from_value(&v, "small").unwrap();
         // As HF: the normalized token's content is NFC'd, then matched in NFC'd text.
-        assert_eq!(t.encode("e\u{301}x", true).unwrap(), [300]);
+        assert_eq!(t.encode("e\u{301}x", true).unwrap(), [261]);
         assert_eq!(
             t.encode("a\u{e9}x", true).unwrap(),
-            [t.token_to_id("a").unwrap(), 300]
+            [t.token_to_id("a").unwrap(), 261]
         );
         // A raw token matches the raw text only.
-        assert_eq!(t.encode("o\u{308}z", true).unwrap(), [301]);
-        assert_ne!(t.encode("\u{f6}z", true).unwrap(), [301]);
-        assert_eq!(t.decode(&[300], false).unwrap(), "e\u{301}x");
+        assert_eq!(t.encode("o\u{308}z", true).unwrap(), [262]);
+        assert_ne!(t.encode("\u{f6}z", true).unwrap(), [262]);
+        assert_eq!(t.decode(&[261], false).unwrap(), "e\u{301}x");
     }
 
     #[test]
@@ -2091,9 +2133,9 @@ mod tests {
             j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = json!(pattern);
             let vocab = j["model"]["vocab"].as_object_mut().unwrap();
             for (k, piece) in ["ĊĊ", "čĊ", "ĠĊ"].into_iter().enumerate() {
-                vocab.insert(piece.to_string(), json!(262 + k));
+                vocab.insert(piece.to_string(), json!(261 + k));
             }
-            j["added_tokens"][0]["id"] = json!(265);
+            j["added_tokens"][0]["id"] = json!(264);
             let merges = j["model"]["merges"].as_array_mut().unwrap();
             merges.extend([json!(["Ċ", "Ċ"]), json!(["č", "Ċ"]), json!(["Ġ", "Ċ"])]);
             let tok = Tokenizer::from_value(&j, "x").unwrap();

@@ -562,3 +562,28 @@ def test_rayon_num_threads_out_of_range_is_an_error(tok_json: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.startswith("APRX-E104"), r.stdout + r.stderr
     assert "RAYON_NUM_THREADS" in r.stdout
+
+
+def test_encode_corpus_refuses_a_tokenizer_that_would_drop_bytes(tmp_path: Path) -> None:
+    """A byte-level vocabulary without a token for a byte text can hold, and no unk_token:
+    encoding drops that byte (as HF does, which ``encode`` follows), so encode-corpus refuses
+    the tokenizer rather than write shards that lose text without a trace."""
+    doc = _tokenizer_json()
+    doc["added_tokens"] = []
+    z = _aprx.byte_level_str(b"z")
+    del doc["model"]["vocab"][z]
+    tok_file = tmp_path / "no-z.json"
+    tok_file.write_text(json.dumps(doc), encoding="utf-8")
+    tok = aprx.Tokenizer.from_file(tok_file)
+    assert tok.decode(tok.encode("azb")) == "ab"  # dropped, as HF drops it
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"content":"azb"}\n', encoding="utf-8")
+    with pytest.raises(CorpusError) as e:
+        encode_corpus(src, tok, tmp_path / "out", eos_policy="none")
+    assert e.value.code == "APRX-C210" and "0x7A" in str(e.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # The same vocabulary with an unk_token: nothing is dropped, the run goes ahead.
+    doc["model"]["unk_token"] = _aprx.byte_level_str(b"?")
+    tok_file.write_text(json.dumps(doc), encoding="utf-8")
+    m = encode_corpus(src, aprx.Tokenizer.from_file(tok_file), tmp_path / "out2", eos_policy="none")
+    assert m["total_tokens"] == 3

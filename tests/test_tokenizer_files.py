@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any, Dict, Tuple
 
+import fixtures
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -25,22 +26,9 @@ QWEN2 = (
 )
 
 
-def _bytes_to_unicode() -> Dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def _small() -> Dict[str, Any]:
     """A byte-level BPE file HF loads as is: all 256 bytes, five merges, one added token."""
-    b2u = _bytes_to_unicode()
+    b2u = fixtures.bytes_to_unicode()
     vocab = {b2u[b]: b for b in range(256)}
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "Ġ")]
     for a, b in merges:
@@ -180,10 +168,19 @@ def test_added_token_id_above_the_cap_is_t105_at_once(tid: int) -> None:
     assert '"<|endoftext|>"' in msg and f"id {tid}" in msg and str(MAX_ID) in msg
 
 
-def test_added_token_id_at_the_cap_loads() -> None:
-    tok = aprx.Tokenizer.from_str(_with("added_tokens[0].id", MAX_ID))
-    assert tok.vocab_size == MAX_ID + 1
-    assert [int(i) for i in tok.encode("x<|endoftext|>")] == [ord("x"), MAX_ID]
+@pytest.mark.parametrize("tid", [MAX_ID, 262, 300])
+def test_added_token_ids_hf_would_renumber_are_refused(tid: int) -> None:
+    """HF numbers the added tokens that are not in the vocab itself, in order from the vocab's
+    size (261 here), whatever ids the file gives them: a file that says otherwise would give
+    other ids than HF's, so it is refused (T105), naming the id HF gives."""
+    text = _with("added_tokens[0].id", tid)
+    hf = HFTokenizer.from_str(text)
+    assert hf.token_to_id("<|endoftext|>") == 261
+    with pytest.raises(aprx.TokenizerError) as e:
+        aprx.Tokenizer.from_str(text)
+    assert e.value.code == "APRX-T105" and "gives it 261" in str(e.value)
+    ok = aprx.Tokenizer.from_str(_with("added_tokens[0].id", 261))
+    assert [int(i) for i in ok.encode("x<|endoftext|>")] == hf.encode("x<|endoftext|>").ids
 
 
 def test_a_long_wrong_value_is_shown_cut_short() -> None:
