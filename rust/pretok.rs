@@ -155,6 +155,53 @@ pub enum Scanner {
     Cl100k(usize),
 }
 
+/// A pattern as HF's regex engine (Oniguruma, Ruby syntax) reads it, written for
+/// `fancy-regex`: Oniguruma's `^` and `$` always match at line starts and ends (Rust's only
+/// under `(?m)`), and its `m` flag is Rust's `s` (`.` matches a newline). So the pattern runs
+/// under `(?m)` and every inline `m` flag (`(?m)`, `(?-m)`, `(?im:...)`) becomes `s`.
+/// Escapes and character classes are passed over as they are.
+fn onig_to_rust(pattern: &str) -> String {
+    let b = pattern.as_bytes();
+    let mut out = String::with_capacity(pattern.len() + 4);
+    out.push_str("(?m)");
+    let (mut i, mut class_depth) = (0, 0usize);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' {
+            // An escape and the char it escapes (which may be multi-byte).
+            let n = pattern[i + 1..].chars().next().map_or(0, char::len_utf8);
+            out.push_str(&pattern[i..i + 1 + n]);
+            i += 1 + n;
+            continue;
+        }
+        if c == b'[' {
+            class_depth += 1;
+        } else if c == b']' && class_depth > 0 {
+            class_depth -= 1;
+        } else if c == b'(' && class_depth == 0 && b.get(i + 1) == Some(&b'?') {
+            // An inline flag group: `(?` flags [`-` flags] then `)` or `:`.
+            let flags_end = b[i + 2..]
+                .iter()
+                .position(|x| !(x.is_ascii_alphabetic() || *x == b'-'))
+                .map(|k| i + 2 + k);
+            if let Some(e) = flags_end.filter(|&e| e > i + 2 && matches!(b[e], b')' | b':')) {
+                out.push_str("(?");
+                out.extend(
+                    b[i + 2..e]
+                        .iter()
+                        .map(|&f| if f == b'm' { 's' } else { f as char }),
+                );
+                i = e;
+                continue;
+            }
+        }
+        let n = pattern[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&pattern[i..i + n]);
+        i += n;
+    }
+    out
+}
+
 /// One Split step: a known pattern (scanner) or a general regex.
 #[derive(Debug)]
 enum Splitter {
@@ -183,12 +230,14 @@ impl PreTokenizer {
             };
             splitters.push(match known {
                 Some(s) if !force_regex => Splitter::Scan(s),
-                _ => Splitter::Regex(Box::new(fancy_regex::Regex::new(p).map_err(|e| {
-                    Error::tokenizer(
-                        codes::REGEX,
-                        format!("pre-tokenizer regex {p:?} does not compile: {e}"),
-                    )
-                })?)),
+                _ => Splitter::Regex(Box::new(
+                    fancy_regex::Regex::new(&onig_to_rust(p)).map_err(|e| {
+                        Error::tokenizer(
+                            codes::REGEX,
+                            format!("pre-tokenizer regex {p:?} does not compile: {e}"),
+                        )
+                    })?,
+                )),
             });
         }
         Ok(PreTokenizer {

@@ -478,6 +478,28 @@ def test_regex_path_matches_hf(name: str) -> None:
     assert all(ours.pre_tokenize(t) == fast.pre_tokenize(t) for t in texts)
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"^\s+|\s+$|\S+",  # Oniguruma's ^ and $ are line anchors
+        r"(?m)^.|.",  # its m flag is dot-matches-newline
+        r"(?-m:.)|\n+|\S+|\s",
+        r"(?im:^x.)|[\[(?m)\]]+|\(\?m\)|\S|\s",  # no flags inside classes and escapes
+    ],
+)
+def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
+    """A custom Split pattern means what it means to HF's Oniguruma (Ruby syntax), not what
+    the same text means to Rust's regex syntax: the ids are HF's."""
+    obj = json.loads(_regex_path_json("gpt2_style"))
+    obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern
+    js = json.dumps(obj)
+    ours, hf = aprx.Tokenizer.from_str(js), HFTokenizer.from_str(js)
+    texts = ["a\n\nb", "\n\n", " x \n y \n", "xa\nxb\n(?m)[m]\n", "\r\n\t z\n\n", "x\ny"]
+    texts += [t for _, t in fx.stdlib_sources()[:5]]
+    for t in texts:
+        assert [int(i) for i in ours.encode_ordinary(t)] == hf.encode(t).ids, (pattern, t[:40])
+
+
 def test_regex_path_gives_up_loudly_not_wrongly() -> None:
     """fancy-regex's backtracking stack is capped at 1M entries: on the general-regex path a
     whitespace run of ~1M chars makes ``\\s+(?!\\S)`` give up. aprx then raises a coded
