@@ -587,3 +587,28 @@ def test_encode_corpus_refuses_a_tokenizer_that_would_drop_bytes(tmp_path: Path)
     tok_file.write_text(json.dumps(doc), encoding="utf-8")
     m = encode_corpus(src, aprx.Tokenizer.from_file(tok_file), tmp_path / "out2", eos_policy="none")
     assert m["total_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--steps", "0"],
+        ["--steps", "-1"],
+        ["--vocab-size", "10"],
+        ["--vocab-size", "99999999999"],  # the trainer would abort allocating 4.5 TB
+        ["--target-val-loss", "nan"],
+        ["--target-val-loss", "-1"],
+    ],
+)
+def test_quickstart_rejects_bad_settings_before_any_work(tmp_path: Path, option: list) -> None:
+    out = tmp_path / "qs"
+    r = subprocess.run(
+        [sys.executable, "-m", "aprx.cli", "quickstart", "--output", str(out), *option],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("aprx: error [APRX-R405]") and "Traceback" not in r.stderr
+    assert option[0].lstrip("-").replace("-", "_") in r.stderr
+    assert not out.exists()

@@ -84,11 +84,37 @@ def train_tokenizer(files: list[Path], vocab_size: int, out: Path, max_bytes: in
     return path
 
 
+#: The largest vocabulary quickstart trains: aprx's largest id (its packed merge table).
+MAX_VOCAB = 2**21 - 1
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Rejects settings the run would only fail on after minutes of work, or that would abort
+    the process (the tokenizer trainer allocates a table per vocab entry up front)."""
+    from aprx.errors import TrainingError
+
+    def bad(what: str) -> TrainingError:
+        return TrainingError(what, "APRX-R405")
+
+    if isinstance(args.steps, bool) or not isinstance(args.steps, int) or args.steps < 1:
+        raise bad(f"steps must be a positive integer, got {args.steps!r}")
+    v = args.vocab_size
+    if isinstance(v, bool) or not isinstance(v, int) or not 257 <= v <= MAX_VOCAB:
+        raise bad(
+            f"vocab_size must be an integer from 257 (the 256 bytes and <|endoftext|>) to "
+            f"{MAX_VOCAB}, got {v!r}"
+        )
+    t = args.target_val_loss
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise bad(f"target_val_loss must be a positive finite number, got {t!r}")
+
+
 def quickstart(args: argparse.Namespace) -> int:
     from aprx.corpus import encode_corpus
     from aprx.importer import import_hf
     from aprx.preflight import preflight
 
+    check_args(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
