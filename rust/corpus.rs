@@ -1044,9 +1044,6 @@ fn read_file(
     Ok(Some((records, digest)))
 }
 
-/// Rows of a Parquet file, or of its row groups `groups`: the `field` column of each row is
-/// one record, numbered from the file's first row (rows up to `skip` are passed over). Returns
-/// the number of rows read, or None if `emit` asked to stop.
 /// A call into the parquet crate, which panics on some corrupt files (e.g. a column chunk of
 /// negative length, in its metadata) instead of answering an error: a panic there is that
 /// file's error (`CORPUS_COMPRESSION`, as any other corruption), not a crash.
@@ -1063,6 +1060,9 @@ fn parquet_call<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
+/// Rows of a Parquet file, or of its row groups `groups`: the `field` column of each row is
+/// one record, numbered from the file's first row (rows up to `skip` are passed over). Returns
+/// the number of rows read, or None if `emit` asked to stop.
 fn read_parquet(
     path: &Path,
     file: u32,

@@ -33,9 +33,10 @@ pub const MAX_THREADS: usize = 1024;
 /// A pool with `threads` threads (default: `default_threads()`), built for this process;
 /// an error (`codes::THREADS`) for more than `MAX_THREADS`.
 pub fn pool(threads: Option<usize>) -> crate::Result<Arc<ThreadPool>> {
-    let want = threads.filter(|&n| n > 0).unwrap_or_else(default_threads);
+    let asked = threads.filter(|&n| n > 0);
+    let want = asked.unwrap_or_else(default_threads);
     if want > MAX_THREADS {
-        let from = match threads.filter(|&n| n > 0) {
+        let from = match asked {
             Some(_) => "num_threads",
             None => "RAYON_NUM_THREADS",
         };

@@ -256,15 +256,23 @@ fn threads_pool(py: Python<'_>, num_threads: Option<i64>) -> PyResult<Arc<rayon:
     parallel::pool(threads).map_err(|e| to_py(py, e))
 }
 
-/// `operator.index(x)`: `x` as a Python int, or the TypeError for a value that is not one.
-fn as_int<'py>(x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    x.py().import("operator")?.getattr("index")?.call1((x,))
+/// `x` as a token id: None for an int that is no id (negative, or past u32: numpy's uint64
+/// too), the TypeError of `operator.index` for a value that is not an int.
+fn id_of(x: &Bound<'_, PyAny>) -> PyResult<Option<u32>> {
+    if let Ok(id) = x.extract::<u32>() {
+        return Ok(Some(id));
+    }
+    x.py().import("operator")?.getattr("index")?.call1((x,))?;
+    Ok(None)
 }
 
-/// Ids to decode: a numpy uint32 array (no copy when contiguous) or any sequence of ints.
+/// Ids to decode: a numpy uint32 array (no copy when contiguous) or any sequence of ints:
+/// of u32 ids (the fast path), else taken one by one (`id_of`) to tell an int that is no id
+/// from a value that is not an int.
 #[derive(FromPyObject)]
 enum IdsArg<'py> {
     Array(PyReadonlyArray1<'py, u32>),
+    Ids(Vec<u32>),
     Seq(Vec<Bound<'py, PyAny>>),
 }
 
@@ -593,10 +601,7 @@ impl PyTokenizer {
 
     /// The token of `id`; None for an id outside the vocabulary (a negative one included).
     fn id_to_token(&self, id: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
-        let id = as_int(id)?; // an int, or a TypeError
-        Ok(id
-            .extract::<u32>()
-            .ok()
+        Ok(id_of(id)?
             .and_then(|id| self.inner.id_to_token(id))
             .map(String::from))
     }
@@ -870,23 +875,20 @@ fn ids_vec(py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
             Ok(ids) => Ok(ids.to_vec()),
             Err(_) => Ok(a.as_array().iter().copied().collect()), // strided: a view
         },
+        IdsArg::Ids(v) => Ok(v),
         IdsArg::Seq(v) => v
             .into_iter()
             .map(|x| {
-                if let Ok(id) = x.extract::<u32>() {
-                    return Ok(id);
-                }
-                // An int out of range (negative, or past u32: numpy's uint64 too) is an id
-                // outside the vocabulary; anything else is the wrong type.
-                let int = as_int(&x)?;
-                Err(to_py(
-                    py,
-                    Error::new(
-                        ErrorKind::Encode,
-                        crate::error::codes::UNKNOWN_ID,
-                        format!("token id {int} is out of range"),
-                    ),
-                ))
+                id_of(&x)?.ok_or_else(|| {
+                    to_py(
+                        py,
+                        Error::new(
+                            ErrorKind::Encode,
+                            crate::error::codes::UNKNOWN_ID,
+                            format!("token id {x} is out of range"),
+                        ),
+                    )
+                })
             })
             .collect(),
     }
@@ -1071,6 +1073,8 @@ fn _aprx(m: &Bound<'_, PyModule>) -> PyResult<()> {
     patterns.set_item("llama3", crate::pretok::CL100K_PATTERN)?;
     patterns.set_item("qwen2", crate::pretok::QWEN2_PATTERN)?;
     m.add("PATTERNS", patterns)?;
+    m.add("MAX_ID", crate::bpe::MAX_ID)?;
+    m.add("MAX_THREADS", parallel::MAX_THREADS)?;
     m.add_class::<PyTokenizer>()?;
     m.add_function(wrap_pyfunction!(recover_merges, m)?)?;
     m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;

@@ -641,28 +641,25 @@ impl Tokenizer {
         // Added tokens: an id may coincide with a vocab entry only if the content is the same.
         // HF numbers the added tokens that are not in the vocab itself, in the file's order
         // from the vocab's size, whatever ids the file gives them: a file whose ids say
-        // otherwise would encode to other ids than HF's, so it is refused.
-        let mut next_added = vocab.len() as u64;
-        let mut numbered = std::collections::HashSet::new();
+        // otherwise would encode to other ids than HF's, so it is refused. `str_to_id` holds
+        // the vocab and the added tokens met so far, so a token not in it is one HF numbers.
+        let mut next_added = bpe_vocab_size as u64;
         for t in &added {
-            if !vocab.contains_key(&t.content) && numbered.insert(t.content.as_str()) {
+            if !str_to_id.contains_key(&t.content) {
                 if u64::from(t.id) != next_added {
                     return Err(Error::tokenizer(
                         codes::DUPLICATE_ID,
                         format!(
                             "{source}: added token {:?} has id {}, but HF tokenizers gives it \
                              {next_added} (it numbers the added tokens that are not in the \
-                             vocab in order, from the vocab's size, {}); correct the id",
-                            t.content,
-                            t.id,
-                            vocab.len()
+                             vocab in order, from the vocab's size, {bpe_vocab_size}); correct \
+                             the id",
+                            t.content, t.id
                         ),
                     ));
                 }
                 next_added += 1;
             }
-        }
-        for t in &added {
             let id = t.id as usize;
             if id >= id_to_str.len() {
                 id_to_str.resize(id + 1, None);

@@ -10,6 +10,8 @@ from typing_extensions import final
 __all__ = [
     "Blake3",
     "DEFAULT_TEXT_EXTENSIONS",
+    "MAX_ID",
+    "MAX_THREADS",
     "PATTERNS",
     "Tokenizer",
     "__version__",
@@ -21,6 +23,8 @@ __all__ = [
 ]
 __version__: str
 PATTERNS: dict[str, str]
+MAX_ID: int  # the largest token id (aprx's packed merge table)
+MAX_THREADS: int  # the most threads num_threads / num_workers may ask for
 DEFAULT_TEXT_EXTENSIONS: list[str]
 
 _Ids = Union[npt.NDArray[np.uint32], Sequence[int]]

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from aprx._aprx import DEFAULT_TEXT_EXTENSIONS, Tokenizer
+from aprx._aprx import DEFAULT_TEXT_EXTENSIONS, MAX_THREADS, Tokenizer
 from aprx._aprx import encode_corpus as _encode_corpus
 from aprx.errors import CorpusError
 
@@ -19,7 +19,7 @@ EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 #: The most worker threads ``num_workers`` may ask for; more is a typo, not a machine.
-MAX_WORKERS = 1024
+MAX_WORKERS = MAX_THREADS
 
 
 def resolve_eos(tok: Tokenizer, eos_token: Union[None, int, str]) -> Optional[int]:

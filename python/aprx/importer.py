@@ -290,25 +290,12 @@ def tiktoken_to_tokenizer_json(
     ignore_merges: bool,
     added: list[str],
     not_special: frozenset[str] = frozenset(),
-) -> dict[str, Any]:
-    """Builds an HF tokenizer.json (as a dict) from ranked byte tokens; the ``added`` tokens
-    get the ids after the ranks and are special unless named in ``not_special``.
-
-    Tokens that no merge sequence reaches (see :func:`aprx._aprx.recover_merges`) stay in the
-    vocab but, unless ``ignore_merges``, the tokenizer never produces them;
-    :func:`import_tiktoken` warns about them."""
-    return _tiktoken_doc(tokens, pattern, nfc, ignore_merges, added, not_special)[0]
-
-
-def _tiktoken_doc(
-    tokens: list[bytes],
-    pattern: str,
-    nfc: bool,
-    ignore_merges: bool,
-    added: list[str],
-    not_special: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[int]]:
-    """:func:`tiktoken_to_tokenizer_json` and the ranks of the tokens no merge reaches."""
+    """Builds an HF tokenizer.json (as a dict) from ranked byte tokens; the ``added`` tokens
+    get the ids after the ranks and are special unless named in ``not_special``. Also returns
+    the ranks of the tokens no merge sequence reaches (see :func:`aprx._aprx.recover_merges`):
+    they stay in the vocab but, unless ``ignore_merges``, the tokenizer never produces them;
+    :func:`import_tiktoken` warns about them."""
     from aprx._aprx import byte_level_str
 
     strs = [byte_level_str(t) for t in tokens]
@@ -391,7 +378,7 @@ def import_tiktoken(
     preset = TIKTOKEN_PRESETS[pattern]
     src = Path(input)
     tokens = read_rank_file(src)
-    doc, unreachable = _tiktoken_doc(
+    doc, unreachable = tiktoken_to_tokenizer_json(
         tokens,
         preset["pattern"],
         preset["nfc"],

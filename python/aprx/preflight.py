@@ -337,9 +337,7 @@ class TokenizerFiles:
 def _read_json(path: Path, what: str, code: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PreflightError(f"{path}: cannot read {what}: {exc}", code=code) from exc
-    except (ValueError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         # ValueError: invalid UTF-8, invalid JSON, or a number of more than 4300 digits;
         # RecursionError: JSON nested too deep to parse.
         raise PreflightError(f"{path}: cannot read {what}: {exc}", code=code) from exc

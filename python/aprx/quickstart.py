@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aprx._aprx import PATTERNS
+from aprx._aprx import MAX_ID, PATTERNS
 
 
 def stdlib_corpus() -> list[Path]:
@@ -84,8 +84,8 @@ def train_tokenizer(files: list[Path], vocab_size: int, out: Path, max_bytes: in
     return path
 
 
-#: The largest vocabulary quickstart trains: aprx's largest id (its packed merge table).
-MAX_VOCAB = 2**21 - 1
+#: The largest vocabulary quickstart trains: ids up to aprx's largest (its packed merge table).
+MAX_VOCAB = MAX_ID + 1
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -158,11 +158,7 @@ class ShardDataset:
             )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise CorpusError(
-                f"{manifest_path}: cannot read shard manifest: {exc}", code="APRX-C220"
-            ) from exc
-        except (ValueError, RecursionError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             # ValueError covers UnicodeDecodeError and JSONDecodeError, and also a number of
             # more than 4300 digits, which json.loads refuses with a plain ValueError;
             # RecursionError is JSON nested too deep to parse.
