@@ -156,11 +156,19 @@ pub enum Scanner {
 }
 
 /// A pattern as HF's regex engine (Oniguruma, Ruby syntax) reads it, written for
-/// `fancy-regex`: Oniguruma's `^` and `$` always match at line starts and ends (Rust's only
-/// under `(?m)`), and its `m` flag is Rust's `s` (`.` matches a newline). So the pattern runs
-/// under `(?m)` and every inline `m` flag (`(?m)`, `(?-m)`, `(?im:...)`) becomes `s`.
-/// Escapes and character classes are passed over as they are.
-fn onig_to_rust(pattern: &str) -> String {
+/// `fancy-regex`. Where the two syntaxes read the same text differently:
+/// - Oniguruma's `^` and `$` always match at line starts and ends (Rust's only under `(?m)`),
+///   and its `m` flag is Rust's `s` (`.` matches a newline). So the pattern runs under `(?m)`
+///   and every inline `m` flag (`(?m)`, `(?-m)`, `(?im:...)`) becomes `s`.
+/// - POSIX brackets (`[[:alpha:]]`, `[[:^punct:]]`) are Unicode sets in Oniguruma, ASCII in
+///   Rust: each becomes the Unicode set Oniguruma matches (`posix_set`).
+/// - `\w` (and `\W`, `\b`, `\B`, which are defined by it): Oniguruma's has neither U+200C nor
+///   U+200D (Rust's has both), and outside a class it also has six Latin-1 number signs
+///   (`²³¹¼½¾`). `\h`/`\H` (hex digits) are Oniguruma's alone. Each is spelled out.
+///
+/// These sets were checked against `tokenizers` over every code point
+/// (`test_regex_path_reads_classes_as_oniguruma_does`). Other escapes pass as they are.
+fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
     let b = pattern.as_bytes();
     let mut out = String::with_capacity(pattern.len() + 4);
     out.push_str("(?m)");
@@ -170,9 +178,26 @@ fn onig_to_rust(pattern: &str) -> String {
         if c == b'\\' {
             // An escape and the char it escapes (which may be multi-byte).
             let n = pattern[i + 1..].chars().next().map_or(0, char::len_utf8);
-            out.push_str(&pattern[i..i + 1 + n]);
+            let inside = class_depth > 0;
+            match (b.get(i + 1), inside) {
+                (Some(b'w'), _) => push_set(&mut out, word_set(inside), false),
+                (Some(b'W'), _) => push_set(&mut out, word_set(inside), true),
+                (Some(b'h'), _) => push_set(&mut out, HEX_DIGITS, false),
+                (Some(b'H'), _) => push_set(&mut out, HEX_DIGITS, true),
+                (Some(b'b'), false) => out.push_str(&word_boundary(true)),
+                (Some(b'B'), false) => out.push_str(&word_boundary(false)),
+                (Some(b'b'), true) => out.push_str(r"\x08"), // backspace, in a class
+                _ => out.push_str(&pattern[i..i + 1 + n]),
+            }
             i += 1 + n;
             continue;
+        }
+        if c == b'[' && class_depth > 0 {
+            if let Some((len, set, negated)) = posix_bracket(&pattern[i..])? {
+                push_set(&mut out, set, negated);
+                i += len;
+                continue;
+            }
         }
         if c == b'[' {
             class_depth += 1;
@@ -199,7 +224,91 @@ fn onig_to_rust(pattern: &str) -> String {
         out.push_str(&pattern[i..i + n]);
         i += n;
     }
-    out
+    Ok(out)
+}
+
+/// Oniguruma's hex digits (`\h`, `[[:xdigit:]]`), as the inside of a Rust class.
+const HEX_DIGITS: &str = "0-9A-Fa-f";
+/// Oniguruma's graphic chars (`[[:graph:]]`: not white space, a control char or unassigned),
+/// as the inside of a Rust class (a nested class).
+const GRAPH: &str = r"[^\p{White_Space}\p{Cc}\p{Unassigned}]";
+
+/// Oniguruma's word chars (`\w`) as the inside of a Rust class: in a class, `[[:word:]]`;
+/// outside one, those and the Latin-1 number signs `²³¹¼½¾`.
+fn word_set(in_class: bool) -> &'static str {
+    if in_class {
+        r"\p{Alphabetic}\p{M}\p{Nd}\p{Pc}"
+    } else {
+        r"\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{B2}\x{B3}\x{B9}\x{BC}-\x{BE}"
+    }
+}
+
+/// `\b` (or `\B`, `at == false`) over Oniguruma's word chars, as lookarounds.
+fn word_boundary(at: bool) -> String {
+    let w = format!("[{}]", word_set(false));
+    if at {
+        format!("(?:(?<={w})(?!{w})|(?<!{w})(?={w}))")
+    } else {
+        format!("(?:(?<={w})(?={w})|(?<!{w})(?!{w}))")
+    }
+}
+
+/// A Rust class of `set` (the inside of a class), negated or not; also valid nested in a
+/// class, where Rust takes the union.
+fn push_set(out: &mut String, set: &str, negated: bool) {
+    out.push('[');
+    if negated {
+        out.push('^');
+    }
+    out.push_str(set);
+    out.push(']');
+}
+
+/// Bracket sets: (length, the inside of a Rust class, negated).
+type Bracket = Option<(usize, &'static str, bool)>;
+
+/// A POSIX bracket at the start of `s` (inside a class): its length, Oniguruma's Unicode set
+/// for it (the inside of a Rust class) and whether it is negated (`[:^name:]`). None for
+/// anything else (`[:alpha]` is a class of its chars in both syntaxes); an error for an
+/// unknown name, as Oniguruma's.
+fn posix_bracket(s: &str) -> std::result::Result<Bracket, String> {
+    let Some(rest) = s.strip_prefix("[:") else {
+        return Ok(None);
+    };
+    let (negated, rest) = match rest.strip_prefix('^') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let name_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+    if name_len == 0 || !rest[name_len..].starts_with(":]") {
+        return Ok(None);
+    }
+    let name = &rest[..name_len];
+    match posix_set(name) {
+        Some(set) => Ok(Some((s.len() - rest.len() + name_len + 2, set, negated))),
+        None => Err(format!("invalid POSIX bracket type [:{name}:]")),
+    }
+}
+
+/// What Oniguruma's POSIX bracket `name` matches in a Unicode pattern.
+fn posix_set(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "alnum" => r"\p{Alphabetic}\p{Nd}",
+        "alpha" => r"\p{Alphabetic}",
+        "ascii" => r"\x00-\x7F",
+        "blank" => r"\p{Zs}\t",
+        "cntrl" => r"\p{Cc}",
+        "digit" => r"\p{Nd}",
+        "graph" => GRAPH,
+        "lower" => r"\p{Lowercase}",
+        "print" => r"\p{Zs}[^\p{White_Space}\p{Cc}\p{Unassigned}]",
+        "punct" => r"\p{P}\p{S}",
+        "space" => r"\p{White_Space}",
+        "upper" => r"\p{Uppercase}",
+        "xdigit" => HEX_DIGITS,
+        "word" => word_set(true),
+        _ => return None,
+    })
 }
 
 /// One Split step: a known pattern (scanner) or a general regex.
@@ -231,12 +340,14 @@ impl PreTokenizer {
             splitters.push(match known {
                 Some(s) if !force_regex => Splitter::Scan(s),
                 _ => Splitter::Regex(Box::new(
-                    fancy_regex::Regex::new(&onig_to_rust(p)).map_err(|e| {
-                        Error::tokenizer(
-                            codes::REGEX,
-                            format!("pre-tokenizer regex {p:?} does not compile: {e}"),
-                        )
-                    })?,
+                    onig_to_rust(p)
+                        .and_then(|rx| fancy_regex::Regex::new(&rx).map_err(|e| e.to_string()))
+                        .map_err(|e| {
+                            Error::tokenizer(
+                                codes::REGEX,
+                                format!("pre-tokenizer regex {p:?} does not compile: {e}"),
+                            )
+                        })?,
                 )),
             });
         }
@@ -638,6 +749,39 @@ mod tests {
         );
         let (a, _) = both(CL100K_PATTERN, "x 12345");
         assert_eq!(a, ["x", " ", "123", "45"]);
+    }
+
+    #[test]
+    fn classes_are_read_as_oniguruma_reads_them() {
+        let is = |pattern: &str, text: &str| {
+            fancy_regex::Regex::new(&format!("^(?:{})$", onig_to_rust(pattern).unwrap()))
+                .unwrap()
+                .is_match(text)
+                .unwrap()
+        };
+        // POSIX brackets are Unicode sets, negated with `^`, nested with other members.
+        assert!(is("[[:alpha:]]", "é") && is("[[:alpha:]]", "\u{2160}"));
+        assert!(!is("[[:alpha:]]", "\u{300}") && is("[[:^alpha:]]", "\u{300}"));
+        assert!(is("[[:punct:]]", "+") && is("[[:punct:]]", "\u{2212}"));
+        assert!(is("[x[:digit:]]", "x") && is("[x[:digit:]]", "\u{664}"));
+        assert!(!is("[[:graph:]]", " ") && is("[[:print:]]", "\u{3000}"));
+        assert!(is("[[:^graph:]]", "\n") && !is("[[:^print:]]", "a"));
+        // `[:alpha:]` outside a class is a class of its letters, in both syntaxes.
+        assert!(is("[:alpha:]", "l") && !is("[:alpha:]", "b"));
+        // \w: no joiners; outside a class, the Latin-1 number signs too.
+        assert!(!is(r"\w", "\u{200C}") && is(r"\W", "\u{200D}"));
+        assert!(is(r"\w", "²") && !is(r"[\w]", "²") && is(r"[^\w]", "²"));
+        assert!(is(r"\h+", "09afAF") && !is(r"\h", "g") && is(r"[\H]", "g"));
+        // \b over those word chars, and a backspace in a class.
+        assert!(is(r"a\b", "a") && !is(r"a\b²", "a²") && is(r"a\B²", "a²"));
+        assert!(is(r"a\b\u{200C}", "a\u{200C}") && is(r"[\b]", "\u{8}"));
+        // Escapes are not brackets, and unknown names are left for Rust to refuse.
+        assert!(is(r"\[[:alpha:]\]", "[a]"));
+        assert_eq!(
+            onig_to_rust("[[:nothing:]]").unwrap_err(),
+            "invalid POSIX bracket type [:nothing:]"
+        );
+        assert!(is("[[:alpha]]", ":") && is("[[:alpha:]x]", "x"));
     }
 
     #[test]

@@ -500,6 +500,53 @@ def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
         assert [int(i) for i in ours.encode_ordinary(t)] == hf.encode(t).ids, (pattern, t[:40])
 
 
+# Every assigned code point (planes 0-3 and 14 whole, but the surrogates) and a sample of the
+# unassigned and private-use planes, in order; and each of them after an ASCII letter, so
+# that every char meets a word char and a non-word char on its left.
+_ALL_CHARS = "".join(
+    chr(c)
+    for c in [*range(0x32000), *range(0x32000, 0xE0000, 997), *range(0xE0000, 0xE1000),
+              *range(0xE1000, 0x110000, 997)]
+    if not 0xD800 <= c < 0xE000
+)  # fmt: skip
+_ALL_CHARS_AFTER_A = "".join("a" + c for c in _ALL_CHARS)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [f"[[:{name}:]]+" for name in (
+        "alnum", "alpha", "ascii", "blank", "cntrl", "digit", "graph", "lower", "print",
+        "punct", "space", "upper", "xdigit", "word")]
+    + ["[[:^alpha:]x]+", "[[:^graph:]]+", "[[:^print:]]+", "[x[:punct:][:digit:]]+"]
+    + [r"\w+", r"\W+", r"[\w]+", r"[^\w]+", r"[\W-]+", r"\h+", r"[\H]+", r".\b", r".\B"],
+)  # fmt: skip
+def test_regex_path_reads_classes_as_oniguruma_does(pattern: str) -> None:
+    """POSIX brackets, ``\\w`` and what is defined by it, and ``\\h`` mean Oniguruma's
+    Unicode sets (Rust's POSIX brackets are ASCII, its ``\\w`` differs in eight chars):
+    the same pieces as HF's for every code point."""
+    obj = json.loads(_regex_path_json("gpt2_style"))
+    obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern
+    js = json.dumps(obj)
+    ours, hf = aprx.Tokenizer.from_str(js), HFTokenizer.from_str(js)
+    assert hf.normalizer is None
+    # `\b` and `\B` over the letters' text (fancy-regex gives up on `\b` after a million
+    # failed tries: over whole planes of non-word chars), any other over the plain one.
+    text = _ALL_CHARS_AFTER_A if "\\b" in pattern.lower() else _ALL_CHARS
+    got = [len(p) for p in ours.pre_tokenize(text)]
+    want = [b - a for _, (a, b) in hf.pre_tokenizer.pre_tokenize_str(text)]
+    if got != want:
+        at = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), len(got))
+        start = sum(got[:at])
+        pytest.fail(f"{pattern}: piece {at} differs, at {text[start : start + 4]!r}")
+
+
+def test_regex_path_refuses_unknown_posix_brackets() -> None:
+    obj = json.loads(_regex_path_json("gpt2_style"))
+    obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "[[:letter:]]+|."
+    with pytest.raises(aprx.TokenizerError, match=r"invalid POSIX bracket type \[:letter:\]"):
+        aprx.Tokenizer.from_str(json.dumps(obj))
+
+
 def test_regex_path_gives_up_loudly_not_wrongly() -> None:
     """fancy-regex's backtracking stack is capped at 1M entries: on the general-regex path a
     whitespace run of ~1M chars makes ``\\s+(?!\\S)`` give up. aprx then raises a coded
