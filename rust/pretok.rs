@@ -165,6 +165,12 @@ pub enum Scanner {
 /// - `\w` (and `\W`, `\b`, `\B`, which are defined by it): Oniguruma's has neither U+200C nor
 ///   U+200D (Rust's has both), and outside a class it also has six Latin-1 number signs
 ///   (`²³¹¼½¾`). `\h`/`\H` (hex digits) are Oniguruma's alone. Each is spelled out.
+/// - `\Z` matches at the end or before one newline that ends the text (Rust's before any
+///   number of them).
+/// - An interval then `+` (`a{2}+`) repeats the interval, where fancy-regex reads a
+///   possessive interval.
+/// - Under `(?i)`, a property outside a class (`\p{Lu}`) folds no case (in a class it does,
+///   in both); and a property needs braces (`\pL` is the text "pL").
 ///
 /// These sets were checked against `tokenizers` over every code point
 /// (`test_regex_path_reads_classes_as_oniguruma_does`). Other escapes pass as they are.
@@ -173,58 +179,130 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(pattern.len() + 4);
     out.push_str("(?m)");
     let (mut i, mut class_depth) = (0, 0usize);
+    // Where in `out` the last atom outside a class (what a quantifier repeats) starts, and
+    // where each open group does.
+    let (mut atom, mut groups) = (out.len(), Vec::new());
     while i < b.len() {
         let c = b[i];
+        let (start, outside) = (out.len(), class_depth == 0);
         if c == b'\\' {
             // An escape and the char it escapes (which may be multi-byte).
-            let n = pattern[i + 1..].chars().next().map_or(0, char::len_utf8);
-            let inside = class_depth > 0;
-            match (b.get(i + 1), inside) {
-                (Some(b'w'), _) => push_set(&mut out, word_set(inside), false),
-                (Some(b'W'), _) => push_set(&mut out, word_set(inside), true),
+            let mut len = 1 + pattern[i + 1..].chars().next().map_or(0, char::len_utf8);
+            match (b.get(i + 1), outside) {
+                (Some(b'w'), _) => push_set(&mut out, word_set(!outside), false),
+                (Some(b'W'), _) => push_set(&mut out, word_set(!outside), true),
                 (Some(b'h'), _) => push_set(&mut out, HEX_DIGITS, false),
                 (Some(b'H'), _) => push_set(&mut out, HEX_DIGITS, true),
-                (Some(b'b'), false) => out.push_str(&word_boundary(true)),
-                (Some(b'B'), false) => out.push_str(&word_boundary(false)),
-                (Some(b'b'), true) => out.push_str(r"\x08"), // backspace, in a class
-                _ => out.push_str(&pattern[i..i + 1 + n]),
+                (Some(b'b'), true) => out.push_str(&word_boundary(true)),
+                (Some(b'B'), true) => out.push_str(&word_boundary(false)),
+                (Some(b'b'), false) => out.push_str(r"\x08"), // backspace, in a class
+                // The end, or just before a newline that ends the text (Rust's `\Z` also
+                // before several).
+                (Some(b'Z'), true) => out.push_str(r"(?=\n?\z)"),
+                // `\pL` is "pL" to Oniguruma: a property needs braces.
+                (Some(&p @ (b'p' | b'P')), _) if b.get(i + 2) != Some(&b'{') => out.push(p as char),
+                // Oniguruma folds no case in a property outside a class.
+                (Some(b'p' | b'P'), true) => {
+                    len = pattern[i..].find('}').map_or(2, |e| e + 1);
+                    out.push_str("(?-i:");
+                    out.push_str(&pattern[i..i + len]);
+                    out.push(')');
+                }
+                _ => out.push_str(&pattern[i..i + len]),
             }
-            i += 1 + n;
+            i += len;
+            if outside {
+                atom = start;
+            }
             continue;
         }
-        if c == b'[' && class_depth > 0 {
+        if c == b'[' && !outside {
             if let Some((len, set, negated)) = posix_bracket(&pattern[i..])? {
                 push_set(&mut out, set, negated);
                 i += len;
                 continue;
             }
         }
-        if c == b'[' {
-            class_depth += 1;
-        } else if c == b']' && class_depth > 0 {
-            class_depth -= 1;
-        } else if c == b'(' && class_depth == 0 && b.get(i + 1) == Some(&b'?') {
-            // An inline flag group: `(?` flags [`-` flags] then `)` or `:`.
-            let flags_end = b[i + 2..]
-                .iter()
-                .position(|x| !(x.is_ascii_alphabetic() || *x == b'-'))
-                .map(|k| i + 2 + k);
-            if let Some(e) = flags_end.filter(|&e| e > i + 2 && matches!(b[e], b')' | b':')) {
-                out.push_str("(?");
-                out.extend(
-                    b[i + 2..e]
-                        .iter()
-                        .map(|&f| if f == b'm' { 's' } else { f as char }),
-                );
-                i = e;
+        if c == b'{' && outside {
+            if let Some(len) = interval_len(&b[i..]) {
+                let interval = &pattern[i..i + len];
+                i += len;
+                if b.get(i) == Some(&b'+') {
+                    // `a{2}+` repeats the interval to Oniguruma: `(?:a{2})+`; to fancy-regex
+                    // it is a possessive interval.
+                    out.insert_str(atom, "(?:");
+                    out.push_str(interval);
+                    out.push_str(")+");
+                    i += 1;
+                } else {
+                    out.push_str(interval);
+                }
                 continue;
             }
+        }
+        match c {
+            b'[' => {
+                if outside {
+                    atom = start;
+                }
+                class_depth += 1;
+            }
+            b']' if !outside => class_depth -= 1,
+            b'(' if outside => {
+                // An inline flag group: `(?` flags [`-` flags] then `)` or `:`.
+                let flags_end = (b.get(i + 1) == Some(&b'?'))
+                    .then(|| {
+                        b[i + 2..]
+                            .iter()
+                            .position(|x| !(x.is_ascii_alphabetic() || *x == b'-'))
+                            .map(|k| i + 2 + k)
+                    })
+                    .flatten();
+                if let Some(e) = flags_end.filter(|&e| e > i + 2 && matches!(b[e], b')' | b':')) {
+                    // Oniguruma's Ruby syntax has `i`, `m` and `x` (and ASCII-range options
+                    // aprx does not read); Rust's `s`, `u` would be an error there.
+                    if let Some(&f) = b[i + 2..e].iter().find(|f| !b"imx-".contains(f)) {
+                        let f = f as char;
+                        return Err(format!("group option {f:?} (Oniguruma's are i, m and x)"));
+                    }
+                    out.push_str("(?");
+                    out.extend(
+                        b[i + 2..=e]
+                            .iter()
+                            .map(|&f| if f == b'm' { 's' } else { f as char }),
+                    );
+                    if b[e] == b':' {
+                        groups.push(start);
+                    }
+                    i = e + 1;
+                    continue;
+                }
+                groups.push(start);
+            }
+            b')' if outside => atom = groups.pop().unwrap_or(start),
+            b'*' | b'+' | b'?' | b'|' if outside => {}
+            _ if outside => atom = start,
+            _ => {}
         }
         let n = pattern[i..].chars().next().map_or(1, char::len_utf8);
         out.push_str(&pattern[i..i + n]);
         i += n;
     }
     Ok(out)
+}
+
+/// The length of the interval quantifier (`{n}`, `{n,}`, `{,m}`, `{n,m}`) that `b` starts
+/// with, if it starts with one (else `{` is a literal to Oniguruma).
+fn interval_len(b: &[u8]) -> Option<usize> {
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let n = digits(1);
+    let mut end = 1 + n;
+    let mut m = 0;
+    if b.get(end) == Some(&b',') {
+        m = digits(end + 1);
+        end += 1 + m;
+    }
+    (n + m > 0 && b.get(end) == Some(&b'}')).then_some(end + 1)
 }
 
 /// Oniguruma's hex digits (`\h`, `[[:xdigit:]]`), as the inside of a Rust class.
@@ -775,6 +853,20 @@ mod tests {
         // \b over those word chars, and a backspace in a class.
         assert!(is(r"a\b", "a") && !is(r"a\b²", "a²") && is(r"a\B²", "a²"));
         assert!(is(r"a\b\u{200C}", "a\u{200C}") && is(r"[\b]", "\u{8}"));
+        assert!(is(r"a\Z\n", "a\n") && !is(r"a\Z\n\n", "a\n\n") && is(r"a\Z", "a"));
+        assert!(!is(r"(?i)\p{Lu}", "a") && is(r"(?i)[\p{Lu}]", "a") && is(r"(?i)\P{L}", "1"));
+        assert!(is(r"\pL\PL[\pL]", "pLPLp") && !is(r"\pL", "a"));
+        assert!(is("a{2}+", "aaaa") && is("a{1,2}+b", "aaab") && is("a{,1}+", "aa"));
+        assert!(is("a{2,}+", "aaaaa") && is("a{}+", "a{}}") && is("a{x}", "a{x}"));
+        assert!(is("x(ab){2}+", "xabababab") && is("[ab]{2}+c", "abbac") && is(r"\d{1}+", "12"));
+        assert!(is("(?i:a){2}+b", "aAaab") && is("(?i)a{2}+", "aAAa") && !is("(?:a){2}+", "aaa"));
+        assert_eq!(onig_to_rust("a|b{2}+").unwrap(), "(?m)a|(?:b{2})+");
+        assert!(onig_to_rust("(?s).")
+            .unwrap_err()
+            .contains("group option 's'"));
+        assert!(onig_to_rust("(?i-u:a)")
+            .unwrap_err()
+            .contains("group option 'u'"));
         // Escapes are not brackets, and unknown names are left for Rust to refuse.
         assert!(is(r"\[[:alpha:]\]", "[a]"));
         assert_eq!(

@@ -485,6 +485,10 @@ def test_regex_path_matches_hf(name: str) -> None:
         r"(?m)^.|.",  # its m flag is dot-matches-newline
         r"(?-m:.)|\n+|\S+|\s",
         r"(?im:^x.)|[\[(?m)\]]+|\(\?m\)|\S|\s",  # no flags inside classes and escapes
+        r"\w+\Z|\w+\z|\S|\s",  # \Z: at the end or before one newline that ends the text
+        # no case folded in a property outside a class; `\pL` is the text "pL"
+        r"(?i)\p{Lu}+|(?i:\P{L})+|\pL|(?i)[\p{Lu}]+|\s",
+        r"x{2}+|x{1,2}+y|\s{,1}+|x{2,}+|\S|\s",  # an interval then + is repeated: (?:x{2})+
     ],
 )
 def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
@@ -494,7 +498,17 @@ def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
     obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern
     js = json.dumps(obj)
     ours, hf = aprx.Tokenizer.from_str(js), HFTokenizer.from_str(js)
-    texts = ["a\n\nb", "\n\n", " x \n y \n", "xa\nxb\n(?m)[m]\n", "\r\n\t z\n\n", "x\ny"]
+    texts = [
+        "a\n\nb",
+        "\n\n",
+        " x \n y \n",
+        "xa\nxb\n(?m)[m]\n",
+        "\r\n\t z\n\n",
+        "x\ny",
+        "ab\ncd\n",
+        "HeLLo wxX 1é pL PL",
+        "xxxxx xxxy    y",
+    ]
     texts += [t for _, t in fx.stdlib_sources()[:5]]
     for t in texts:
         assert [int(i) for i in ours.encode_ordinary(t)] == hf.encode(t).ids, (pattern, t[:40])
@@ -540,11 +554,22 @@ def test_regex_path_reads_classes_as_oniguruma_does(pattern: str) -> None:
         pytest.fail(f"{pattern}: piece {at} differs, at {text[start : start + 4]!r}")
 
 
-def test_regex_path_refuses_unknown_posix_brackets() -> None:
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("[[:letter:]]+|.", r"invalid POSIX bracket type \[:letter:\]"),
+        ("(?s).|\n", r"group option 's' \(Oniguruma's are i, m and x\)"),
+    ],
+)
+def test_regex_path_refuses_what_oniguruma_refuses(pattern: str, why: str) -> None:
+    """Patterns HF cannot load are refused with a coded error, not read as Rust reads them."""
     obj = json.loads(_regex_path_json("gpt2_style"))
-    obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "[[:letter:]]+|."
-    with pytest.raises(aprx.TokenizerError, match=r"invalid POSIX bracket type \[:letter:\]"):
+    obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern
+    with pytest.raises(Exception, match="Oniguruma error"):
+        HFTokenizer.from_str(json.dumps(obj))
+    with pytest.raises(aprx.TokenizerError, match=why) as e:
         aprx.Tokenizer.from_str(json.dumps(obj))
+    assert e.value.code == "APRX-T107"
 
 
 def test_regex_path_gives_up_loudly_not_wrongly() -> None:
