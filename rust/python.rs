@@ -633,6 +633,9 @@ impl PyTokenizer {
             a.set_item("content", &t.content)?;
             a.set_item("special", t.special)?;
             a.set_item("normalized", t.normalized)?;
+            a.set_item("lstrip", t.lstrip)?;
+            a.set_item("rstrip", t.rstrip)?;
+            a.set_item("single_word", t.single_word)?;
             added.append(a)?;
         }
         d.set_item("added_tokens", added)?;

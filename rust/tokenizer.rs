@@ -24,6 +24,19 @@ pub struct AddedToken {
     pub content: String,
     pub special: bool,
     pub normalized: bool,
+    /// Takes the white space on its left into the match.
+    pub lstrip: bool,
+    /// Takes the white space on its right into the match.
+    pub rstrip: bool,
+    /// Matches only where no word char (`\w`) touches it on either side.
+    pub single_word: bool,
+}
+
+impl AddedToken {
+    /// `lstrip`, `rstrip` and `single_word` as bits (0 when none is set).
+    fn options(&self) -> u8 {
+        self.lstrip as u8 | (self.rstrip as u8) << 1 | (self.single_word as u8) << 2
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +66,67 @@ pub struct Info {
 struct AddedMatcher {
     ac: AhoCorasick,
     ids: Vec<u32>,
+    /// Each pattern's `AddedToken::options`.
+    options: Vec<u8>,
+}
+
+impl AddedMatcher {
+    /// Splits `text` as HF's added vocabulary does (`find_matches`): calls `f(None, range)`
+    /// for the text between tokens and `f(Some(id), range)` for each token, in order. Matches
+    /// are leftmost-longest; a `single_word` match touched by a word char is passed over (the
+    /// text stays text), an `lstrip` match takes the white space before it back to the end of
+    /// the previous split, an `rstrip` match the white space after it.
+    fn split(
+        &self,
+        text: &str,
+        mut f: impl FnMut(Option<u32>, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        let mut last = 0;
+        for hit in self.ac.find_iter(text) {
+            let k = hit.pattern().as_usize();
+            let (mut start, mut stop, options) = (hit.start(), hit.end(), self.options[k]);
+            if options & 4 != 0
+                && (is_word_at_end(&text[..start]) || is_word_at_start(&text[stop..]))
+            {
+                continue;
+            }
+            if options & 1 != 0 {
+                start = text[..start]
+                    .trim_end_matches(char::is_whitespace)
+                    .len()
+                    .max(last);
+            }
+            if options & 2 != 0 {
+                let rest = &text[stop..];
+                stop += rest.len() - rest.trim_start_matches(char::is_whitespace).len();
+            }
+            if last < start {
+                f(None, last..start)?;
+            }
+            f(Some(self.ids[k]), start..stop)?;
+            last = stop;
+        }
+        if last < text.len() {
+            f(None, last..text.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` ends (or starts) with a word char as HF's `single_word` test reads one: Rust
+/// regex's `\w`.
+fn is_word_at_end(s: &str) -> bool {
+    s.chars().next_back().is_some_and(is_regex_word)
+}
+
+fn is_word_at_start(s: &str) -> bool {
+    s.chars().next().is_some_and(is_regex_word)
+}
+
+fn is_regex_word(c: char) -> bool {
+    static WORD: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let word = WORD.get_or_init(|| regex::Regex::new(r"^\w$").expect("a valid regex"));
+    word.is_match(c.encode_utf8(&mut [0; 4]))
 }
 
 /// An immutable tokenizer, safe to share across threads.
@@ -361,19 +435,14 @@ fn parse_added(v: Option<&Value>, source: &str) -> Result<Vec<AddedToken>> {
                 ),
             ));
         }
-        for flag in ["single_word", "lstrip", "rstrip"] {
-            if f.bool(flag)?.unwrap_or(false) {
-                return Err(unsupported(
-                    source,
-                    format!("added token {content:?} with {flag}: true"),
-                ));
-            }
-        }
         out.push(AddedToken {
             id: id as u32,
             content: content.to_string(),
             special: f.bool("special")?.unwrap_or(false),
             normalized: f.bool("normalized")?.unwrap_or(false),
+            lstrip: f.bool("lstrip")?.unwrap_or(false),
+            rstrip: f.bool("rstrip")?.unwrap_or(false),
+            single_word: f.bool("single_word")?.unwrap_or(false),
         });
     }
     Ok(out)
@@ -396,6 +465,7 @@ fn matcher(tokens: &[&AddedToken], normalizer: Normalizer) -> Option<AddedMatche
     Some(AddedMatcher {
         ac,
         ids: tokens.iter().map(|t| t.id).collect(),
+        options: tokens.iter().map(|t| t.options()).collect(),
     })
 }
 
@@ -876,15 +946,13 @@ impl Tokenizer {
     /// general-regex pre-tokenizer gives up (never with the built-in scanners).
     pub fn encode_into(&self, text: &str, allow_added: bool, out: &mut Vec<u32>) -> Result<()> {
         match (&self.raw_added, allow_added) {
-            (Some(m), true) => {
-                let mut last = 0;
-                for hit in m.ac.find_iter(text) {
-                    self.encode_segment(&text[last..hit.start()], true, out)?;
-                    out.push(m.ids[hit.pattern().as_usize()]);
-                    last = hit.end();
+            (Some(m), true) => m.split(text, |id, range| match id {
+                Some(id) => {
+                    out.push(id);
+                    Ok(())
                 }
-                self.encode_segment(&text[last..], true, out)
-            }
+                None => self.encode_segment(&text[range], true, out),
+            }),
             _ => self.encode_segment(text, allow_added, out),
         }
     }
@@ -950,11 +1018,13 @@ impl Tokenizer {
     /// qualify (a general-regex pre-tokenizer, `add_prefix_space`, or added tokens with line
     /// breaks when they are matched). Cuts are about `part` bytes apart.
     pub fn cut_points(&self, text: &str, allow_added: bool, part: usize) -> Option<Vec<usize>> {
+        // A token with a line break could span a cut; one that takes white space (a line
+        // break among it) would take less of it at a cut.
         let breaks_in_added = self
             .info
             .added_tokens
             .iter()
-            .any(|t| t.content.contains(['\r', '\n']));
+            .any(|t| t.content.contains(['\r', '\n']) || t.lstrip || t.rstrip);
         if !self.pretok.is_fast() || self.add_prefix_space || (allow_added && breaks_in_added) {
             return None;
         }
@@ -1016,15 +1086,13 @@ impl Tokenizer {
         }
         let norm = self.normalize(seg);
         match (&self.norm_added, allow_added) {
-            (Some(m), true) => {
-                let mut last = 0;
-                for hit in m.ac.find_iter(norm.as_ref()) {
-                    self.encode_plain(&norm[last..hit.start()], out)?;
-                    out.push(m.ids[hit.pattern().as_usize()]);
-                    last = hit.end();
+            (Some(m), true) => m.split(&norm, |id, range| match id {
+                Some(id) => {
+                    out.push(id);
+                    Ok(())
                 }
-                self.encode_plain(&norm[last..], out)
-            }
+                None => self.encode_plain(&norm[range], out),
+            }),
             _ => self.encode_plain(&norm, out),
         }
     }
@@ -1615,7 +1683,8 @@ fn fingerprint(
     }
     for t in added {
         h.update(t.id.to_le_bytes());
-        h.update([t.special as u8, t.normalized as u8]);
+        // (the options in the high bits: a token without them hashes as before they existed)
+        h.update([t.special as u8, t.normalized as u8 | t.options() << 1]);
         h.update((t.content.len() as u64).to_le_bytes());
         h.update(t.content.as_bytes());
     }
