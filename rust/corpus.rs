@@ -15,7 +15,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -125,8 +125,13 @@ fn has_extension(name: &OsStr, exts: &[String]) -> bool {
 /// named as an input is always taken (a JSON file as JSON Lines, `named_kind`). When the
 /// directories yield no input and no file is named, that is an error (`codes::INPUT`) naming
 /// what they hold, rather than a run of nothing; a directory that yields nothing beside inputs
-/// that do is fine (a tree's `lib-dynload` of `.so` files).
-pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<InputFile>> {
+/// that do is fine (a tree's `lib-dynload` of `.so` files). `cancel` stops a long walk
+/// (`Error::interrupted`): a tree of millions of files takes minutes to list.
+pub fn discover(
+    paths: &[PathBuf],
+    text_extensions: &[String],
+    cancel: &AtomicBool,
+) -> Result<Vec<InputFile>> {
     let mut out = Vec::new();
     let mut dirs = Vec::new();
     for p in paths {
@@ -137,7 +142,7 @@ pub fn discover(paths: &[PathBuf], text_extensions: &[String]) -> Result<Vec<Inp
             )
         })?;
         if meta.is_dir() {
-            out.extend(walk(p, text_extensions, &[])?);
+            out.extend(walk(p, text_extensions, &[], cancel)?);
             dirs.push(p.as_path());
         } else {
             let kind = p.file_name().map_or(InputKind::Text, named_kind);
@@ -245,7 +250,12 @@ fn no_inputs_in(dirs: &[&Path], exts: &[String]) -> Error {
 /// directories `dir` is inside of (canonical paths): a symbolic link back to one of them is a
 /// cycle, which is an error (`codes::INPUT`) rather than a walk that never ends (two links to
 /// `.` make it exponential).
-fn walk(dir: &Path, exts: &[String], above: &[PathBuf]) -> Result<Vec<InputFile>> {
+fn walk(
+    dir: &Path,
+    exts: &[String],
+    above: &[PathBuf],
+    cancel: &AtomicBool,
+) -> Result<Vec<InputFile>> {
     let listing_err = |e: std::io::Error| Error::io(dir, "list directory", &e);
     let here = std::fs::canonicalize(dir).map_err(listing_err)?;
     if let Some(outer) = above.iter().find(|a| **a == here) {
@@ -274,7 +284,7 @@ fn walk(dir: &Path, exts: &[String], above: &[PathBuf]) -> Result<Vec<InputFile>
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let found: Vec<Result<Found>> = entries
         .into_par_iter()
-        .map(|(name, entry)| take(dir, &name, &entry, exts, above))
+        .map(|(name, entry)| take(dir, &name, &entry, exts, above, cancel))
         .collect();
     let mut out = Vec::new();
     for f in found {
@@ -300,7 +310,11 @@ fn take(
     entry: &std::fs::DirEntry,
     exts: &[String],
     above: &[PathBuf],
+    cancel: &AtomicBool,
 ) -> Result<Found> {
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::interrupted());
+    }
     let path = || dir.join(name);
     // The directory listing's own file type where it has one (no stat), and a stat only for a
     // file that is taken (its size), made relative to the directory rather than walking the
@@ -316,7 +330,7 @@ fn take(
         None => stat().map_err(stat_err)?.is_dir(),
     };
     if is_dir {
-        return walk(&path(), exts, above).map(Found::Dir);
+        return walk(&path(), exts, above, cancel).map(Found::Dir);
     }
     let kind = kind_of(name);
     if kind == InputKind::Text && !has_extension(name, exts) {
@@ -1731,7 +1745,7 @@ mod tests {
             std::os::unix::fs::symlink(root.join("a.py"), root.join("e.py")).unwrap();
         }
         let exts = vec!["py".to_string()];
-        let found = discover(std::slice::from_ref(&root), &exts).unwrap();
+        let found = discover(std::slice::from_ref(&root), &exts, &AtomicBool::new(false)).unwrap();
         let got: Vec<(String, InputKind, u64)> = found
             .iter()
             .map(|f| {
@@ -1750,6 +1764,9 @@ mod tests {
         }
         want.push(("elsewhere/real.py".to_string(), InputKind::Text, 40));
         assert_eq!(got, want);
+        // Stopped: an interruption, not a partial list.
+        let e = discover(std::slice::from_ref(&root), &exts, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(e.code, codes::INTERRUPTED);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -1764,7 +1781,7 @@ mod tests {
         std::os::unix::fs::symlink("..", root.join("src/pkg/up")).unwrap();
         std::os::unix::fs::symlink(".", root.join("src/pkg/here")).unwrap();
         let exts = vec!["py".to_string()];
-        let e = discover(std::slice::from_ref(&root), &exts).unwrap_err();
+        let e = discover(std::slice::from_ref(&root), &exts, &AtomicBool::new(false)).unwrap_err();
         assert_eq!(e.code, codes::INPUT);
         assert!(e.message.contains("src/pkg/"), "{}", e.message);
         assert!(e.message.contains("cycle"), "{}", e.message);
@@ -1774,7 +1791,7 @@ mod tests {
         std::fs::create_dir_all(root.join("other")).unwrap();
         std::fs::write(root.join("other/b.py"), "y = 2\n").unwrap();
         std::os::unix::fs::symlink(root.join("other"), root.join("src/pkg/ext")).unwrap();
-        let found = discover(&[root.join("src")], &exts).unwrap();
+        let found = discover(&[root.join("src")], &exts, &AtomicBool::new(false)).unwrap();
         assert_eq!(found.len(), 2);
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -1094,7 +1094,8 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
     }
     // The pool's threads take a directory's entries in parallel.
     let pool = parallel::pool(opts.num_workers)?;
-    let all_files = pool.install(|| corpus::discover(&opts.inputs, &opts.text_extensions))?;
+    let all_files =
+        pool.install(|| corpus::discover(&opts.inputs, &opts.text_extensions, cancel))?;
     let files: Vec<InputFile> = corpus::task_slice(all_files, opts.num_tasks, opts.task_index);
     let config = RunConfig::new(opts, tok, &files, eos);
     let record_config = config.for_record();
