@@ -75,7 +75,9 @@ impl AddedMatcher {
     /// for the text between tokens and `f(Some(id), range)` for each token, in order. Matches
     /// are leftmost-longest; a `single_word` match touched by a word char is passed over (the
     /// text stays text), an `lstrip` match takes the white space before it back to the end of
-    /// the previous split, an `rstrip` match the white space after it.
+    /// the previous split, an `rstrip` match the white space after it. A match inside white
+    /// space a previous one took still counts where it reaches past it (as in HF, whose
+    /// splits then overlap).
     fn split(
         &self,
         text: &str,
@@ -99,6 +101,11 @@ impl AddedMatcher {
             if options & 2 != 0 {
                 let rest = &text[stop..];
                 stop += rest.len() - rest.trim_start_matches(char::is_whitespace).len();
+            }
+            // A match that white space taken by the previous one leaves empty (or reversed,
+            // where HF panics) is no token: HF drops empty splits.
+            if start >= stop {
+                continue;
             }
             if last < start {
                 f(None, last..start)?;
