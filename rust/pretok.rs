@@ -167,6 +167,8 @@ pub enum Scanner {
 ///   (`²³¹¼½¾`). `\h`/`\H` (hex digits) are Oniguruma's alone. Each is spelled out.
 /// - `\Z` matches at the end or before one newline that ends the text (Rust's before any
 ///   number of them).
+/// - Flags set mid-group (`x(?i)a|b`) take the rest of the group, its later alternatives
+///   included: `x(?i:a|b)`.
 /// - An interval then `+` (`a{2}+`) repeats the interval, where fancy-regex reads a
 ///   possessive interval.
 /// - Under `(?i)`, a property outside a class (`\p{Lu}`) folds no case (in a class it does,
@@ -179,9 +181,10 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(pattern.len() + 4);
     out.push_str("(?m)");
     let (mut i, mut class_depth) = (0, 0usize);
-    // Where in `out` the last atom outside a class (what a quantifier repeats) starts, and
-    // where each open group does.
-    let (mut atom, mut groups) = (out.len(), Vec::new());
+    // Where in `out` the last atom outside a class (what a quantifier repeats) starts; where
+    // each open group does, with the scoped flag groups to close at its end (see below), and
+    // those to close at the pattern's end.
+    let (mut atom, mut groups, mut closers) = (out.len(), Vec::<(usize, usize)>::new(), 0);
     while i < b.len() {
         let c = b[i];
         let (start, outside) = (out.len(), class_depth == 0);
@@ -267,19 +270,30 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
                     }
                     out.push_str("(?");
                     out.extend(
-                        b[i + 2..=e]
+                        b[i + 2..e]
                             .iter()
                             .map(|&f| if f == b'm' { 's' } else { f as char }),
                     );
+                    out.push(':');
                     if b[e] == b':' {
-                        groups.push(start);
+                        groups.push((start, 0));
+                    } else {
+                        // `x(?i)a|b` is `x(?i:a|b)` to Oniguruma: the flags take the rest of
+                        // the enclosing group, its later alternatives included; Rust's keep
+                        // the alternation as it was (`(?:x(?i:a))|(?i:b)`). So the flags
+                        // open a group that closes where the enclosing one does.
+                        *groups.last_mut().map_or(&mut closers, |g| &mut g.1) += 1;
                     }
                     i = e + 1;
                     continue;
                 }
-                groups.push(start);
+                groups.push((start, 0));
             }
-            b')' if outside => atom = groups.pop().unwrap_or(start),
+            b')' if outside => {
+                let (g, n) = groups.pop().unwrap_or((start, 0));
+                out.extend(std::iter::repeat_n(')', n));
+                atom = g;
+            }
             b'*' | b'+' | b'?' | b'|' if outside => {}
             _ if outside => atom = start,
             _ => {}
@@ -288,6 +302,7 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
         out.push_str(&pattern[i..i + n]);
         i += n;
     }
+    out.extend(std::iter::repeat_n(')', closers));
     Ok(out)
 }
 
@@ -861,6 +876,12 @@ mod tests {
         assert!(is("x(ab){2}+", "xabababab") && is("[ab]{2}+c", "abbac") && is(r"\d{1}+", "12"));
         assert!(is("(?i:a){2}+b", "aAaab") && is("(?i)a{2}+", "aAAa") && !is("(?:a){2}+", "aaa"));
         assert_eq!(onig_to_rust("a|b{2}+").unwrap(), "(?m)a|(?:b{2})+");
+        assert_eq!(onig_to_rust("x(?i)a|b").unwrap(), "(?m)x(?i:a|b)");
+        assert_eq!(
+            onig_to_rust("(?:x(?i-m)a|b)c").unwrap(),
+            "(?m)(?:x(?i-s:a|b))c"
+        );
+        assert!(is("x(?i)a|b", "xB") && !is("x(?i)a|b", "b") && is("(?:x(?i)a|b){2}+", "xAxbxaxB"));
         assert!(onig_to_rust("(?s).")
             .unwrap_err()
             .contains("group option 's'"));

@@ -489,6 +489,7 @@ def test_regex_path_matches_hf(name: str) -> None:
         # no case folded in a property outside a class; `\pL` is the text "pL"
         r"(?i)\p{Lu}+|(?i:\P{L})+|\pL|(?i)[\p{Lu}]+|\s",
         r"x{2}+|x{1,2}+y|\s{,1}+|x{2,}+|\S|\s",  # an interval then + is repeated: (?:x{2})+
+        r"x(?i)a|b|(?:y(?i)c|d)e|\S|\s",  # mid-group flags take the rest: x(?i:a|b)
     ],
 )
 def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
@@ -508,6 +509,7 @@ def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
         "ab\ncd\n",
         "HeLLo wxX 1é pL PL",
         "xxxxx xxxy    y",
+        "xA b xb bc xbc XBC yCe de yde",
     ]
     texts += [t for _, t in fx.stdlib_sources()[:5]]
     for t in texts:
