@@ -166,7 +166,7 @@ pub enum Scanner {
 ///   U+200D (Rust's has both), and outside a class it also has six Latin-1 number signs
 ///   (`²³¹¼½¾`). `\h`/`\H` (hex digits) are Oniguruma's alone. Each is spelled out.
 /// - `\Z` matches at the end or before one newline that ends the text (Rust's before any
-///   number of them).
+///   number of them); `^` not at the end after a final newline (Rust's `(?m)^` does).
 /// - Flags set mid-group (`x(?i)a|b`) take the rest of the group, its later alternatives
 ///   included: `x(?i:a|b)`.
 /// - An interval then `+` (`a{2}+`) repeats the interval, where fancy-regex reads a
@@ -293,6 +293,13 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
                 let (g, n) = groups.pop().unwrap_or((start, 0));
                 out.extend(std::iter::repeat_n(')', n));
                 atom = g;
+            }
+            b'^' if outside => {
+                // A line start, but not at the end after a final newline (Rust's `(?m)^`
+                // is one there too).
+                out.push_str(r"(?:^(?!\z))");
+                i += 1;
+                continue;
             }
             b'*' | b'+' | b'?' | b'|' if outside => {}
             _ if outside => atom = start,
@@ -877,6 +884,7 @@ mod tests {
         assert!(is("(?i:a){2}+b", "aAaab") && is("(?i)a{2}+", "aAAa") && !is("(?:a){2}+", "aaa"));
         assert_eq!(onig_to_rust("a|b{2}+").unwrap(), "(?m)a|(?:b{2})+");
         assert_eq!(onig_to_rust("x(?i)a|b").unwrap(), "(?m)x(?i:a|b)");
+        assert!(is(r"a\n^b", "a\nb") && !is(r"a\n^", "a\n") && is(r"^a", "a") && is("[^a]", "b"));
         assert_eq!(
             onig_to_rust("(?:x(?i-m)a|b)c").unwrap(),
             "(?m)(?:x(?i-s:a|b))c"

@@ -490,6 +490,7 @@ def test_regex_path_matches_hf(name: str) -> None:
         r"(?i)\p{Lu}+|(?i:\P{L})+|\pL|(?i)[\p{Lu}]+|\s",
         r"x{2}+|x{1,2}+y|\s{,1}+|x{2,}+|\S|\s",  # an interval then + is repeated: (?:x{2})+
         r"x(?i)a|b|(?:y(?i)c|d)e|\S|\s",  # mid-group flags take the rest: x(?i:a|b)
+        r"\s{2}^|\n^|\S|\s",  # ^ is no line start at the end, after a final newline
     ],
 )
 def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
