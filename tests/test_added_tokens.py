@@ -107,10 +107,16 @@ def test_ids_match_hf_with_added_token_options() -> None:
     ours, hf = _pair()
     texts = _texts()
     want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+
+    def flat(ts: List[str]) -> List[Any]:
+        ids, ends = ours.encode_batch_flat(ts, ordinary=False, num_threads=2)
+        return [ids[a:b] for a, b in zip(ends[:-1], ends[1:])]
+
     for call in (
         lambda ts: [ours.encode(t) for t in ts],
         ours.encode_batch,
         lambda ts: ours.encode_batch(ts, num_threads=2),
+        flat,
     ):
         got = [[int(i) for i in ids] for ids in call(texts)]
         bad = [t for t, a, b in zip(texts, got, want, strict=True) if a != b]
