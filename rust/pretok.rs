@@ -169,8 +169,9 @@ pub enum Scanner {
 ///   number of them); `^` not at the end after a final newline (Rust's `(?m)^` does).
 /// - Flags set mid-group (`x(?i)a|b`) take the rest of the group, its later alternatives
 ///   included: `x(?i:a|b)`.
-/// - An interval then `+` (`a{2}+`) repeats the interval, where fancy-regex reads a
-///   possessive interval.
+/// - A quantifier after a quantifier repeats the repetition (`a{2}+` is `(?:a{2})+`, `a**`
+///   is `(?:a*)*`, `a{2}?` is `(?:a{2})?`), where fancy-regex reads a possessive or lazy
+///   one, or fails.
 /// - Under `(?i)`, a property outside a class (`\p{Lu}`) folds no case (in a class it does,
 ///   in both); and a property needs braces (`\pL` is the text "pL").
 ///
@@ -185,6 +186,8 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
     // each open group does, with the scoped flag groups to close at its end (see below), and
     // those to close at the pattern's end.
     let (mut atom, mut groups, mut closers) = (out.len(), Vec::<(usize, usize)>::new(), 0);
+    // Whether the last thing outside a class was a whole quantifier (on `atom`).
+    let mut quantified = false;
     while i < b.len() {
         let c = b[i];
         let (start, outside) = (out.len(), class_depth == 0);
@@ -215,7 +218,7 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
             }
             i += len;
             if outside {
-                atom = start;
+                (atom, quantified) = (start, false);
             }
             continue;
         }
@@ -226,23 +229,40 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
                 continue;
             }
         }
-        if c == b'{' && outside {
-            if let Some(len) = interval_len(&b[i..]) {
-                let interval = &pattern[i..i + len];
-                i += len;
-                if b.get(i) == Some(&b'+') {
-                    // `a{2}+` repeats the interval to Oniguruma: `(?:a{2})+`; to fancy-regex
-                    // it is a possessive interval.
-                    out.insert_str(atom, "(?:");
-                    out.push_str(interval);
-                    out.push_str(")+");
-                    i += 1;
-                } else {
-                    out.push_str(interval);
-                }
-                continue;
+        // A quantifier: `*`, `+`, `?` (each with an optional lazy `?` or possessive `+`) or
+        // an interval (with an optional lazy `?`, but not after an exact `{n}`). To
+        // Oniguruma one after another repeats the repetition: `a{2}+` is `(?:a{2})+`, `a**`
+        // is `(?:a*)*`, `a{2}?` is `(?:a{2})?`; to fancy-regex some are possessive or lazy,
+        // others an error. So the repeated one is put in a group first.
+        let interval = if c == b'{' && outside {
+            interval_len(&b[i..])
+        } else {
+            None
+        };
+        if outside && (interval.is_some() || matches!(c, b'*' | b'+' | b'?')) {
+            if quantified {
+                out.insert_str(atom, "(?:");
+                out.push(')');
             }
+            let len = interval.unwrap_or(1);
+            out.push_str(&pattern[i..i + len]);
+            i += len;
+            let lazy_only = interval.is_some();
+            let exact = lazy_only && !pattern[i - len..i].contains(',');
+            match b.get(i) {
+                Some(b'?') if !exact => {}
+                Some(b'+') if !lazy_only => {}
+                _ => {
+                    quantified = true;
+                    continue;
+                }
+            }
+            out.push(b[i] as char);
+            i += 1;
+            quantified = true;
+            continue;
         }
+        quantified = false;
         match c {
             b'[' => {
                 if outside {
@@ -301,7 +321,7 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
                 i += 1;
                 continue;
             }
-            b'*' | b'+' | b'?' | b'|' if outside => {}
+            b'|' if outside => {}
             _ if outside => atom = start,
             _ => {}
         }
@@ -884,6 +904,15 @@ mod tests {
         assert!(is("(?i:a){2}+b", "aAaab") && is("(?i)a{2}+", "aAAa") && !is("(?:a){2}+", "aaa"));
         assert_eq!(onig_to_rust("a|b{2}+").unwrap(), "(?m)a|(?:b{2})+");
         assert_eq!(onig_to_rust("x(?i)a|b").unwrap(), "(?m)x(?i:a|b)");
+        assert_eq!(
+            onig_to_rust("a**b+?c*+d{2}?e{1,2}?").unwrap(),
+            "(?m)(?:a*)*b+?c*+(?:d{2})?e{1,2}?"
+        );
+        assert_eq!(
+            onig_to_rust("a?+?b{1,2}?+").unwrap(),
+            "(?m)(?:a?+)?(?:b{1,2}?)+"
+        );
+        assert!(is("xa{2}?", "x") && is("a{2}{2}", "aaaa") && is("a*{2}b", "aab"));
         assert!(is(r"a\n^b", "a\nb") && !is(r"a\n^", "a\n") && is(r"^a", "a") && is("[^a]", "b"));
         assert_eq!(
             onig_to_rust("(?:x(?i-m)a|b)c").unwrap(),

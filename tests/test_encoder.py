@@ -489,6 +489,7 @@ def test_regex_path_matches_hf(name: str) -> None:
         # no case folded in a property outside a class; `\pL` is the text "pL"
         r"(?i)\p{Lu}+|(?i:\P{L})+|\pL|(?i)[\p{Lu}]+|\s",
         r"x{2}+|x{1,2}+y|\s{,1}+|x{2,}+|\S|\s",  # an interval then + is repeated: (?:x{2})+
+        r"xa{2}?|a{2}{2}|b*{2}c|b?+?d|e**|\S|\s",  # so is any quantifier after one
         r"x(?i)a|b|(?:y(?i)c|d)e|\S|\s",  # mid-group flags take the rest: x(?i:a|b)
         r"\s{2}^|\n^|\S|\s",  # ^ is no line start at the end, after a final newline
     ],
@@ -511,6 +512,7 @@ def test_regex_path_reads_patterns_as_oniguruma_does(pattern: str) -> None:
         "HeLLo wxX 1é pL PL",
         "xxxxx xxxy    y",
         "xA b xb bc xbc XBC yCe de yde",
+        "xa xaaaa bbc bd eee",
     ]
     texts += [t for _, t in fx.stdlib_sources()[:5]]
     for t in texts:
