@@ -925,13 +925,17 @@ fn is_our_name(name: &str) -> bool {
     if [MANIFEST, PROGRESS, PROGRESS_LOG].contains(&name) {
         return true;
     }
-    let Some(rest) = name.strip_prefix("shard-") else {
-        return false;
-    };
-    let digits = rest
+    shard_number(name).is_some()
+}
+
+/// The number of a shard file named as `shard_name` names it (`shard-NNNNN.bin` / `.idx`,
+/// five digits or more; `usize::MAX` for more digits than a number holds).
+fn shard_number(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("shard-")?;
+    let d = rest
         .strip_suffix(".bin")
-        .or_else(|| rest.strip_suffix(".idx"));
-    digits.is_some_and(|d| d.len() >= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+        .or_else(|| rest.strip_suffix(".idx"))?;
+    (d.len() >= 5 && d.bytes().all(|b| b.is_ascii_digit())).then(|| d.parse().unwrap_or(usize::MAX))
 }
 
 /// Files of ours in an output directory (`is_our_name`).
@@ -1195,11 +1199,9 @@ pub fn encode_corpus(tok: &Tokenizer, opts: &Options, cancel: &AtomicBool) -> Re
             let keep = state.as_ref().map_or(0, |p| p.shards.len());
             for p in &existing {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                let stale = name.ends_with(".tmp")
-                    || name
-                        .strip_prefix("shard-")
-                        .map(|r| r.split('.').next().unwrap_or(r))
-                        .is_some_and(|d| d.parse::<usize>().map_or(true, |n| n >= keep));
+                // (`existing` holds our names only: the manifest, progress files and shards)
+                let stale =
+                    name.ends_with(".tmp") || shard_number(&name).is_some_and(|n| n >= keep);
                 if stale {
                     remove(p)?;
                 }

@@ -32,10 +32,17 @@ pub struct AddedToken {
     pub single_word: bool,
 }
 
+/// `AddedToken::options` bits.
+const LSTRIP: u8 = 1;
+const RSTRIP: u8 = 2;
+const SINGLE_WORD: u8 = 4;
+
 impl AddedToken {
     /// `lstrip`, `rstrip` and `single_word` as bits (0 when none is set).
     fn options(&self) -> u8 {
-        self.lstrip as u8 | (self.rstrip as u8) << 1 | (self.single_word as u8) << 2
+        (self.lstrip as u8 * LSTRIP)
+            | (self.rstrip as u8 * RSTRIP)
+            | (self.single_word as u8 * SINGLE_WORD)
     }
 }
 
@@ -71,34 +78,35 @@ struct AddedMatcher {
 }
 
 impl AddedMatcher {
-    /// Splits `text` as HF's added vocabulary does (`find_matches`): calls `f(None, range)`
-    /// for the text between tokens and `f(Some(id), range)` for each token, in order. Matches
+    /// Splits `text` as HF's added vocabulary does (`find_matches`): appends each token's id
+    /// to `out` and encodes the text between tokens with `text_ids`, in order. Matches
     /// are leftmost-longest; a `single_word` match touched by a word char is passed over (the
     /// text stays text), an `lstrip` match takes the white space before it back to the end of
     /// the previous split, an `rstrip` match the white space after it. A match inside white
     /// space a previous one took still counts where it reaches past it (as in HF, whose
     /// splits then overlap).
-    fn split(
+    fn encode(
         &self,
         text: &str,
-        mut f: impl FnMut(Option<u32>, std::ops::Range<usize>) -> Result<()>,
+        out: &mut Vec<u32>,
+        mut text_ids: impl FnMut(&str, &mut Vec<u32>) -> Result<()>,
     ) -> Result<()> {
         let mut last = 0;
         for hit in self.ac.find_iter(text) {
             let k = hit.pattern().as_usize();
             let (mut start, mut stop, options) = (hit.start(), hit.end(), self.options[k]);
-            if options & 4 != 0
+            if options & SINGLE_WORD != 0
                 && (is_word_at_end(&text[..start]) || is_word_at_start(&text[stop..]))
             {
                 continue;
             }
-            if options & 1 != 0 {
+            if options & LSTRIP != 0 {
                 start = text[..start]
                     .trim_end_matches(char::is_whitespace)
                     .len()
                     .max(last);
             }
-            if options & 2 != 0 {
+            if options & RSTRIP != 0 {
                 let rest = &text[stop..];
                 stop += rest.len() - rest.trim_start_matches(char::is_whitespace).len();
             }
@@ -108,13 +116,13 @@ impl AddedMatcher {
                 continue;
             }
             if last < start {
-                f(None, last..start)?;
+                text_ids(&text[last..start], out)?;
             }
-            f(Some(self.ids[k]), start..stop)?;
+            out.push(self.ids[k]);
             last = stop;
         }
         if last < text.len() {
-            f(None, last..text.len())?;
+            text_ids(&text[last..], out)?;
         }
         Ok(())
     }
@@ -953,13 +961,7 @@ impl Tokenizer {
     /// general-regex pre-tokenizer gives up (never with the built-in scanners).
     pub fn encode_into(&self, text: &str, allow_added: bool, out: &mut Vec<u32>) -> Result<()> {
         match (&self.raw_added, allow_added) {
-            (Some(m), true) => m.split(text, |id, range| match id {
-                Some(id) => {
-                    out.push(id);
-                    Ok(())
-                }
-                None => self.encode_segment(&text[range], true, out),
-            }),
+            (Some(m), true) => m.encode(text, out, |t, out| self.encode_segment(t, true, out)),
             _ => self.encode_segment(text, allow_added, out),
         }
     }
@@ -1027,12 +1029,12 @@ impl Tokenizer {
     pub fn cut_points(&self, text: &str, allow_added: bool, part: usize) -> Option<Vec<usize>> {
         // A token with a line break could span a cut; one that takes white space (a line
         // break among it) would take less of it at a cut.
-        let breaks_in_added = self
+        let added_cross_cuts = self
             .info
             .added_tokens
             .iter()
             .any(|t| t.content.contains(['\r', '\n']) || t.lstrip || t.rstrip);
-        if !self.pretok.is_fast() || self.add_prefix_space || (allow_added && breaks_in_added) {
+        if !self.pretok.is_fast() || self.add_prefix_space || (allow_added && added_cross_cuts) {
             return None;
         }
         let b = text.as_bytes();
@@ -1093,13 +1095,7 @@ impl Tokenizer {
         }
         let norm = self.normalize(seg);
         match (&self.norm_added, allow_added) {
-            (Some(m), true) => m.split(&norm, |id, range| match id {
-                Some(id) => {
-                    out.push(id);
-                    Ok(())
-                }
-                None => self.encode_plain(&norm[range], out),
-            }),
+            (Some(m), true) => m.encode(&norm, out, |t, out| self.encode_plain(t, out)),
             _ => self.encode_plain(&norm, out),
         }
     }
