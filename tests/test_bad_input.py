@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+import fixtures
 import pytest
 
 import aprx
@@ -21,10 +22,7 @@ from aprx.importer import import_hf, import_tiktoken
 from aprx.preflight import preflight, read_aprx_tokenizer, read_hf_tokenizer
 from aprx.shards import ShardDataset, write_shards
 
-QWEN2 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+QWEN2 = fixtures.QWEN2_PATTERN
 
 
 def _tokenizer_json() -> Dict[str, Any]:

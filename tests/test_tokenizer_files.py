@@ -20,10 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 import aprx
 
 MAX_ID = 2**21 - 2
-QWEN2 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+QWEN2 = fixtures.QWEN2_PATTERN
 
 
 def _small() -> Dict[str, Any]:

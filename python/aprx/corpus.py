@@ -18,8 +18,6 @@ EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
-#: The most worker threads ``num_workers`` may ask for; more is a typo, not a machine.
-MAX_WORKERS = MAX_THREADS
 
 
 def resolve_eos(tok: Tokenizer, eos_token: Union[None, int, str]) -> Optional[int]:
@@ -109,8 +107,8 @@ def encode_corpus(
             "num_workers",
             num_workers,
             0,
-            MAX_WORKERS,
-            f"an integer from 0 (all CPUs) to {MAX_WORKERS}",
+            MAX_THREADS,
+            f"an integer from 0 (all CPUs) to {MAX_THREADS}",
         )
     _check_int("num_tasks", num_tasks, 1, U32_MAX, f"an integer from 1 to {U32_MAX}")
     _check_int("task_index", task_index, 0, U32_MAX, f"an integer from 0 to {U32_MAX}")

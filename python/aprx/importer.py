@@ -294,8 +294,8 @@ def tiktoken_to_tokenizer_json(
     """Builds an HF tokenizer.json (as a dict) from ranked byte tokens; the ``added`` tokens
     get the ids after the ranks and are special unless named in ``not_special``. Also returns
     the ranks of the tokens no merge sequence reaches (see :func:`aprx._aprx.recover_merges`):
-    they stay in the vocab but, unless ``ignore_merges``, the tokenizer never produces them;
-    :func:`import_tiktoken` warns about them."""
+    they stay in the vocab but the tokenizer never produces them; :func:`import_tiktoken`
+    warns about them. None with ``ignore_merges``, whose whole-piece lookup reaches them."""
     from aprx._aprx import byte_level_str
 
     strs = [byte_level_str(t) for t in tokens]
@@ -350,7 +350,8 @@ def tiktoken_to_tokenizer_json(
             "merges": [[strs[a], strs[b]] for a, b, _ in merges],
         },
     }
-    return doc, list(unreachable)
+    # (with ignore_merges the whole-piece lookup reaches them, as in tiktoken)
+    return doc, [] if ignore_merges else list(unreachable)
 
 
 def import_tiktoken(
@@ -386,9 +387,6 @@ def import_tiktoken(
         preset["added"],
         preset.get("not_special", frozenset()),
     )
-    if preset["ignore_merges"]:
-        # The whole-piece lookup reaches them, as in tiktoken.
-        unreachable = []
     with tempfile.TemporaryDirectory() as d:
         tj = Path(d) / "tokenizer.json"
         _write_json(tj, doc)

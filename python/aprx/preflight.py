@@ -177,10 +177,7 @@ class ModelConfig:
         p = Path(path)
         if p.is_dir():
             p = p / "config.json"
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PreflightError(f"{p}: cannot read model config: {exc}", code="APRX-P309") from exc
+        d = _read_json(p, "model config", "APRX-P309")
         return cls.from_hf_dict(d, source=str(p))
 
     def to_hf_dict(self) -> Dict[str, Any]:
