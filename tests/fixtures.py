@@ -314,7 +314,7 @@ def _build_tokenizer_json(
             _added_token(first_added + i, name, special, False)
             for i, (name, special) in enumerate(added)
         ],
-        "normalizer": normalizer,
+        "normalizer": {"type": normalizer} if normalizer else None,
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
@@ -343,6 +343,40 @@ def _build_tokenizer_json(
         },
     }
     return obj, failed
+
+
+def small_tokenizer_json(normalizer: Optional[str] = "NFC") -> Dict[str, Any]:
+    """A byte-level BPE tokenizer.json HF loads as is: all 256 bytes, five merges
+    (``Ġt``, ``he``, ``Ġthe``, ``in``, ``ĠĠ``: ids 256-260), ``<|endoftext|>`` = 261, the
+    Qwen2 pattern and the ``normalizer`` of that type (none for None)."""
+    b2u = bytes_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "Ġ")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": len(vocab), "content": "<|endoftext|>", "single_word": False,
+             "lstrip": False, "rstrip": False, "normalized": False, "special": True},
+        ],
+        "normalizer": {"type": normalizer} if normalizer else None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+             "use_regex": False},
+        ]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                    "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": [[a, b] for a, b in merges]},
+    }  # fmt: skip
 
 
 def _write_json(path: Path, obj: Dict[str, Any]) -> None:

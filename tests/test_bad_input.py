@@ -25,35 +25,10 @@ from aprx.shards import ShardDataset, write_shards
 QWEN2 = fixtures.QWEN2_PATTERN
 
 
-def _tokenizer_json() -> Dict[str, Any]:
-    """A byte-level BPE tokenizer.json: 256 bytes, 5 merges, <|endoftext|> = 261."""
-    strs = [_aprx.byte_level_str(bytes([b])) for b in range(256)]
-    vocab = {s: i for i, s in enumerate(strs)}
-    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "Ġ")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False}
-    return {
-        "normalizer": None,
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": QWEN2}, "behavior": "Isolated"},
-                dict(byte_level, use_regex=False),
-            ],
-        },
-        "decoder": {"type": "ByteLevel"},
-        "added_tokens": [
-            {"id": len(vocab), "content": "<|endoftext|>", "special": True, "normalized": False}
-        ],
-        "model": {"type": "BPE", "vocab": vocab, "merges": [[a, b] for a, b in merges]},
-    }
-
-
 @pytest.fixture()
 def tok_json(tmp_path: Path) -> Path:
     p = tmp_path / "tokenizer.json"
-    p.write_text(json.dumps(_tokenizer_json()), encoding="utf-8")
+    p.write_text(json.dumps(fixtures.small_tokenizer_json(normalizer=None)), encoding="utf-8")
     return p
 
 
@@ -433,7 +408,7 @@ def test_read_hf_tokenizer_malformed(tmp_path: Path, name: str, text: str, words
 def test_read_hf_tokenizer_json_added_token_without_id(tmp_path: Path, tok_json: Path) -> None:
     d = tmp_path / "init"
     d.mkdir()
-    j = _tokenizer_json()
+    j = fixtures.small_tokenizer_json(normalizer=None)
     j["added_tokens"] = [{"content": "<x>"}]
     (d / "tokenizer.json").write_text(json.dumps(j))
     with pytest.raises(PreflightError) as ei:
@@ -557,7 +532,7 @@ def test_encode_corpus_refuses_a_tokenizer_that_would_drop_bytes(tmp_path: Path)
     """A byte-level vocabulary without a token for a byte text can hold, and no unk_token:
     encoding drops that byte (as HF does, which ``encode`` follows), so encode-corpus refuses
     the tokenizer rather than write shards that lose text without a trace."""
-    doc = _tokenizer_json()
+    doc = fixtures.small_tokenizer_json(normalizer=None)
     doc["added_tokens"] = []
     z = _aprx.byte_level_str(b"z")
     del doc["model"]["vocab"][z]

@@ -23,38 +23,6 @@ MAX_ID = 2**21 - 2
 QWEN2 = fixtures.QWEN2_PATTERN
 
 
-def _small() -> Dict[str, Any]:
-    """A byte-level BPE file HF loads as is: all 256 bytes, five merges, one added token."""
-    b2u = fixtures.bytes_to_unicode()
-    vocab = {b2u[b]: b for b in range(256)}
-    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "Ġ")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": len(vocab), "content": "<|endoftext|>", "single_word": False,
-             "lstrip": False, "rstrip": False, "normalized": False, "special": True},
-        ],
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": QWEN2}, "behavior": "Isolated",
-             "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-             "use_regex": False},
-        ]},
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                    "use_regex": False},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": [[a, b] for a, b in merges]},
-    }  # fmt: skip
-
-
 def _at(obj: Dict[str, Any], path: str) -> Tuple[Dict[str, Any], str]:
     """The parent of a dotted path such as ``added_tokens[0].special``, and its last key."""
     *keys, last = path.split(".")
@@ -68,14 +36,14 @@ def _at(obj: Dict[str, Any], path: str) -> Tuple[Dict[str, Any], str]:
 
 
 def _with(path: str, value: Any) -> str:
-    obj = _small()
+    obj = fixtures.small_tokenizer_json()
     parent, key = _at(obj, path)
     parent[key] = value
     return json.dumps(obj)
 
 
 def _without(path: str) -> str:
-    obj = _small()
+    obj = fixtures.small_tokenizer_json()
     parent, key = _at(obj, path)
     del parent[key]
     return json.dumps(obj)
@@ -121,7 +89,7 @@ def test_special_true_as_a_string_is_not_taken_as_false() -> None:
     ``skip_special_tokens`` decoding kept it."""
     with pytest.raises(aprx.TokenizerError, match=r"added_tokens\[0\]\.special"):
         aprx.Tokenizer.from_str(_with("added_tokens[0].special", "true"))
-    ok = aprx.Tokenizer.from_str(json.dumps(_small()))
+    ok = aprx.Tokenizer.from_str(json.dumps(fixtures.small_tokenizer_json()))
     assert ok.decode([261], skip_special_tokens=True) == ""
 
 
@@ -150,7 +118,7 @@ def test_missing_or_null_optional_fields_load_like_hf(path: str, how: str) -> No
     assert [int(i) for i in ours.encode(text)] == hf.encode(text, add_special_tokens=False).ids
     assert (
         ours.info["fingerprint"]
-        == aprx.Tokenizer.from_str(json.dumps(_small())).info["fingerprint"]
+        == aprx.Tokenizer.from_str(json.dumps(fixtures.small_tokenizer_json())).info["fingerprint"]
     )
 
 
@@ -181,7 +149,7 @@ def test_added_token_ids_hf_would_renumber_are_refused(tid: int) -> None:
 
 
 def test_a_long_wrong_value_is_shown_cut_short() -> None:
-    obj = _small()
+    obj = fixtures.small_tokenizer_json()
     obj["model"]["unk_token"] = list(range(10_000))
     with pytest.raises(aprx.TokenizerError) as e:
         aprx.Tokenizer.from_str(json.dumps(obj))

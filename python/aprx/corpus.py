@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence, Union
 
 from aprx._aprx import DEFAULT_TEXT_EXTENSIONS, MAX_THREADS, Tokenizer
 from aprx._aprx import encode_corpus as _encode_corpus
+from aprx._validate import is_int
 from aprx.errors import CorpusError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -55,7 +56,7 @@ def resolve_eos(tok: Tokenizer, eos_token: Union[None, int, str]) -> Optional[in
 
 def _check_int(name: str, value: Any, lo: int, hi: int, what: str) -> None:
     """Raises APRX-C210 unless ``value`` is an int (not a bool) in ``lo..=hi``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    if not is_int(value, lo, hi):
         raise CorpusError(f"{name} must be {what}, not {value!r}", "APRX-C210")
 
 

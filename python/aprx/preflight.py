@@ -31,8 +31,9 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TypeGuard, Union
+from typing import Any, Dict, List, Optional, Union
 
+from ._validate import is_int
 from .errors import PreflightError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -94,7 +95,7 @@ class ModelConfig:
             "num_key_value_heads",
         ):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            if not is_int(v, 1):
                 raise PreflightError(
                     f"model config: {name} = {v!r} must be a positive integer", code="APRX-P309"
                 )
@@ -353,18 +354,13 @@ def _read_merges_txt(path: Path, code: str) -> List[str]:
     return out
 
 
-def _is_id(v: Any) -> TypeGuard[int]:
-    """A token id: a non-negative int that is not a bool."""
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 def _vocab_ids(path: Path, vocab: Any, code: str) -> Dict[int, str]:
     """``{token: id}`` (a vocab.json or a tokenizer.json model vocab) -> ``{id: token}``."""
     if not isinstance(vocab, dict):
         raise PreflightError(f"{path}: the vocab is not a JSON object", code=code)
     out: Dict[int, str] = {}
     for t, i in vocab.items():
-        if not _is_id(i):
+        if not is_int(i, 0):
             raise PreflightError(
                 f"{path}: vocab entry {t!r} has id {i!r}, not a non-negative integer", code=code
             )
@@ -385,7 +381,7 @@ def _added_ids(path: Path, added: Any, where: str, code: str) -> Dict[int, str]:
         i, content = tok.get("id"), tok.get("content")
         if "id" not in tok:
             raise PreflightError(f"{path}: {where}[{k}] has no 'id'", code=code)
-        if not _is_id(i):
+        if not is_int(i, 0):
             raise PreflightError(
                 f"{path}: {where}[{k}].id is {i!r}, not a non-negative integer", code=code
             )
@@ -448,7 +444,7 @@ def read_aprx_tokenizer(path: PathLike) -> TokenizerFiles:
         _read_merges_txt(p / "merges.txt", "APRX-P310") if (p / "merges.txt").is_file() else None
     )
     unk_id = manifest.get("unk_id")
-    if unk_id is not None and not _is_id(unk_id):
+    if unk_id is not None and not is_int(unk_id, 0):
         raise bad(f"unk_id is {unk_id!r}, not a non-negative integer")
     if unk_id is None and (p / "tokenizer.json").is_file():
         tj = _read_json(p / "tokenizer.json", "tokenizer.json", "APRX-P310")
@@ -456,7 +452,7 @@ def read_aprx_tokenizer(path: PathLike) -> TokenizerFiles:
         unk_id = _unk_from_tokenizer_json(p / "tokenizer.json", tj, token_to_id, "APRX-P310")
     computed = 1 + max(id_to_token) if id_to_token else 0
     eff = manifest.get("effective_vocab_size", computed)
-    if not _is_id(eff):
+    if not is_int(eff, 0):
         raise bad(f"effective_vocab_size is {eff!r}, not a non-negative integer")
     sha = manifest.get("tokenizer_sha256")
     if sha is not None and not isinstance(sha, str):

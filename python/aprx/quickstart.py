@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aprx._aprx import MAX_ID, PATTERNS
+from aprx._validate import is_int
 
 
 def stdlib_corpus() -> list[Path]:
@@ -96,10 +97,10 @@ def check_args(args: argparse.Namespace) -> None:
     def bad(what: str) -> TrainingError:
         return TrainingError(what, "APRX-R405")
 
-    if isinstance(args.steps, bool) or not isinstance(args.steps, int) or args.steps < 1:
+    if not is_int(args.steps, 1):
         raise bad(f"steps must be a positive integer, got {args.steps!r}")
     v = args.vocab_size
-    if isinstance(v, bool) or not isinstance(v, int) or not 257 <= v <= MAX_VOCAB:
+    if not is_int(v, 257, MAX_VOCAB):
         raise bad(
             f"vocab_size must be an integer from 257 (the 256 bytes and <|endoftext|>) to "
             f"{MAX_VOCAB}, got {v!r}"

@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _aprx
+from ._validate import is_int
 from .errors import AprxIOError, CorpusError
 
 __all__ = [
@@ -273,7 +274,7 @@ class ShardDataset:
                     raise bad(f"shards[{i}].{key} = {name!r} is not a plain file name")
             for key in ("tokens", "documents"):
                 v = entry[key]
-                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                if not is_int(v, 0):
                     raise bad(f"shards[{i}].{key} = {v!r} is not a non-negative integer")
             for key in _DIGESTS:
                 v = entry.get(key)
@@ -294,7 +295,7 @@ class ShardDataset:
         def check_int(where: str, v: Any, optional: bool, lo: int = 0, hi: int = -1) -> None:
             if v is None and optional:
                 return
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            if not is_int(v, lo):
                 what = "a non-negative integer" if lo == 0 else f"an integer >= {lo}"
                 raise bad(f"{where} = {v!r} is not {what}")
             if hi >= 0 and v > hi:
