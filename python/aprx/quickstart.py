@@ -17,7 +17,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
 from aprx._aprx import MAX_ID, PATTERNS
 from aprx._validate import is_int
@@ -205,7 +205,7 @@ def quickstart(args: argparse.Namespace) -> int:
         save_final=True,
     )
     passed = result.get("verdict") == "pass"
-    summary = {
+    summary: Dict[str, Any] = {
         "verdict": "PASS" if passed else "FAIL",
         "val_loss": result.get("final_val_loss"),
         "target_val_loss": target,

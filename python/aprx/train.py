@@ -845,7 +845,7 @@ def _fsdp_full_state(model: CausalLM, opt: Optional[torch.optim.Optimizer]):
         get_optimizer_state_dict,
     )
 
-    full = get_model_state_dict(model, options=_full_options())
+    full: Dict[str, Any] = get_model_state_dict(model, options=_full_options())
     names = [n for n, _ in model.named_parameters()]
     weights: Dict[str, torch.Tensor] = {}
     if full:
@@ -854,7 +854,7 @@ def _fsdp_full_state(model: CausalLM, opt: Optional[torch.optim.Optimizer]):
             weights.setdefault("lm_head.weight", full["lm_head.weight"].contiguous())
     opt_tensors: Dict[str, torch.Tensor] = {}
     if opt is not None:
-        osd = get_optimizer_state_dict(model, opt, options=_full_options())
+        osd: Dict[str, Any] = dict(get_optimizer_state_dict(model, opt, options=_full_options()))
         for pname, st in (osd.get("state") or {}).items():
             for k, v in st.items():
                 t = v.detach().contiguous().cpu() if torch.is_tensor(v) else torch.tensor(v)
@@ -875,7 +875,9 @@ def _fsdp_load_full_state(
         set_optimizer_state_dict,
     )
 
-    set_model_state_dict(model, weights, options=_full_options(broadcast_from_rank0=True))
+    set_model_state_dict(
+        model, dict[str, Any](weights), options=_full_options(broadcast_from_rank0=True)
+    )
     osd: Dict[str, Any] = {}
     if weights:  # rank 0
         names = {id(p): n for n, p in model.named_parameters()}
