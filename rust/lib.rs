@@ -5,6 +5,7 @@ pub mod bitscan;
 pub mod bpe;
 pub mod bytelevel;
 pub mod cache;
+mod casefold;
 pub mod corpus;
 pub mod digest;
 pub mod error;

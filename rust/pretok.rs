@@ -178,6 +178,11 @@ pub enum Scanner {
 /// These sets were checked against `tokenizers` over every code point
 /// (`test_regex_path_reads_classes_as_oniguruma_does`). Other escapes pass as they are.
 fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
+    if let Some(why) = crate::casefold::multi_fold_literal(pattern) {
+        return Err(format!(
+            "{why}, a multi-char case folding aprx's regex engine lacks"
+        ));
+    }
     let b = pattern.as_bytes();
     let mut out = String::with_capacity(pattern.len() + 4);
     out.push_str("(?m)");

@@ -38,6 +38,7 @@ try:
 except ImportError:  # tests/ became a package
     from tests import fixtures as fx  # type: ignore[no-redef]
 
+from tokenizers import Regex, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 import aprx
@@ -575,6 +576,70 @@ def test_regex_path_refuses_what_oniguruma_refuses(pattern: str, why: str) -> No
     with pytest.raises(aprx.TokenizerError, match=why) as e:
         aprx.Tokenizer.from_str(json.dumps(obj))
     assert e.value.code == "APRX-T107"
+
+
+# (pattern, text, the piece HF's Oniguruma matches across a multi-char case folding)
+MULTI_FOLD_MATCHES = [
+    ("(?i)ss", "a ß b", "ß"),
+    ("(?i)ss", "a ẞ b", "ẞ"),
+    ("(?i)ẞ", "a ss b", "ss"),
+    ("(?i)[ß]", "a ss b", "ss"),
+    ("(?i)[xﬃ]", "a ffi b", "ffi"),
+    ("(?i)ST", "a ﬆ b", "ﬆ"),
+    ("(?i)ſt", "a ﬆ b", "ﬆ"),
+    ("(?i)ffi", "a ﬃ b", "ﬃ"),
+    ("(?i)ʼn", "a ŉ b", "ŉ"),
+    ("(?i)'ss\\b", "a 'ß b", "'ß"),
+    ("(?i)(?:s)s", "a ß b", "ß"),
+    ("(?i)(?:ss)+", "a ß b", "ß"),
+    ("(?i)\\x73s", "a ß b", "ß"),
+    ("(?x)(?i)s s", "a ß b", "ß"),
+    ("(?i)s(?#note)s", "a ß b", "ß"),
+    ("x|(?i)a|ss", "a ß b", "ß"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "text", "piece"), MULTI_FOLD_MATCHES)
+def test_regex_path_refuses_multi_char_case_folds(pattern: str, text: str, piece: str) -> None:
+    """Under ``(?i)`` Oniguruma matches a literal ``ss`` against ``ß``, ``ß`` against ``ss``,
+    ``ST`` against ``ﬆ``: a case folding of one char to several that Rust's engines lack. A
+    pattern that could match so is refused (T107) rather than split otherwise than HF."""
+    split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    assert piece in [p for p, _ in split.pre_tokenize_str(text)]  # HF does match across it
+    obj = json.loads(_regex_path_json("gpt2_style"))
+    obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern
+    with pytest.raises(aprx.TokenizerError, match="multi-char case folding") as e:
+        aprx.Tokenizer.from_str(json.dumps(obj))
+    assert e.value.code == "APRX-T107"
+
+
+FOLD_TEXTS = [
+    "a ß b", "a ss b", "a SS b", "a ẞ b", "a ﬆ b", "a st b", "a ﬃ b", "a ffi b", "a ﬁ b",
+    "a fi b", "a ŉ b", "a ʼn b", "Straße STRASSE strasse", "a 'ß b", "a ſt b", "a ς σ Σ b",
+    "a İ i\u0307 b", "it's IT'S it'ſ",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(?i)s+", "(?i)ss+", "(?i)s{2}", "(?i)[s]{2}", "(?i)s[s]", "(?i)(s)s", "(?i)s|s",
+        "(?i)(?:s|t)s", "(?i)(?-i)ss", "(?i:s)s", "s(?i:s)", "ss", "(?i)[à-ÿ]", "(?i)[^ß]",
+        "(?i)[a-z]+", "(?i)\\p{L}+", "(?i)[[:alpha:]]+", "(?i)\\w+", "(?i)σ", "(?i)(?=s)s",
+        "(?i)(?<n>s)s", "(?i)\\ss", "(?i:'s)|first", "(?i:'s|'t|'re|'ve|'m|'ll|'d)",
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\s+",
+    ],
+)  # fmt: skip
+def test_regex_path_keeps_case_folds_it_can_match(pattern: str) -> None:
+    """The patterns under ``(?i)`` that Oniguruma matches across no multi-char case folding
+    (a quantifier, a class or a capture between the chars, a range, no literal) still load,
+    and split the folding texts as HF does."""
+    obj = json.loads(_regex_path_json("gpt2_style"))
+    obj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern
+    ours = aprx.Tokenizer.from_str(json.dumps(obj))
+    split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    for text in FOLD_TEXTS:
+        assert ours.pre_tokenize(text) == [p for p, _ in split.pre_tokenize_str(text)], text
 
 
 def test_regex_path_gives_up_loudly_not_wrongly() -> None:
