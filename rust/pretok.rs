@@ -351,7 +351,8 @@ fn onig_to_rust(pattern: &str) -> std::result::Result<String, String> {
 /// prefers to one that goes on: an alternative that can be empty before one that consumes
 /// (`(?:a*|b)+`, `(?:s||x)+`, `(?:|s)+`) or a lazy optional (`(?:a*?)+`). There Oniguruma ends
 /// the repetition at the empty iteration, while the Rust engines drop that path and take the
-/// next one (on "ab", `(?:a*|b)+` matches "a" in HF and "ab" here). False for a pattern that
+/// next one (on "ab", `(?:a*|b)+` matches "a" in HF and "ab" here); or a body that can be
+/// empty and holds a capture group (see `empty_with_capture`). False for a pattern that
 /// does not parse (its error comes from compiling it).
 fn prefers_empty_in_loop(rx: &str) -> bool {
     use fancy_regex::Expr;
@@ -402,8 +403,21 @@ fn prefers_empty_in_loop(rx: &str) -> bool {
             _ => false,
         }
     }
+    fn has_group(e: &Expr) -> bool {
+        matches!(
+            e,
+            Expr::Group(_) | Expr::AstNode(fancy_regex::AstNode::AstGroup { .. }, _)
+        ) || e.children_iter().any(has_group)
+    }
+    /// A body that may match empty, with a capture in it: Oniguruma's check for an empty
+    /// iteration then looks at the captures too (`([\w]|\B){2}+` finds "aa" of "aab", the
+    /// Rust engines "aab").
+    fn empty_with_capture(e: &Expr) -> bool {
+        nullable(e) && consumes(e) && has_group(e)
+    }
     fn any_loop(e: &Expr) -> bool {
-        let here = matches!(e, Expr::Repeat { child, hi, .. } if *hi > 1 && empty_first(child));
+        let here = matches!(e, Expr::Repeat { child, hi, .. }
+            if *hi > 1 && (empty_first(child) || empty_with_capture(child)));
         here || e.children_iter().any(any_loop)
     }
     fancy_regex::Expr::parse_tree(rx).is_ok_and(|t| any_loop(&t.expr))
@@ -915,12 +929,14 @@ mod tests {
             "(?:b?|a)+",
             "(?:a*?)+",
             "x(?:(?:a|)|b){2,}",
+            r"(\w|\B){2}",
+            "(s|)+x",
         ] {
             assert!(prefers_empty_in_loop(rx), "{rx}");
         }
         for rx in [
             "(?:s|)+",
-            "(s|)+x",
+            "(?:s|)+x",
             "(?:a*)*",
             "(?:a|b?)+",
             "(?:a|b)*",

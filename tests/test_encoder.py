@@ -657,6 +657,7 @@ def test_regex_path_keeps_case_folds_it_can_match(pattern: str) -> None:
         ("(?:b?|a)+", "ab", ["a", "b"]),
         ("(?:a|b??)+", "ab", ["a", "b"]),
         ("(?:a*?)+", "aa", ["a", "a"]),
+        ("([\\w]|\\B){2}+", "aab", ["aa", "b"]),
     ],
 )
 def test_regex_path_refuses_loops_that_end_on_an_empty_match(
@@ -676,7 +677,7 @@ def test_regex_path_refuses_loops_that_end_on_an_empty_match(
 
 @pytest.mark.parametrize(
     "pattern",
-    ["(?:s|)+", "(s|)+x", "(?:a*)*", "a**b", "(?:a|b?)+", "(?:\\s*[\\r\\n]+)+",
+    ["(?:s|)+", "(?:s|)+x", "(?:a*)*", "a**b", "(?:a|b?)+", "(?:\\s*[\\r\\n]+)+",
      "(?:a(?=b)|b)+", "(?:ab|a)+", "(?:[ab]c?)+"],
 )  # fmt: skip
 def test_regex_path_keeps_loops_oniguruma_reads_alike(pattern: str) -> None:
