@@ -3,6 +3,8 @@
 //! against `ﬃ`, and a literal `ß` (alone or in a class) against `ss`. A custom pattern
 //! that could match so is refused (T107) rather than split differently from HF.
 
+use crate::pretok::interval_len;
+
 /// Describes the first place in `pattern` where, under `(?i)`, Oniguruma could match text
 /// across a multi-char case fold; None when there is none. What counts, as Oniguruma builds
 /// its string nodes (checked against `tokenizers`):
@@ -129,17 +131,19 @@ pub fn multi_fold_literal(pattern: &str, has_multi_fold: &dyn Fn(&str) -> bool) 
                 (ic, x, ends_run) = (old_ic, old_x, ends);
             }
             '*' | '+' | '?' | '{' => {
-                if c != '{' || interval(&cs[i..]).is_some() {
-                    if last_literal {
-                        run.pop();
+                // An interval is ASCII: its length in bytes is its length in chars.
+                let quantifier = match c {
+                    '{' => interval_len(cs[i..].iter().collect::<String>().as_bytes()),
+                    _ => Some(1),
+                };
+                match quantifier {
+                    Some(n) => {
+                        if last_literal {
+                            run.pop();
+                        }
+                        len = n;
                     }
-                    len = if c == '{' {
-                        interval(&cs[i..]).unwrap_or(1)
-                    } else {
-                        1
-                    };
-                } else {
-                    literal = Some('{');
+                    None => literal = Some('{'),
                 }
             }
             c if x && c.is_whitespace() => ends_run = false,
@@ -210,16 +214,6 @@ fn escaped_code(cs: &[char]) -> Option<(char, usize)> {
         }
         _ => None,
     }
-}
-
-/// The length in chars of the interval quantifier (`{n}`, `{n,}`, `{,m}`, `{n,m}`) `cs`
-/// starts with, if it starts with one.
-fn interval(cs: &[char]) -> Option<usize> {
-    let e = cs.iter().position(|&c| c == '}')?;
-    let body = &cs[1..e];
-    let digits = body.iter().filter(|c| c.is_ascii_digit()).count();
-    let commas = body.iter().filter(|&&c| c == ',').count();
-    (digits > 0 && digits + commas == body.len() && commas <= 1).then_some(e + 1)
 }
 
 /// The length in chars of the class `cs` starts with (`[` ... `]`, nested classes and
@@ -482,14 +476,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_escapes_and_intervals() {
+    fn reads_escapes() {
         assert_eq!(escaped_code(&['x', '7', '3']), Some(('s', 3)));
         assert_eq!(escaped_code(&['x', '{', 'd', 'f', '}']), Some(('ß', 5)));
         assert_eq!(escaped_code(&['u', '0', '0', 'd', 'f']), Some(('ß', 5)));
         assert_eq!(escaped_code(&['x', 'g']), None);
-        let cs = |s: &str| s.chars().collect::<Vec<_>>();
-        assert_eq!(interval(&cs("{2}x")), Some(3));
-        assert_eq!(interval(&cs("{,3}")), Some(4));
-        assert_eq!(interval(&cs("{a}")), None);
     }
 }

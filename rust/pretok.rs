@@ -425,7 +425,7 @@ fn prefers_empty_in_loop(rx: &str) -> bool {
 
 /// The length of the interval quantifier (`{n}`, `{n,}`, `{,m}`, `{n,m}`) that `b` starts
 /// with, if it starts with one (else `{` is a literal to Oniguruma).
-fn interval_len(b: &[u8]) -> Option<usize> {
+pub(crate) fn interval_len(b: &[u8]) -> Option<usize> {
     let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
     let n = digits(1);
     let mut end = 1 + n;
